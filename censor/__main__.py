@@ -1,0 +1,129 @@
+"""``python -m censor COMMAND``: sample galleries, judge a model, build the sample pool.
+
+Retraining the shipped assets has its own modules: ``python -m censor.train_diffusion`` and
+``python -m censor.train_oracle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .cli import run_cli
+from .errors import CensorError
+from .models import EMBEDDED_MODEL_DIR
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {n}")
+    return n
+
+
+def cmd_sample(a) -> None:
+    from .data import to_uint8
+    from .gallery import save_grid
+    from .models import load_diffusion
+    from .sampling import sample, seeds_for
+
+    out = Path(a.out)
+    if not out.parent.exists():
+        raise CensorError(f"output folder {out.parent} does not exist")
+    model = load_diffusion(a.model)
+    t0 = time.time()
+    images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,
+                             show_bar=True))
+    save_grid(images, out, nrow=a.nrow)
+    print(f"wrote {a.n} samples ({a.steps} {a.scheduler} steps, {time.time() - t0:.1f}s) to {out}")
+
+
+def cmd_evaluate_model(a) -> None:
+    """Sample n images and report what the foundation quality bar asks, next to the real-image floors."""
+    import numpy as np
+
+    from .data import to_uint8
+    from .evaluate import quality_report
+    from .gallery import save_grid
+    from .models import load_diffusion
+    from .oracle import load_oracle, load_reference
+    from .sampling import sample, seeds_for
+
+    oracle, ref = load_oracle(), load_reference()
+    model = load_diffusion(a.model)
+    t0 = time.time()
+    images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, show_bar=True))
+    seconds = time.time() - t0
+    rng = np.random.default_rng(0)
+    real = ref["test_features"][rng.permutation(len(ref["test_features"]))[: a.n]]
+    report = quality_report(oracle, images, real)
+    real_report = dict(confident_fraction=oracle.metrics["test"]["confident_fraction"],
+                       watermark_rate=float(ref["test_watermark"].mean()), **oracle.metrics.get("reference", {}))
+    training = Path(a.model) / "training.json"
+    result = dict(model=str(a.model), steps=a.steps, sampling_seconds=round(seconds, 1), generated=report,
+                  real=real_report, training=json.loads(training.read_text()) if training.exists() else None)
+    result["confident_ratio"] = report["confident_fraction"] / real_report["confident_fraction"]
+    text = json.dumps(result, indent=1)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text)
+    if a.grid:
+        save_grid(images[:100], a.grid, nrow=10, marks=oracle.judge(images[:100]).watermarked)
+
+
+def cmd_make_pool(a) -> None:
+    from .models import load_diffusion
+    from .pool import make_pool, save_pool
+
+    pool = make_pool(load_diffusion(a.model), a.model, n=a.n, steps=a.steps, seed=a.seed)
+    save_pool(pool, a.out)
+    print(f"wrote a pool of {len(pool)} images to {a.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m censor", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="write a grid of unguided samples")
+    s.add_argument("--n", type=_positive, default=64)
+    s.add_argument("--steps", type=_positive, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="grid.png")
+    s.add_argument("--model", default=str(EMBEDDED_MODEL_DIR), help="diffusers model folder (unet/, scheduler/)")
+    s.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    s.add_argument("--nrow", type=_positive, default=None)
+    s.set_defaults(fn=cmd_sample)
+
+    e = sub.add_parser("evaluate-model", help="judge a diffusion model with the oracle (quality bar)")
+    e.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    e.add_argument("--n", type=_positive, default=2000)
+    e.add_argument("--steps", type=_positive, default=50)
+    e.add_argument("--seed", type=int, default=1000)
+    e.add_argument("--json", default=None, help="also write the report here")
+    e.add_argument("--grid", default=None, help="also write a 10x10 grid (oracle-watermarked items framed red)")
+    e.set_defaults(fn=cmd_evaluate_model)
+
+    m = sub.add_parser("make-pool", help="pre-generate the baseline pool a labelling session starts from")
+    m.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    m.add_argument("--n", type=_positive, default=1000)
+    m.add_argument("--steps", type=_positive, default=50)
+    m.add_argument("--seed", type=int, default=1)
+    m.add_argument("--out", default=str(EMBEDDED_MODEL_DIR.parent / "pool"))
+    m.set_defaults(fn=cmd_make_pool)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Image grids: the galleries people look at, label and share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import CensorError
+
+
+def grid(images: np.ndarray, nrow: int | None = None, scale: int = 2, pad: int = 2,
+         marks: np.ndarray | None = None) -> Image.Image:
+    """Tile uint8 [N, H, W] images into one PIL image; ``marks`` (bool [N]) draws a red frame."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise CensorError(f"grid needs uint8 [N, H, W] images, got {images.dtype} {images.shape}")
+    n, h, w = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / nrow))
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        if marks is not None and marks[i]:
+            canvas[y - pad:y + h + pad, x - pad:x + w + pad] = (220, 30, 30)
+        canvas[y:y + h, x:x + w] = images[i][:, :, None]
+    img = Image.fromarray(canvas)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+
+def save_grid(images: np.ndarray, path: str | Path, **kw) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise CensorError(f"grid output must end in .png, .jpg or .webp, got {path.name}")
+    if path.parent and not path.parent.exists():
+        raise CensorError(f"output folder {path.parent} does not exist")
+    grid(images, **kw).save(path)
+    return path
