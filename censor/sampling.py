@@ -1,6 +1,6 @@
 """Unguided sampling from a ``DiffusionModel`` with respaced diffusers schedulers.
 
-Every image owns a seed: its initial noise x_T comes from ``torch.Generator().manual_seed(seed)``,
+One loop serves unguided and guided sampling. Every image owns a seed: its initial noise x_T comes from ``torch.Generator().manual_seed(seed)``,
 so image i of a gallery is the same whatever the batch size, and a censored gallery can be shown
 next to its baseline made from the same seeds. DDIM with eta = 0 is then fully deterministic per
 image; stochastic steps (DDPM, DDIM eta > 0) draw their noise from a generator seeded by the
@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
 from .errors import CensorError
+from .guidance import Guidance, StepContext, renoise
 from .models import DiffusionModel
 
 SCHEDULERS = ("ddim", "ddpm")
@@ -53,8 +54,13 @@ def sample(
     batch_size: int = 250,
     progress: Callable[[float], None] | None = None,
     show_bar: bool = False,
+    guidance: Guidance | None = None,
 ) -> torch.Tensor:
-    """Images [N, C, H, W] in [-1, 1] for the given per-image seeds."""
+    """Images [N, C, H, W] in [-1, 1] for the given per-image seeds.
+
+    With ``guidance``, its pieces rewrite ε at every step inside its window (see guidance.py);
+    without it (or with weight 0) this is the plain sampler, image for image.
+    """
     check_count(len(seeds))
     if eta < 0:
         raise CensorError(f"eta must be >= 0, got {eta}")
@@ -64,14 +70,30 @@ def sample(
     total = len(batches) * steps
     bar = tqdm(total=total, desc="sampling", disable=not show_bar)
     done = 0
+    alphas = model.scheduler.alphas_cumprod.to(device)
+    one = torch.tensor(1.0, device=device)
     for chunk in batches:
         sched = make_scheduler(model, method, steps)
         x = initial_noise(chunk, model.image_shape).to(device)
         gen = torch.Generator().manual_seed(int(chunk[0]) + 7919)
-        for t in sched.timesteps:
-            eps = model.unet(x, t).sample
-            kwargs = {"eta": eta} if method == "ddim" else {}
-            x = sched.step(eps, t, x, generator=gen, **kwargs).prev_sample
+        # DDIM clamps x̂0 to [-1, 1] (clip_sample); recompute ε from the clamped x̂0 too, or a
+        # guided ε whose x̂0 overshoots pushes x_t the opposite way (measured: darker, not brighter)
+        kwargs = {"eta": eta, "use_clipped_model_output": True} if method == "ddim" else {}
+        stride = model.scheduler.config.num_train_timesteps // steps  # diffusers' own prev-t rule
+        for t in (int(t) for t in sched.timesteps):
+            active = guidance is not None and guidance.active(t)
+            ab = alphas[t]
+            ab_prev = alphas[t - stride] if t - stride >= 0 else one
+            for r in range(1 + (guidance.recurrence if active else 0)):
+                if r > 0:  # recurrence: back to x_t through the forward kernel, then redo the step
+                    x = renoise(x_prev, ab, ab_prev, gen)
+                if active:
+                    eps = None if guidance.computes_eps else model.unet(x, t).sample
+                    eps = guidance(StepContext(model.unet, x, t, ab, eps))
+                else:
+                    eps = model.unet(x, t).sample
+                x_prev = sched.step(eps, t, x, generator=gen, **kwargs).prev_sample
+            x = x_prev
             done += 1
             bar.update(1)
             if progress is not None:

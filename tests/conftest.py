@@ -44,3 +44,33 @@ def tiny_model_dir(tmp_path_factory, tiny_model):
     folder = tmp_path_factory.mktemp("tiny_model")
     tiny_model.save(folder)
     return folder
+
+
+class GaussianEps(torch.nn.Module):
+    """The exact noise predictor for data x0 ~ N(0, s^2 I): eps(x_t) = sqrt(1-ab) x_t / (ab s^2 + 1 - ab).
+
+    A denoiser whose right answer is known, so guidance directions can be tested exactly.
+    """
+
+    def __init__(self, alphas_cumprod, s=0.3, size=8):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.register_buffer("ab", alphas_cumprod.clone())
+        self.dummy = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+        self.s2 = s * s
+        self.config = SimpleNamespace(sample_size=size, in_channels=1)
+
+    def forward(self, x, t):
+        from types import SimpleNamespace
+
+        ab = self.ab[int(t)]
+        return SimpleNamespace(sample=(1 - ab).sqrt() * x / (ab * self.s2 + 1 - ab))
+
+
+@pytest.fixture(scope="session")
+def gaussian_model():
+    from censor.models import DiffusionModel, build_scheduler
+
+    sched = build_scheduler()
+    return DiffusionModel(GaussianEps(sched.alphas_cumprod), sched)

@@ -1,0 +1,147 @@
+"""Training reward models from a person's labels (1 = benign, 0 = malign).
+
+- Loss: ``BCEWithLogitsLoss(pos_weight=alpha)``; alpha < 1 down-weights the abundant benign class
+  (the paper: 0.02-0.1), AdamW (lr 3e-4, weight decay 0.05), linear decay, a fixed budget.
+- Ensemble (benign-dominant): member k sees *every* malign label and its own bootstrap draw of the
+  benign labels, so rare malign examples are never left out and members disagree where data is thin.
+- Time-dependent kinds train on x_t = q_sample(x0, t), t ~ U{0..T-1}, with the diffusion model's
+  own schedule; clean-image kinds train on x0.
+- Imitation rounds: ``train_reward(..., resume=previous)`` continues from the previous round's
+  weights *and* optimizer state on the grown label set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import to_model_range
+from .errors import CensorError
+from .rewards import REWARD_KINDS, TIME_DEPENDENT, RewardEnsemble, build_member, model_fingerprint
+
+
+def check_labels(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = np.asarray(images), np.asarray(labels)
+    if len(labels) == 0:
+        raise CensorError("no labels yet: label some images as benign or malign first")
+    if len(images) != len(labels):
+        raise CensorError(f"{len(images)} images but {len(labels)} labels")
+    if not np.isin(labels, (0, 1)).all():
+        raise CensorError("labels must be 1 (benign) or 0 (malign); drop 'unsure' images before training")
+    if (labels == 0).sum() == 0:
+        raise CensorError("no malign example among the labels: the reward cannot learn what to avoid")
+    if (labels == 1).sum() == 0:
+        raise CensorError("no benign example among the labels: the reward cannot learn what to keep")
+    return images, labels.astype(np.int64)
+
+
+def bootstrap_indices(labels: np.ndarray, members: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per member: all malign indices + a with-replacement draw of as many benign indices as exist.
+
+    With one member there is nothing to decorrelate, so it gets the data as it is.
+    """
+    malign, benign = np.where(labels == 0)[0], np.where(labels == 1)[0]
+    if members == 1:
+        return [np.arange(len(labels))]
+    return [np.concatenate([malign, rng.choice(benign, size=len(benign), replace=True)]) for _ in range(members)]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 10.0, max_shift: float = 2.0) -> torch.Tensor:
+    """Per-sample random horizontal flip, rotation (+-10 deg) and shift (+-2 px) via one affine warp."""
+    n, _, h, w = x.shape
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_degrees)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 * max_shift / torch.tensor([w, h]))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # background is -1 (black): pad with it by shifting to 0-padding space and back
+    return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
+
+
+def train_reward(
+    images: np.ndarray,
+    labels: np.ndarray,
+    kind: str = "ddpm-encoder",
+    diffusion=None,
+    members: int = 5,
+    alpha: float = 0.1,
+    iterations: int = 300,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    weight_decay: float = 0.05,
+    init: str = "random",
+    seed: int = 0,
+    resume: RewardEnsemble | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> RewardEnsemble:
+    """Train a K-member ensemble (K=1: a single model) on uint8 images and 0/1 labels."""
+    images, labels = check_labels(images, labels)
+    if kind not in REWARD_KINDS:
+        raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
+    if not (members >= 1 and iterations >= 1 and batch_size >= 1 and alpha > 0):
+        raise CensorError("members, iterations and batch size must be >= 1 and alpha > 0")
+    if TIME_DEPENDENT[kind] and diffusion is None:
+        raise CensorError(f"a time-dependent {kind} reward needs the diffusion model's noise schedule")
+    if resume is not None and (resume.kind != kind or len(resume.members) != members):
+        raise CensorError("an imitation round must continue the same reward kind and ensemble size")
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x_all = to_model_range(images)
+    y_all = torch.as_tensor(labels, dtype=torch.float32)
+    subsets = bootstrap_indices(labels, members, rng)
+    sched = diffusion.scheduler if diffusion is not None else None
+    start = time.time()
+    trained, opt_states = [], []
+    for k, idx in enumerate(subsets):
+        model = resume.members[k] if resume is not None else build_member(kind, diffusion, init)
+        params = list(model.parameters())  # a ddpm-encoder member owns only its head; the UNet stays frozen
+        for p in params:
+            p.requires_grad_(True)
+        model.train()
+        if kind == "ddpm-encoder":
+            diffusion.unet.eval()
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        if resume is not None and resume.info.get("_optimizer_states"):
+            opt.load_state_dict(resume.info["_optimizer_states"][k])
+        decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / iterations)
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(alpha))
+        x_k, y_k = x_all[idx], y_all[idx]
+        for it in range(iterations):
+            b = torch.randint(0, len(idx), (min(batch_size, max(len(idx), 1)),), generator=gen)
+            x = augment(x_k[b], gen)
+            t = None
+            if TIME_DEPENDENT[kind]:
+                t = torch.randint(0, sched.config.num_train_timesteps, (len(b),), generator=gen)
+                x = sched.add_noise(x, torch.randn(x.shape, generator=gen), t)
+            loss = loss_fn(model(x, t), y_k[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay.step()
+            if progress is not None:
+                progress((k * iterations + it + 1) / (members * iterations))
+        if not math.isfinite(loss.item()):
+            raise CensorError(f"reward training diverged (loss {loss.item()}); lower the learning rate")
+        trained.append(model)
+        opt_states.append(opt.state_dict())
+    info = dict(
+        kind=kind, members=members, alpha=alpha, iterations=iterations + (resume.info.get("iterations", 0) if resume else 0),
+        batch_size=batch_size, lr=lr, init=init, seed=seed, labels=int(len(labels)),
+        malign_labels=int((labels == 0).sum()), benign_labels=int((labels == 1).sum()),
+        rounds=(resume.info.get("rounds", 1) + 1) if resume else 1,
+        train_seconds=round(time.time() - start + (resume.info.get("train_seconds", 0) if resume else 0), 2),
+    )
+    if diffusion is not None:
+        info["model_fingerprint"] = model_fingerprint(diffusion.unet)
+    ens = RewardEnsemble(kind, trained, tuple(diffusion.image_shape) if diffusion else tuple(x_all.shape[1:]), info)
+    ens.info["_optimizer_states"] = opt_states  # in memory only: for the next imitation round
+    return ens.eval()

@@ -1,0 +1,232 @@
+"""Reward models r(x) ~ P(benign | x): architectures, the ensemble, and their storage.
+
+Three kinds, one interface (``member(x, t) -> logit [N]``, label 1 = benign):
+
+- ``resnet18``: time-independent torchvision ResNet18 on clean images (universal/backward guidance).
+  Stem adapted to 28x28 (stride-1 first conv, keeping its weights) so ImageNet or the embedded
+  self-supervised backbone still initialise it.
+- ``half-unet``: the paper's time-dependent classifier r(x_t, t), a diffusers UNet encoder (time
+  embedding, down blocks, mid block) with a pooled linear head, trained from scratch.
+- ``ddpm-encoder``: a head on the *frozen* encoder and middle block of the diffusion model itself
+  (the thesis in seed 001 builds its reward this way): features that already mean something at
+  every noise level, and only a small head to learn from a hundred labels.
+
+An ensemble combines members as sum_k log sigmoid(logit_k), the log of the product of their
+probabilities, so one doubting member is enough to push a sample away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CensorError
+
+REWARD_KINDS = ("resnet18", "half-unet", "ddpm-encoder")
+TIME_DEPENDENT = {"half-unet": True, "ddpm-encoder": True, "resnet18": False}
+
+
+def unet_encode(unet, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Run a diffusers UNet2DModel's time embedding, down blocks and mid block (no decoder)."""
+    t = t.to(x.device).reshape(-1) * torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+    emb = unet.time_embedding(unet.time_proj(t).to(x.dtype))
+    h = unet.conv_in(x)
+    for block in unet.down_blocks:
+        h, _ = block(hidden_states=h, temb=emb)
+    return unet.mid_block(h, emb) if unet.mid_block is not None else h
+
+
+class PooledHead(nn.Module):
+    """GroupNorm, SiLU, 1x1 conv, global average pool, MLP -> one logit."""
+
+    def __init__(self, channels: int, hidden: int = 64):
+        super().__init__()
+        self.norm = nn.GroupNorm(min(16, channels), channels)
+        self.proj = nn.Conv2d(channels, hidden, 1)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.proj(F.silu(self.norm(h))).mean(dim=(2, 3))
+        return self.mlp(h).squeeze(1)
+
+
+class HalfUNetReward(nn.Module):
+    """Time-dependent r(x_t, t) from scratch: the encoder half of a small diffusers UNet."""
+
+    def __init__(self, in_channels: int = 1, sample_size: int = 28, widths=(32, 64, 64)):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        n = len(widths)
+        unet = UNet2DModel(
+            sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+            block_out_channels=tuple(widths), layers_per_block=1, norm_num_groups=16,
+            down_block_types=("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D",),
+            up_block_types=("UpBlock2D",) * n, attention_head_dim=32,
+        )
+        # keep only what the encoder uses; the decoder would be dead weight in every file
+        self.time_proj, self.time_embedding = unet.time_proj, unet.time_embedding
+        self.conv_in, self.down_blocks, self.mid_block = unet.conv_in, unet.down_blocks, unet.mid_block
+        self.head = PooledHead(widths[-1])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        if t is None:
+            t = torch.zeros(len(x), dtype=torch.long)
+        return self.head(unet_encode(self, x, t))
+
+
+class DiffusionEncoderReward(nn.Module):
+    """Time-dependent head on the frozen encoder + mid block of the diffusion model's own UNet."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = [unet]  # a list keeps the frozen UNet out of this module's state_dict
+        self.head = PooledHead(unet.config.block_out_channels[-1])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        if t is None:
+            t = torch.zeros(len(x), dtype=torch.long)
+        return self.head(unet_encode(self.unet[0], x, t))
+
+
+class ResNet18Reward(nn.Module):
+    """Time-independent torchvision ResNet18, one logit, grayscale repeated to 3 channels."""
+
+    def __init__(self, weights=None):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=weights)
+        net.conv1.stride = (1, 1)  # 28x28 inputs: keep the 7x7 weights, drop the first downsampling
+        net.fc = nn.Linear(512, 1)
+        self.net = net
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return torch.flatten(n.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net.fc(self.features(x)).squeeze(1)
+
+
+def build_member(kind: str, diffusion=None, init: str = "random") -> nn.Module:
+    if kind == "half-unet":
+        return HalfUNetReward()
+    if kind == "ddpm-encoder":
+        if diffusion is None:
+            raise CensorError("the ddpm-encoder reward needs the diffusion model it reads features from")
+        return DiffusionEncoderReward(diffusion.unet)
+    if kind == "resnet18":
+        return _resnet18(init)
+    raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
+
+
+def _resnet18(init: str) -> ResNet18Reward:
+    if init == "random":
+        return ResNet18Reward()
+    if init == "imagenet":
+        from torchvision.models import ResNet18_Weights
+
+        try:
+            return ResNet18Reward(weights=ResNet18_Weights.DEFAULT)
+        except Exception as e:
+            raise CensorError(f"ImageNet weights for ResNet18 could not be fetched ({type(e).__name__}); "
+                              "use init='backbone' (the shipped self-supervised one) or 'random'") from None
+    if init == "backbone":
+        from .backbone import load_backbone_into
+
+        return load_backbone_into(ResNet18Reward())
+    raise CensorError(f"unknown ResNet18 init {init!r}; use backbone, imagenet or random")
+
+
+def model_fingerprint(unet) -> str:
+    """A short hash of a UNet's weights: a reward built on one diffusion model refuses another."""
+    h = hashlib.sha256()
+    for k, v in sorted(unet.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class RewardEnsemble:
+    """K reward models combined as a product of probabilities."""
+
+    kind: str
+    members: list[nn.Module]
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    info: dict = field(default_factory=dict)  # training settings and measurements, saved as JSON
+
+    @property
+    def time_dependent(self) -> bool:
+        return TIME_DEPENDENT[self.kind]
+
+    def logits(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """[K, N] member logits."""
+        return torch.stack([m(x, t) for m in self.members])
+
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_k log sigmoid(logit_k): log of the ensemble's P(benign), [N]."""
+        return F.logsigmoid(self.logits(x, t)).sum(0)
+
+    @torch.no_grad()
+    def prob(self, x: torch.Tensor, t: torch.Tensor | None = None, batch_size: int = 500) -> torch.Tensor:
+        return torch.cat([self.log_prob(c, None if t is None else t[i * batch_size:(i + 1) * batch_size]).exp()
+                          for i, c in enumerate(x.split(batch_size))])
+
+    def eval(self) -> "RewardEnsemble":
+        for m in self.members:
+            m.eval().requires_grad_(False)
+        return self
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"member{k}.{name}": v.detach().cpu().contiguous()
+                   for k, m in enumerate(self.members) for name, v in m.state_dict().items()}
+        save_file(tensors, str(folder / "reward.safetensors"))
+        info = {k: v for k, v in self.info.items() if not k.startswith("_")}  # "_" keys live in memory only
+        meta = dict(kind=self.kind, members=len(self.members), image_shape=list(self.image_shape), info=info)
+        (folder / "reward.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_reward(folder: str | Path, diffusion=None) -> RewardEnsemble:
+    """Load a saved ensemble; refuse one made for another image size or another diffusion model."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "reward.json").read_text())
+        tensors = load_file(str(folder / "reward.safetensors"))
+    except Exception as e:
+        raise CensorError(f"reward folder {folder} is missing or corrupt ({type(e).__name__})") from None
+    kind = meta.get("kind")
+    if kind not in REWARD_KINDS:
+        raise CensorError(f"reward folder {folder}: unknown kind {kind!r}")
+    shape = tuple(meta.get("image_shape", ()))
+    if diffusion is not None and shape != tuple(diffusion.image_shape):
+        raise CensorError(f"this reward was trained on {shape} images, the model makes {tuple(diffusion.image_shape)}")
+    if kind == "ddpm-encoder":
+        if diffusion is None:
+            raise CensorError("a ddpm-encoder reward can only be loaded together with its diffusion model")
+        if meta["info"].get("model_fingerprint") != model_fingerprint(diffusion.unet):
+            raise CensorError("this reward reads features of another diffusion model; retrain it for this one")
+    members = []
+    for k in range(int(meta["members"])):
+        m = build_member(kind, diffusion)
+        sd = {name[len(f"member{k}."):]: v for name, v in tensors.items() if name.startswith(f"member{k}.")}
+        try:
+            m.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CensorError(f"reward folder {folder}: member {k} does not fit a {kind} model "
+                              f"({str(e).splitlines()[0]})") from None
+        members.append(m)
+    return RewardEnsemble(kind, members, shape, meta.get("info", {})).eval()
