@@ -86,6 +86,24 @@ def cmd_make_pool(a) -> None:
     print(f"wrote a pool of {len(pool)} images to {a.out}")
 
 
+def cmd_bench(a) -> None:
+    from .bench import BenchConfig, run_bench
+    from .models import load_diffusion
+    from .oracle import load_oracle, load_reference
+    from .pool import load_pool
+
+    cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, guidance=a.guidance, reward=a.reward,
+                      members=a.members, weight=a.weight, alpha=a.alpha, iterations=a.iterations,
+                      backward_steps=a.backward_steps, backward_lr=a.backward_lr, recurrence=a.recurrence,
+                      window=tuple(a.window), rounds=a.rounds, n=a.n, steps=a.steps, seeds=a.seeds,
+                      flip_rate=a.flip_rate, init=a.init)
+    model = load_diffusion(a.model)
+    result = run_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out)
+    from .bench import markdown_rows
+
+    print(markdown_rows([result]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m censor", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=1)
     m.add_argument("--out", default=str(EMBEDDED_MODEL_DIR.parent / "pool"))
     m.set_defaults(fn=cmd_make_pool)
+
+    b = sub.add_parser("bench", help="censoring benchmark with the simulated labeller and the oracle")
+    b.add_argument("--feature", default="watermark")
+    b.add_argument("--budget", type=_positive, default=100, help="images the labeller views per round")
+    b.add_argument("--method", default="ensemble", choices=["single", "union", "ensemble", "imitation"])
+    b.add_argument("--guidance", default="time", choices=["time", "universal"])
+    b.add_argument("--reward", default=None, choices=["ddpm-encoder", "half-unet", "resnet18"])
+    b.add_argument("--members", type=_positive, default=5)
+    b.add_argument("--weight", type=float, default=1.0)
+    b.add_argument("--alpha", type=float, default=0.1)
+    b.add_argument("--iterations", type=_positive, default=300)
+    b.add_argument("--backward-steps", type=int, default=0)
+    b.add_argument("--backward-lr", type=float, default=0.01)
+    b.add_argument("--recurrence", type=int, default=0)
+    b.add_argument("--window", type=int, nargs=2, default=[0, 999], metavar=("START", "END"))
+    b.add_argument("--rounds", type=_positive, default=3, help="imitation rounds")
+    b.add_argument("--n", type=_positive, default=1000, help="censored images per seed")
+    b.add_argument("--steps", type=_positive, default=50)
+    b.add_argument("--seeds", type=_positive, default=3)
+    b.add_argument("--flip-rate", type=float, default=0.0, help="share of labels the labeller gets wrong")
+    b.add_argument("--init", default="random", choices=["random", "backbone", "imagenet"])
+    b.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    b.add_argument("--out", default="docs/bench", help="folder for the JSON, markdown and grid")
+    b.set_defaults(fn=cmd_bench)
     return p
 
 

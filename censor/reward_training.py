@@ -40,13 +40,15 @@ def check_labels(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return images, labels.astype(np.int64)
 
 
-def bootstrap_indices(labels: np.ndarray, members: int, rng: np.random.Generator) -> list[np.ndarray]:
+def bootstrap_indices(labels: np.ndarray, members: int, rng: np.random.Generator,
+                      bootstrap: bool | None = None) -> list[np.ndarray]:
     """Per member: all malign indices + a with-replacement draw of as many benign indices as exist.
 
-    With one member there is nothing to decorrelate, so it gets the data as it is.
+    By default a single model gets the labels as they are (the paper's "union"); ``bootstrap=True``
+    gives it one member's draw instead (the paper's "single").
     """
     malign, benign = np.where(labels == 0)[0], np.where(labels == 1)[0]
-    if members == 1:
+    if not (members > 1 if bootstrap is None else bootstrap):
         return [np.arange(len(labels))]
     return [np.concatenate([malign, rng.choice(benign, size=len(benign), replace=True)]) for _ in range(members)]
 
@@ -80,6 +82,7 @@ def train_reward(
     seed: int = 0,
     resume: RewardEnsemble | None = None,
     progress: Callable[[float], None] | None = None,
+    bootstrap: bool | None = None,
 ) -> RewardEnsemble:
     """Train a K-member ensemble (K=1: a single model) on uint8 images and 0/1 labels."""
     images, labels = check_labels(images, labels)
@@ -96,7 +99,7 @@ def train_reward(
     torch.manual_seed(seed)
     x_all = to_model_range(images)
     y_all = torch.as_tensor(labels, dtype=torch.float32)
-    subsets = bootstrap_indices(labels, members, rng)
+    subsets = bootstrap_indices(labels, members, rng, bootstrap)
     sched = diffusion.scheduler if diffusion is not None else None
     start = time.time()
     trained, opt_states = [], []

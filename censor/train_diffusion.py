@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                   help="with no checkpoint in --run: start from these weights (e.g. assets/ddpm) with a fresh "
+                        "optimizer, continuing its step count; how a new machine resumes the shipped model")
     p.add_argument("--width", type=int, nargs=3, default=None, metavar="C",
                    help="block_out_channels for a bigger model (GPU runs), e.g. 64 128 128")
     return p.parse_args(argv)
@@ -82,6 +85,22 @@ def train(args) -> Path:
             lr_sched.step()
         log_rows = meta.get("log", [])
         acc.print(f"resumed {run} at step {step}")
+    elif args.init_from:
+        from .models import load_diffusion
+
+        start = load_diffusion(args.init_from).unet
+        unet = build_unet(**{k: v for k, v in start.config.items() if not k.startswith("_")})
+        unet.load_state_dict(start.state_dict())
+        opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+        lr_sched = get_constant_schedule_with_warmup(opt, num_warmup_steps=args.warmup)  # fresh Adam: warm up again
+        ema = EMAModel(unet.parameters(), decay=args.ema)
+        ema.optimization_step = 10_000  # the shipped weights are already an average: no EMA warm-up
+        record = Path(args.init_from) / "training.json"
+        if record.is_file():
+            prior = json.loads(record.read_text())
+            step = int(prior.get("step", 0))
+            log_rows = [dict(step=step, loss=None, elapsed_s=float(prior.get("elapsed_s", 0.0)))]
+        acc.print(f"started from {args.init_from} at step {step} with a fresh optimizer")
 
     unet, opt = acc.prepare(unet, opt)
     ema.to(acc.device)

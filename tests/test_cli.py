@@ -77,3 +77,15 @@ def test_training_runs_and_resumes(tmp_path, idx_dir):
     from censor.models import load_diffusion
 
     assert load_diffusion(tmp_path / "run" / "export").unet.config.block_out_channels == [32, 32, 32]
+
+
+def test_training_can_start_from_shipped_weights(tmp_path, idx_dir, tiny_model_dir):
+    """A fresh machine has no checkpoint: --init-from continues from a model folder's weights."""
+    import json
+
+    (tiny_model_dir / "training.json").write_text(json.dumps({"step": 100, "elapsed_s": 12.0}))
+    proc = run("censor.train_diffusion", "--data", str(idx_dir), "--run", str(tmp_path / "run"), "--batch", "4",
+               "--save-every", "1", "--warmup", "1", "--steps", "101", "--init-from", str(tiny_model_dir))
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert meta["step"] == 101 and meta["log"][-1]["elapsed_s"] >= 12.0

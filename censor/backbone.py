@@ -1,0 +1,124 @@
+"""The embedded ResNet18 backbone, pretrained *without class labels* on the training images (SimCLR).
+
+The paper's ResNet18 reward starts from ImageNet weights, which these offline machines cannot
+fetch; a reward trained from scratch on ~100 labels has meaningless, adversarial input gradients
+(../shared/MEASURED.md). So the project pretrains its own backbone self-supervised: two augmented
+views of each image must find each other among the batch (NT-Xent loss, Chen et al. 2020).
+
+``python -m censor.train_backbone --epochs 5 [--subset 20000]`` writes assets/backbone/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import CensorError
+from .models import ASSETS_DIR
+
+BACKBONE_DIR = ASSETS_DIR / "backbone"
+
+
+def load_backbone_into(reward, folder: str | Path = BACKBONE_DIR):
+    """Copy the shipped backbone weights into a ``ResNet18Reward`` (its fc head stays freshly initialised)."""
+    path = Path(folder) / "backbone.safetensors"
+    if not path.is_file():
+        raise CensorError(f"no embedded backbone at {path}; train one with python -m censor.train_backbone "
+                          "or use init='random'")
+    state = load_file(str(path))
+    missing, unexpected = reward.net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise CensorError(f"{path} does not fit the ResNet18 reward (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return reward
+
+
+def views(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One random view per image: flip/rotate/shift, a random crop-and-resize, contrast jitter, noise."""
+    from .reward_training import augment
+
+    x = augment(x, gen, max_degrees=15.0, max_shift=3.0)
+    n = len(x)
+    scale = 0.7 + 0.3 * torch.rand(n, generator=gen)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = (torch.rand(n, 2, generator=gen) * 2 - 1) * (1 - scale[:, None])
+    x = F.grid_sample(x + 1, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False) - 1
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen)
+    x = ((x + 1) * contrast - 1).clamp(-1, 1)
+    return x + 0.05 * torch.randn(x.shape, generator=gen)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    n = len(z1)
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+def train(data_dir, epochs: int = 5, batch: int = 256, lr: float = 1e-3, subset: int | None = None,
+          out=BACKBONE_DIR, seed: int = 0) -> dict:
+    from .data import load_watermarked, to_model_range
+    from .rewards import ResNet18Reward
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x = to_model_range(load_watermarked("train", data_dir).images)  # images only: no labels are read
+    if subset:
+        x = x[torch.randperm(len(x), generator=gen)[:subset]]
+    model = ResNet18Reward()
+    projector = nn.Sequential(nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Linear(256, 128))
+    params = list(model.parameters()) + list(projector.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    steps = epochs * (len(x) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    t0, losses = time.time(), []
+    bar = tqdm(total=steps, desc="backbone")
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(len(x) // batch):
+            xb = x[perm[i * batch:(i + 1) * batch]]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                z1 = projector(model.features(views(xb, gen)))
+                z2 = projector(model.features(views(xb, gen)))
+            loss = nt_xent(z1.float(), z2.float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.net.state_dict().items() if not k.startswith("fc.")}
+    save_file(state, str(out / "backbone.safetensors"))
+    record = dict(method="SimCLR (NT-Xent, temperature 0.2), no labels", epochs=epochs, batch=batch,
+                  images=len(x), steps=steps, final_loss=float(sum(losses[-20:]) / max(1, len(losses[-20:]))),
+                  train_seconds=round(time.time() - t0, 1))
+    (out / "backbone.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def main(argv=None):
+    from .cli import run_cli
+    from .data import DEFAULT_DATA_DIR
+
+    p = argparse.ArgumentParser(prog="python -m censor.train_backbone", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA_DIR))
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--subset", type=int, default=None, help="pretrain on a random subset of the images")
+    p.add_argument("--out", default=str(BACKBONE_DIR))
+    a = p.parse_args(argv)
+    return run_cli(lambda: print(train(a.data, a.epochs, a.batch, subset=a.subset, out=a.out)))

@@ -1,0 +1,65 @@
+"""The simulated labeller and a miniature benchmark run (tiny model, real fixture images as the pool)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from censor.bench import BenchConfig, markdown_rows, run_bench
+from censor.errors import CensorError
+from censor.labeller import SimulatedLabeller
+from censor.oracle import load_oracle, load_reference
+from censor.pool import Pool
+
+
+def test_labeller_follows_the_oracle_and_flips_on_request(fixture_images):
+    oracle = load_oracle()
+    images, truth = fixture_images["images"], (fixture_images["labels"] != 8).astype(int)
+    honest = SimulatedLabeller(oracle, "bags").label(images)
+    assert (honest == truth).mean() > 0.97  # the oracle is right about bags on real images
+    sloppy = SimulatedLabeller(oracle, "bags", flip_rate=0.2, seed=1)
+    noisy = sloppy.label(images)
+    assert 0.15 < (noisy != honest).mean() < 0.25 and sloppy.viewed == 500
+    wm = SimulatedLabeller(oracle, "watermark").label(images)
+    assert (wm == ~fixture_images["watermark"]).mean() > 0.98
+    with pytest.raises(CensorError, match="unknown feature"):
+        SimulatedLabeller(oracle, "hats")
+
+
+def test_bench_config_validation():
+    with pytest.raises(CensorError, match="unknown method"):
+        BenchConfig(method="magic")
+    with pytest.raises(CensorError, match="positive"):
+        BenchConfig(budget=0)
+    assert BenchConfig(guidance="universal").reward == "resnet18"
+    assert BenchConfig().reward == "ddpm-encoder"
+
+
+@pytest.mark.parametrize("method", ["ensemble", "imitation"])
+def test_miniature_bench_runs_and_reports(tmp_path, fixture_images, tiny_model, method):
+    """Everything a bench row needs is measured and written; the numbers are consistent with each other."""
+    bags = np.where(fixture_images["labels"] == 8)[0][:20]
+    rest = np.where(fixture_images["labels"] != 8)[0][:100]
+    idx = np.concatenate([bags, rest])
+    pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})  # 1 in 6 malign
+    cfg = BenchConfig(feature="bags", budget=40, method=method, members=2, iterations=3, batch_size=8,
+                      n=24, steps=2, seeds=2, rounds=2, weight=0.5)
+    result = run_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path, log=lambda *_: None)
+    runs = result["runs"]
+    assert len(runs) == 2 and all(r["n"] == 24 for r in runs)
+    assert runs[0]["viewed"] == (40 if method == "ensemble" else 80)
+    assert result["censored"]["n"] == 48
+    lo, hi = result["censored"]["ci_pct"]
+    assert lo <= result["censored"]["malign_pct"] <= hi
+    saved = json.loads((tmp_path / f"{cfg.name}.json").read_text())
+    assert saved["name"] == cfg.name and (tmp_path / f"{cfg.name}.png").stat().st_size > 0
+    assert cfg.name in markdown_rows([result])
+
+
+def test_a_budget_without_malign_examples_is_reported_not_crashed(fixture_images, tiny_model):
+    no_bags = fixture_images["images"][fixture_images["labels"] != 8][:60]
+    pool = Pool(no_bags, np.arange(60), {})
+    cfg = BenchConfig(feature="bags", budget=30, members=2, iterations=2, n=12, steps=2, seeds=1)
+    result = run_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), log=lambda *_: None)
+    assert result["runs"][0]["no_reward"] and result["runs"][0]["malign_labels"] == 0
+    assert result["censored"]["malign_pct"] == result["baseline"]["malign_pct"]
