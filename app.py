@@ -1,7 +1,7 @@
 """The censoring studio (Gradio Blocks). UI wiring only: every method lives in the censor package.
 
-Run ``python app.py`` and open http://127.0.0.1:7860. Until the full studio lands this is a gallery
-of fresh samples from the embedded Fashion-MNIST diffusion model.
+Run ``python app.py`` and open http://127.0.0.1:7860. Data (labels, rewards) goes to
+``$CENSOR_DATA_DIR`` (default ./studio_data; on a Space, point it at the persistent storage).
 """
 
 from __future__ import annotations
@@ -9,31 +9,201 @@ from __future__ import annotations
 import os
 
 import gradio as gr
+import numpy as np
 
-from censor.studio import Studio
+from censor.errors import CensorError
+from censor.evaluate import load_features
+from censor.studio import LIMITS, PAGE_SIZE, Studio, display
 
-MODEL_DIR = os.environ.get("CENSOR_MODEL_DIR")
+GRID_TEMPLATE = """
+<div class="label-grid">
+  {{#each value.items}}
+  <div class="cell {{this.state}}" data-id="{{this.id}}" title="image {{this.id}}: {{this.state}}">
+    <img src="{{this.src}}" alt="image {{this.id}}"/>
+  </div>
+  {{/each}}
+</div>
+"""
+GRID_CSS = """
+.label-grid { display: grid; grid-template-columns: repeat(5, 112px); gap: 8px; outline: none; }
+.cell { width: 112px; height: 112px; border: 4px solid transparent; cursor: pointer; box-sizing: content-box; }
+.cell img { width: 112px; height: 112px; image-rendering: pixelated; display: block; }
+.cell.malign { border-color: #e02020; }
+.cell.unsure { border-color: #e0a020; border-style: dashed; }
+.cell.focused { outline: 3px solid #2060ff; outline-offset: 2px; }
+"""
+# Click = next state. Keys (while the Label tab is visible and no text box has focus): arrows move,
+# space/m/enter cycles the focused image, n / p go to the next / previous page.
+GRID_JS = """
+let focus = 0;
+const cells = () => Array.from(element.querySelectorAll('.cell'));
+const paint = () => cells().forEach((c, i) => c.classList.toggle('focused', i === focus));
+new MutationObserver(paint).observe(element, {childList: true, subtree: true});
+element.addEventListener('click', (e) => {
+  const c = e.target.closest('.cell');
+  if (!c) return;
+  focus = cells().indexOf(c);
+  paint();
+  trigger('click', {item: Number(c.dataset.id)});
+});
+document.addEventListener('keydown', (e) => {
+  if (element.offsetParent === null) return;
+  const tag = (document.activeElement && document.activeElement.tagName) || '';
+  if (['INPUT', 'TEXTAREA', 'SELECT'].includes(tag)) return;
+  const cs = cells();
+  if (!cs.length) return;
+  let handled = true;
+  if (e.key === 'ArrowRight') focus = Math.min(cs.length - 1, focus + 1);
+  else if (e.key === 'ArrowLeft') focus = Math.max(0, focus - 1);
+  else if (e.key === 'ArrowDown') focus = Math.min(cs.length - 1, focus + 5);
+  else if (e.key === 'ArrowUp') focus = Math.max(0, focus - 5);
+  else if (e.key === ' ' || e.key === 'm' || e.key === 'Enter') trigger('click', {item: Number(cs[focus].dataset.id)});
+  else if (e.key === 'n') { focus = 0; trigger('submit', {step: 1}); }
+  else if (e.key === 'p') { focus = 0; trigger('submit', {step: -1}); }
+  else handled = false;
+  if (handled) { e.preventDefault(); paint(); }
+});
+paint();
+"""
+HELP = ("Click an image to mark it **malign** (red); click again for **unsure** (dashed, left out of training); "
+        "a third click resets it to benign. Keyboard: arrows move, space or m marks, n / p change page. "
+        "Every click is saved at once.")
 
 
 def build_app(studio: Studio | None = None) -> gr.Blocks:
-    studio = studio or Studio(MODEL_DIR)
+    studio = studio or Studio(os.environ.get("CENSOR_MODEL_DIR"))
+    features = ["(none)"] + sorted(load_features())
 
-    def generate(n, steps, seed, progress=gr.Progress()):
-        progress(0.0, desc="sampling")
-        return studio.fresh_gallery(int(n), int(steps), int(seed), progress=lambda f: progress(f, desc="sampling"))
+    def grid_value(sid, page):
+        return {"items": studio.page(sid, page)}
+
+    def on_load(saved_sid):
+        sid = studio.open_session(saved_sid)
+        return sid, sid, 0, grid_value(sid, 0), studio.counts_text(sid), studio.suggest_method(sid)[1]
+
+    def on_click(sid, page, evt: gr.EventData):
+        studio.click(sid, int(evt._data["item"]))
+        return grid_value(sid, page), studio.counts_text(sid), studio.suggest_method(sid)[1]
+
+    def on_page(sid, page, evt: gr.EventData):
+        step = int((evt._data or {}).get("step", 1))
+        return turn(sid, page, step)
+
+    def turn(sid, page, step):
+        total = studio.store.counts(sid).total
+        page = int(np.clip(page + step, 0, max(0, (total - 1) // PAGE_SIZE)))
+        return page, grid_value(sid, page), studio.counts_text(sid), f"page {page + 1} of {max(1, -(-total // PAGE_SIZE))}"
+
+    def on_train(sid, method, kind, members, iterations, alpha, progress=gr.Progress()):
+        try:
+            info = studio.train(sid, method, kind, members, iterations, alpha,
+                                progress=lambda f: progress(f, desc="training reward"))
+        except CensorError as e:
+            raise gr.Error(str(e))
+        acc = info.get("held_out_accuracy")
+        return (f"Trained a {info['kind']} reward ({info['members']} member(s), {info['labels']} labels: "
+                f"{info['malign_labels']} malign) in {info['train_seconds']:.1f} s."
+                + (f" Held-out accuracy {100 * acc:.0f}%." if acc is not None else " (Too few labels for a held-out check.)"))
+
+    def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, progress=gr.Progress()):
+        try:
+            r = studio.censored_gallery(sid, guidance, weight, backward, recurrence, steps, int(seed), int(count),
+                                        None if feature == "(none)" else feature,
+                                        progress=lambda f: progress(f, desc="sampling"))
+        except CensorError as e:
+            raise gr.Error(str(e))
+        lines = [f"Reward's estimate of malign images: baseline {100 * r['reward_malign']['baseline']:.0f}% → "
+                 f"censored {100 * r['reward_malign']['censored']:.0f}%."]
+        if r["oracle"]:
+            lines.append(f"Oracle ({feature}): baseline {r['oracle']['baseline']} → censored {r['oracle']['censored']}.")
+        if r["fallbacks"]:
+            lines.append(f"⚠ {r['fallbacks']} image-steps fell back to unguided (the weight is too large).")
+        return display(r["baseline"]), display(r["censored"]), "\n\n".join(lines), (r["censored"], r["seeds"])
+
+    def on_send(sid, last):
+        if not last:
+            raise gr.Error("render a censored gallery first")
+        rnd = studio.send_to_labelling(sid, np.asarray(last[0], dtype=np.uint8), last[1])
+        first = studio.store.counts(sid).total - len(last[1])
+        page = first // PAGE_SIZE
+        return (f"Added {len(last[1])} censored images as labelling round {rnd} (from page {page + 1}).",
+                *turn(sid, page, 0))
 
     with gr.Blocks(title="Censoring studio") as demo:
-        gr.Markdown("# Censoring studio\nFresh samples from the embedded Fashion-MNIST diffusion model.")
-        with gr.Row():
-            n = gr.Slider(1, 64, value=32, step=1, label="images")
-            steps = gr.Slider(5, 100, value=30, step=1, label="DDIM steps")
-            seed = gr.Number(value=0, precision=0, label="seed")
-        go = gr.Button("Generate", variant="primary")
-        gallery = gr.Gallery(label="samples", columns=8, height="auto", elem_id="gallery")
-        go.click(generate, inputs=[n, steps, seed], outputs=gallery, api_name="generate")
+        saved_sid = gr.BrowserState(None, storage_key="censor-session")
+        sid = gr.State(None)
+        page = gr.State(0)
+        last = gr.State(None)
+        gr.Markdown("# Censoring studio\nLabel a few generated images, train a reward in seconds, "
+                    "and sample without what you marked.")
+        with gr.Tab("1 · Label"):
+            gr.Markdown(HELP)
+            counts = gr.Markdown(elem_id="counts")
+            grid = gr.HTML({"items": []}, html_template=GRID_TEMPLATE, css_template=GRID_CSS, js_on_load=GRID_JS,
+                           elem_id="label-grid")
+            with gr.Row():
+                prev_btn = gr.Button("◀ previous page")
+                page_info = gr.Markdown("page 1")
+                next_btn = gr.Button("next page ▶")
+        with gr.Tab("2 · Train"):
+            suggestion = gr.Markdown()
+            method = gr.Radio(["ensemble", "imitation", "single"], value="ensemble", label="method")
+            kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value="ddpm-encoder", label="reward")
+            with gr.Row():
+                members = gr.Slider(*LIMITS["members"], value=5, step=1, label="ensemble size K")
+                iterations = gr.Slider(*LIMITS["iterations"], value=300, step=10, label="iterations")
+                alpha = gr.Slider(*LIMITS["alpha"], value=0.1, step=0.01, label="α (benign class weight)")
+            train_btn = gr.Button("Train reward", variant="primary")
+            train_out = gr.Markdown(elem_id="train-result")
+        with gr.Tab("3 · Censored gallery"):
+            with gr.Row():
+                guidance = gr.Radio(["time", "universal"], value="time", label="guidance")
+                weight = gr.Slider(*LIMITS["weight"], value=1.0, step=0.1, label="weight ω")
+                backward = gr.Slider(*LIMITS["backward"], value=0, step=1, label="backward steps")
+                recurrence = gr.Slider(*LIMITS["recurrence"], value=0, step=1, label="recurrence")
+            with gr.Row():
+                steps = gr.Slider(*LIMITS["steps"], value=30, step=1, label="steps")
+                seed = gr.Number(0, precision=0, label="seed")
+                count = gr.Slider(*LIMITS["count"], value=32, step=1, label="images")
+                feature = gr.Dropdown(features, value="(none)", label="oracle feature (if known)")
+            censor_btn = gr.Button("Render baseline and censored", variant="primary")
+            censor_out = gr.Markdown(elem_id="censor-result")
+            with gr.Row():
+                base_gallery = gr.Gallery(label="baseline (same seeds)", columns=8, elem_id="baseline")
+                cens_gallery = gr.Gallery(label="censored", columns=8, elem_id="censored")
+            send_btn = gr.Button("Label this gallery (next imitation round)")
+            send_out = gr.Markdown()
+        with gr.Tab("4 · Share"):
+            gr.Markdown("Download and import of gallery bundles and sessions are not built yet.")
+        with gr.Tab("5 · Fine-tuning comparison"):
+            gr.Markdown("RLHF and D3PO fine-tuning beside censored sampling are not built yet.")
+        with gr.Tab("Samples"):
+            with gr.Row():
+                n = gr.Slider(1, 64, value=32, step=1, label="images")
+                sample_steps = gr.Slider(5, 100, value=30, step=1, label="DDIM steps")
+                sample_seed = gr.Number(value=0, precision=0, label="seed")
+            go = gr.Button("Generate")
+            gallery = gr.Gallery(label="samples", columns=8, height="auto", elem_id="gallery")
+
+        def generate(n, steps_, seed_, progress=gr.Progress()):
+            return studio.fresh_gallery(int(n), int(steps_), int(seed_),
+                                        progress=lambda f: progress(f, desc="sampling"))
+
+        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, suggestion])
+        grid.click(on_click, inputs=[sid, page], outputs=[grid, counts, suggestion], api_name=False)
+        grid.submit(on_page, inputs=[sid, page], outputs=[page, grid, counts, page_info], api_name=False)
+        next_btn.click(lambda s, p: turn(s, p, 1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
+        prev_btn.click(lambda s, p: turn(s, p, -1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
+        train_btn.click(on_train, inputs=[sid, method, kind, members, iterations, alpha], outputs=train_out)
+        censor_btn.click(on_censor, inputs=[sid, guidance, weight, backward, recurrence, steps, seed, count, feature],
+                         outputs=[base_gallery, cens_gallery, censor_out, last])
+        send_btn.click(on_send, inputs=[sid, last], outputs=[send_out, page, grid, counts, page_info])
+        go.click(generate, inputs=[n, sample_steps, sample_seed], outputs=gallery, api_name="generate")
     return demo
 
 
+demo = build_app()  # module level, as Hugging Face Spaces and `gradio app.py` expect; nothing loads until used
+
 if __name__ == "__main__":
-    build_app().queue(default_concurrency_limit=1).launch(
+    demo.queue(default_concurrency_limit=1, max_size=32).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))

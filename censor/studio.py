@@ -1,27 +1,74 @@
-"""What the studio's buttons call: model loading, galleries as PIL images (no UI code here)."""
+"""What the studio's buttons call. No UI code here, and no method formulas either: this module
+strings together sessions (sessions.py), reward training (reward_training.py), guided sampling
+(sampling.py + guidance.py) and judging (oracle.py) for one person's censoring session.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
+import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import torch
 from PIL import Image
 
-from .data import to_uint8
+from .data import to_model_range, to_uint8
 from .errors import CensorError
+from .evaluate import load_features, malign_fraction
+from .guidance import BackwardGuidance, Guidance, TimeGuidance, UniversalGuidance
 from .models import EMBEDDED_MODEL_DIR, DiffusionModel, load_diffusion
+from .reward_training import train_reward
+from .rewards import TIME_DEPENDENT, load_reward
 from .sampling import sample, seeds_for
+from .sessions import STATE_NAMES, SessionStore
 
 MAX_GALLERY = 256
 DISPLAY_SIZE = 112
+PAGE_SIZE = 25
+POOL_PER_SESSION = 200
+DEFAULT_DATA_DIR = Path(os.environ.get("CENSOR_DATA_DIR", "studio_data"))
+# Server-side bounds for every number a person can set (the UI shows the same ranges).
+LIMITS = dict(members=(1, 8), iterations=(10, 2000), alpha=(0.01, 1.0), weight=(0.0, 50.0), backward=(0, 20),
+              recurrence=(0, 4), steps=(5, 100), count=(1, 64))
+
+
+def check_range(name: str, value: float) -> float:
+    lo, hi = LIMITS[name]
+    if value is None or not np.isfinite(value) or not lo <= value <= hi:
+        raise CensorError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def display(images: np.ndarray) -> list[Image.Image]:
+    return [Image.fromarray(im).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST) for im in images]
 
 
 class Studio:
-    """Holds the loaded model for a running app; loads it lazily so the page comes up at once."""
+    """One running app: the model, the labelling pool and every person's session store."""
 
-    def __init__(self, model_dir: str | Path | None = None, model: DiffusionModel | None = None):
+    def __init__(self, model_dir: str | Path | None = None, model: DiffusionModel | None = None,
+                 data_dir: str | Path | None = None, pool=None):
         self.model_dir = Path(model_dir) if model_dir else EMBEDDED_MODEL_DIR
         self._model = model
+        self._pool = pool
+        self._data_dir = Path(data_dir or DEFAULT_DATA_DIR)
+        self._store = None
+        self._oracle = None
+
+    @property
+    def store(self) -> SessionStore:
+        if self._store is None:
+            self._store = SessionStore(self._data_dir)
+        return self._store
 
     @property
     def model(self) -> DiffusionModel:
@@ -29,9 +76,131 @@ class Studio:
             self._model = load_diffusion(self.model_dir)
         return self._model
 
+    @property
+    def pool(self):
+        if self._pool is None:
+            from .pool import load_pool
+
+            self._pool = load_pool(model_dir=self.model_dir)
+        return self._pool
+
+    @property
+    def oracle(self):
+        if self._oracle is None:
+            from .oracle import load_oracle
+
+            self._oracle = load_oracle()
+        return self._oracle
+
+    # ---- galleries -------------------------------------------------------------------------
     def fresh_gallery(self, n: int, steps: int, seed: int,
                       progress: Callable[[float], None] | None = None) -> list[Image.Image]:
         if not 1 <= n <= MAX_GALLERY:
             raise CensorError(f"a gallery holds 1 to {MAX_GALLERY} images, asked for {n}")
-        images = to_uint8(sample(self.model, seeds_for(n, seed), steps=steps, progress=progress))
-        return [Image.fromarray(im).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST) for im in images]
+        return display(to_uint8(sample(self.model, seeds_for(n, seed), steps=steps, progress=progress)))
+
+    # ---- labelling -------------------------------------------------------------------------
+    def open_session(self, sid: str | None, instructions: str = "") -> str:
+        """Resume the browser's session if the store knows it, else start one from the pool."""
+        if sid and self.store.exists(sid):
+            return sid
+        sid = self.store.create(str(self.model_dir), instructions)
+        rng = np.random.default_rng()
+        take = rng.permutation(len(self.pool))[:POOL_PER_SESSION]
+        self.store.add_items(sid, self.pool.images[take], self.pool.seeds[take], round_=1)
+        return sid
+
+    def page(self, sid: str, page: int, round_: int | None = None) -> list[dict]:
+        """One page of the label grid; showing it counts its images as viewed."""
+        items = self.store.items(sid, offset=page * PAGE_SIZE, limit=PAGE_SIZE, round_=round_)
+        self.store.mark_viewed(sid, [it["item"] for it in items])
+        return [dict(id=it["item"], src=png_data_uri(it["image"]), state=STATE_NAMES[it["state"]]) for it in items]
+
+    def click(self, sid: str, item: int) -> str:
+        return STATE_NAMES[self.store.cycle(sid, item)]
+
+    def counts_text(self, sid: str) -> str:
+        c = self.store.counts(sid)
+        return f"viewed {c.viewed} · malign {c.malign} · benign {c.benign} · unsure {c.unsure}"
+
+    def suggest_method(self, sid: str) -> tuple[str, str]:
+        """Benign-dominant -> ensemble, malign-dominant -> imitation (the paper's rule of thumb)."""
+        c = self.store.counts(sid)
+        judged = c.malign + c.benign
+        if judged == 0:
+            return "ensemble", "no labels yet"
+        share = c.malign / judged
+        method = "imitation" if share > 0.5 else "ensemble"
+        return method, f"{100 * share:.0f}% of labelled images are malign → {method}"
+
+    # ---- training --------------------------------------------------------------------------
+    def reward_dir(self, sid: str) -> Path:
+        return self.store.folder(sid) / "reward"
+
+    def train(self, sid: str, method: str, kind: str, members: int, iterations: int, alpha: float,
+              progress: Callable[[float], None] | None = None) -> dict:
+        members = int(check_range("members", members)) if method != "single" else 1
+        iterations = int(check_range("iterations", iterations))
+        alpha = float(check_range("alpha", alpha))
+        images, labels = self.store.training_data(sid)
+        resume = None
+        if method == "imitation" and (self.reward_dir(sid) / "reward.json").exists():
+            previous = load_reward(self.reward_dir(sid), self.model)
+            if previous.kind == kind and len(previous.members) == members:
+                resume = previous
+        held_out = self._held_out_accuracy(images, labels, kind, iterations, alpha)
+        reward = train_reward(images, labels, kind=kind, diffusion=self.model, members=members, alpha=alpha,
+                              iterations=iterations, resume=resume, progress=progress)
+        reward.info["held_out_accuracy"] = held_out
+        reward.save(self.reward_dir(sid))
+        return dict(reward.info)
+
+    def _held_out_accuracy(self, images, labels, kind, iterations, alpha) -> float | None:
+        """With >= 30 labels and >= 5 of each class: one quick single model on 80%, scored on 20%."""
+        if len(labels) < 30 or min((labels == 0).sum(), (labels == 1).sum()) < 5:
+            return None
+        rng = np.random.default_rng(0)
+        order = rng.permutation(len(labels))
+        test, train = order[: len(order) // 5], order[len(order) // 5:]
+        if len(np.unique(labels[train])) < 2:
+            return None
+        r = train_reward(images[train], labels[train], kind=kind, diffusion=self.model, members=1, alpha=alpha,
+                         iterations=max(10, iterations // 2))
+        x = to_model_range(images[test])
+        t = torch.zeros(len(x), dtype=torch.long) if r.time_dependent else None
+        return float(((r.prob(x, t).numpy() > 0.5).astype(int) == labels[test]).mean())
+
+    # ---- censored galleries ----------------------------------------------------------------
+    def censored_gallery(self, sid: str, guidance: str, weight: float, backward: int, recurrence: int,
+                         steps: int, seed: int, count: int, feature: str | None = None,
+                         progress: Callable[[float], None] | None = None) -> dict:
+        weight = float(check_range("weight", weight))
+        backward, recurrence = int(check_range("backward", backward)), int(check_range("recurrence", recurrence))
+        steps, count = int(check_range("steps", steps)), int(check_range("count", count))
+        if not (self.reward_dir(sid) / "reward.json").exists():
+            raise CensorError("train a reward first (Train tab)")
+        reward = load_reward(self.reward_dir(sid), self.model)
+        if guidance == "time" and not TIME_DEPENDENT[reward.kind]:
+            guidance = "universal"  # a clean-image reward can only guide through x̂0
+        first = TimeGuidance(reward, weight) if guidance == "time" else UniversalGuidance(reward, weight)
+        g = Guidance([first] + ([BackwardGuidance(reward, backward)] if backward else []), recurrence=recurrence)
+        seeds = seeds_for(count, seed)
+        half = (lambda f: progress(0.5 * f)) if progress else None
+        rest = (lambda f: progress(0.5 + 0.5 * f)) if progress else None
+        base = to_uint8(sample(self.model, seeds, steps=steps, progress=half))
+        cens = to_uint8(sample(self.model, seeds, steps=steps, guidance=g, progress=rest))
+        zeros = torch.zeros(count, dtype=torch.long)
+        est = {name: float((reward.prob(to_model_range(imgs), zeros) < 0.5).float().mean())
+               for name, imgs in (("baseline", base), ("censored", cens))}
+        result = dict(baseline=base, censored=cens, seeds=seeds, reward_malign=est,
+                      fallbacks=g.stats["nonfinite_fallbacks"], oracle=None)
+        if feature and feature in load_features():
+            result["oracle"] = {name: malign_fraction(self.oracle.judge(imgs), feature)
+                                for name, imgs in (("baseline", base), ("censored", cens))}
+        return result
+
+    def send_to_labelling(self, sid: str, images: np.ndarray, seeds) -> int:
+        """Imitation learning: a censored gallery becomes the next round to label."""
+        next_round = 1 + max((it["round"] for it in self.store.items(sid, limit=100_000)), default=0)
+        self.store.add_items(sid, images, seeds, round_=next_round)
+        return next_round

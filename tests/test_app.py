@@ -1,13 +1,20 @@
-"""The app over HTTP: a real Gradio server on loopback, called through gradio_client."""
+"""The studio: a labelling session end to end through the Studio API, and the app over HTTP."""
 
+import numpy as np
 import pytest
 
 from censor.errors import CensorError
-from censor.studio import Studio
+from censor.pool import Pool
+from censor.studio import PAGE_SIZE, Studio
 
 
-def test_fresh_gallery_is_deterministic(tiny_model):
-    studio = Studio(model=tiny_model)
+@pytest.fixture
+def studio(tmp_path, tiny_model, fixture_images):
+    pool = Pool(fixture_images["images"][:60], np.arange(60), {})
+    return Studio(model=tiny_model, data_dir=tmp_path / "data", pool=pool)
+
+
+def test_fresh_gallery_is_deterministic(studio):
     a = studio.fresh_gallery(3, 2, seed=1)
     b = studio.fresh_gallery(3, 2, seed=1)
     assert len(a) == 3 and a[0].size == (112, 112)
@@ -16,12 +23,42 @@ def test_fresh_gallery_is_deterministic(tiny_model):
         studio.fresh_gallery(0, 2, 1)
 
 
-def test_app_serves_a_gallery(tiny_model):
+def test_session_label_train_censor_and_next_round(studio):
+    sid = studio.open_session(None, "mark bags")
+    assert studio.open_session(sid) == sid  # a reload resumes
+    assert studio.open_session("x" * 24) != sid  # an unknown id starts a new session
+    first = studio.page(sid, 0)
+    assert len(first) == PAGE_SIZE and first[0]["src"].startswith("data:image/png;base64,")
+    assert studio.click(sid, first[0]["id"]) == "malign"
+    assert studio.click(sid, first[1]["id"]) == "malign"
+    assert studio.click(sid, first[1]["id"]) == "unsure"
+    assert studio.counts_text(sid) == "viewed 25 · malign 1 · benign 23 · unsure 1"
+    assert studio.suggest_method(sid)[0] == "ensemble"
+    info = studio.train(sid, "ensemble", "half-unet", members=2, iterations=10, alpha=0.5)
+    assert info["labels"] == 24 and info["malign_labels"] == 1 and info["held_out_accuracy"] is None
+    r = studio.censored_gallery(sid, "time", 1.0, 1, 1, steps=5, seed=0, count=4, feature="bags")
+    assert r["baseline"].shape == r["censored"].shape == (4, 28, 28)
+    assert set(r["reward_malign"]) == {"baseline", "censored"} and r["oracle"]["censored"].n == 4
+    rnd = studio.send_to_labelling(sid, r["censored"], r["seeds"])
+    assert rnd == 2 and studio.store.counts(sid).total == 64
+    with pytest.raises(CensorError, match="weight must be between"):
+        studio.censored_gallery(sid, "time", 1e9, 0, 0, steps=5, seed=0, count=4)
+    with pytest.raises(CensorError, match="iterations must be between"):
+        studio.train(sid, "ensemble", "half-unet", members=2, iterations=10**7, alpha=0.5)
+
+
+def test_censoring_needs_a_reward_first(studio):
+    sid = studio.open_session(None)
+    with pytest.raises(CensorError, match="train a reward first"):
+        studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=0, count=2)
+
+
+def test_app_serves_a_gallery(studio):
     from gradio_client import Client
 
     from app import build_app
 
-    demo = build_app(Studio(model=tiny_model))
+    demo = build_app(studio)
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
