@@ -79,7 +79,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
 
     def on_load(saved_sid):
         sid = studio.open_session(saved_sid)
-        return sid, sid, 0, grid_value(sid, 0), studio.counts_text(sid), studio.suggest_method(sid)[1]
+        _, grid_, counts_, info = turn(sid, 0, 0)
+        return sid, sid, 0, grid_, counts_, info, studio.suggest_method(sid)[1]
 
     def on_click(sid, page, evt: gr.EventData):
         studio.click(sid, int(evt._data["item"]))
@@ -118,16 +119,61 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             lines.append(f"Oracle ({feature}): baseline {r['oracle']['baseline']} → censored {r['oracle']['censored']}.")
         if r["fallbacks"]:
             lines.append(f"⚠ {r['fallbacks']} image-steps fell back to unguided (the weight is too large).")
-        return display(r["baseline"]), display(r["censored"]), "\n\n".join(lines), (r["censored"], r["seeds"])
+        return display(r["baseline"]), display(r["censored"]), "\n\n".join(lines), r
 
     def on_send(sid, last):
         if not last:
             raise gr.Error("render a censored gallery first")
-        rnd = studio.send_to_labelling(sid, np.asarray(last[0], dtype=np.uint8), last[1])
-        first = studio.store.counts(sid).total - len(last[1])
+        rnd = studio.send_to_labelling(sid, np.asarray(last["censored"], dtype=np.uint8), last["seeds"])
+        first = studio.store.counts(sid).total - len(last["seeds"])
         page = first // PAGE_SIZE
-        return (f"Added {len(last[1])} censored images as labelling round {rnd} (from page {page + 1}).",
+        return (f"Added {len(last['seeds'])} censored images as labelling round {rnd} (from page {page + 1}).",
                 *turn(sid, page, 0))
+
+    def on_share(sid, last):
+        if not last:
+            raise gr.Error("render a censored gallery first (Censored gallery tab)")
+        try:
+            png, bundle = studio.export_gallery(sid, last)
+        except CensorError as e:
+            raise gr.Error(str(e))
+        return [str(png), str(bundle)]
+
+    def on_session_download(sid):
+        return [str(studio.export_session(sid))]
+
+    def on_bundle_upload(path, progress=gr.Progress()):
+        if not path:
+            return gr.skip(), gr.skip()
+        try:
+            r = studio.import_gallery(path, progress=lambda f: progress(f, desc="reproducing"))
+        except CensorError as e:
+            raise gr.Error(str(e))
+        text = (f"Reproduced {r['identical']} of {len(r['censored'])} images exactly (largest pixel difference "
+                f"{r['max_pixel_diff']}). Link to this gallery: `?bundle={r['token']}`")
+        return display(r["censored"]), text
+
+    def on_session_upload(path):
+        if not path:
+            return (gr.skip(),) * 7
+        try:
+            new_sid = studio.import_session(path)
+        except CensorError as e:
+            raise gr.Error(str(e))
+        page_, grid_, counts_, info = turn(new_sid, 0, 0)
+        return new_sid, new_sid, page_, grid_, counts_, info, f"Imported as a new session ({counts_})."
+
+    def on_permalink(request: gr.Request):
+        token = request.query_params.get("bundle") if request else None
+        if not token:
+            return gr.skip(), gr.skip()
+        try:
+            g = studio.open_permalink(token)
+        except CensorError as e:
+            return gr.skip(), f"⚠ {e}"
+        s_ = g["manifest"]["settings"]
+        return display(g["censored"]), (f"Shared gallery `{token}`: {s_['guidance']} guidance, ω = {s_['weight']}, "
+                                        f"{s_['steps']} steps, seed {s_['seed']}.")
 
     with gr.Blocks(title="Censoring studio") as demo:
         saved_sid = gr.BrowserState(None, storage_key="censor-session")
@@ -173,8 +219,19 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                 cens_gallery = gr.Gallery(label="censored", columns=8, elem_id="censored")
             send_btn = gr.Button("Label this gallery (next imitation round)")
             send_out = gr.Markdown()
-        with gr.Tab("4 · Share"):
-            gr.Markdown("Download and import of gallery bundles and sessions are not built yet.")
+        with gr.Tab("4 · Share", id="share") as share_tab:
+            gr.Markdown("Share the last censored gallery as a PNG grid or as a bundle that reproduces it "
+                        "(images, manifest with every setting and seed, the reward weights). Sessions (labels and "
+                        "reward) download and upload as zips of safetensors + JSON.")
+            with gr.Row():
+                share_btn = gr.Button("Download last gallery", variant="primary")
+                session_btn = gr.Button("Download session")
+            share_files = gr.File(label="downloads", file_count="multiple", elem_id="downloads")
+            with gr.Row():
+                bundle_in = gr.File(label="import a gallery bundle (.zip)", file_types=[".zip"], elem_id="bundle-in")
+                session_in = gr.File(label="import a session (.zip)", file_types=[".zip"], elem_id="session-in")
+            share_out = gr.Markdown(elem_id="share-result")
+            shared_gallery = gr.Gallery(label="shared gallery", columns=8, elem_id="shared")
         with gr.Tab("5 · Fine-tuning comparison"):
             gr.Markdown("RLHF and D3PO fine-tuning beside censored sampling are not built yet.")
         with gr.Tab("Samples"):
@@ -189,7 +246,7 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             return studio.fresh_gallery(int(n), int(steps_), int(seed_),
                                         progress=lambda f: progress(f, desc="sampling"))
 
-        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, suggestion])
+        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion])
         grid.click(on_click, inputs=[sid, page], outputs=[grid, counts, suggestion], api_name=False)
         grid.submit(on_page, inputs=[sid, page], outputs=[page, grid, counts, page_info], api_name=False)
         next_btn.click(lambda s, p: turn(s, p, 1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
@@ -199,6 +256,12 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                          outputs=[base_gallery, cens_gallery, censor_out, last])
         send_btn.click(on_send, inputs=[sid, last], outputs=[send_out, page, grid, counts, page_info])
         go.click(generate, inputs=[n, sample_steps, sample_seed], outputs=gallery, api_name="generate")
+        share_btn.click(on_share, inputs=[sid, last], outputs=share_files)
+        session_btn.click(on_session_download, inputs=sid, outputs=share_files)
+        bundle_in.upload(on_bundle_upload, inputs=bundle_in, outputs=[shared_gallery, share_out])
+        session_in.upload(on_session_upload, inputs=session_in,
+                          outputs=[saved_sid, sid, page, grid, counts, page_info, share_out])
+        demo.load(on_permalink, inputs=None, outputs=[shared_gallery, share_out])
     return demo
 
 

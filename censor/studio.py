@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +22,8 @@ from .evaluate import load_features, malign_fraction
 from .guidance import BackwardGuidance, Guidance, TimeGuidance, UniversalGuidance
 from .models import EMBEDDED_MODEL_DIR, DiffusionModel, load_diffusion
 from .reward_training import train_reward
-from .rewards import TIME_DEPENDENT, load_reward
+from .bundles import sha256
+from .rewards import TIME_DEPENDENT, load_reward, model_fingerprint
 from .sampling import sample, seeds_for
 from .sessions import STATE_NAMES, SessionStore
 
@@ -182,9 +184,10 @@ class Studio:
         reward = load_reward(self.reward_dir(sid), self.model)
         if guidance == "time" and not TIME_DEPENDENT[reward.kind]:
             guidance = "universal"  # a clean-image reward can only guide through x̂0
-        first = TimeGuidance(reward, weight) if guidance == "time" else UniversalGuidance(reward, weight)
-        g = Guidance([first] + ([BackwardGuidance(reward, backward)] if backward else []), recurrence=recurrence)
         seeds = seeds_for(count, seed)
+        settings = dict(guidance=guidance, weight=weight, backward=backward, backward_lr=0.01, recurrence=recurrence,
+                        steps=steps, seed=seed, count=count, method="ddim", eta=0.0)
+        g = self._guidance(reward, settings)
         half = (lambda f: progress(0.5 * f)) if progress else None
         rest = (lambda f: progress(0.5 + 0.5 * f)) if progress else None
         base = to_uint8(sample(self.model, seeds, steps=steps, progress=half))
@@ -192,12 +195,127 @@ class Studio:
         zeros = torch.zeros(count, dtype=torch.long)
         est = {name: float((reward.prob(to_model_range(imgs), zeros) < 0.5).float().mean())
                for name, imgs in (("baseline", base), ("censored", cens))}
-        result = dict(baseline=base, censored=cens, seeds=seeds, reward_malign=est,
+        result = dict(baseline=base, censored=cens, seeds=seeds, reward_malign=est, settings=settings,
+                      reward_sha256=sha256(self.reward_dir(sid) / "reward.safetensors"),
                       fallbacks=g.stats["nonfinite_fallbacks"], oracle=None)
         if feature and feature in load_features():
             result["oracle"] = {name: malign_fraction(self.oracle.judge(imgs), feature)
                                 for name, imgs in (("baseline", base), ("censored", cens))}
         return result
+
+    def _guidance(self, reward, settings: dict) -> Guidance:
+        first = TimeGuidance(reward, settings["weight"]) if settings["guidance"] == "time" \
+            else UniversalGuidance(reward, settings["weight"])
+        pieces = [first] + ([BackwardGuidance(reward, settings["backward"], settings["backward_lr"])]
+                            if settings["backward"] else [])
+        return Guidance(pieces, recurrence=settings["recurrence"])
+
+    # ---- sharing ---------------------------------------------------------------------------
+    def export_gallery(self, sid: str, result: dict) -> tuple[Path, Path]:
+        """A PNG grid and a reproducible zip bundle of the last censored gallery."""
+        from .bundles import write_gallery_bundle
+        from .gallery import grid
+
+        rdir = self.reward_dir(sid)
+        if sha256(rdir / "reward.safetensors") != result["reward_sha256"]:
+            raise CensorError("the reward was retrained after this gallery was rendered; render it again to share it")
+        out = self.store.folder(sid) / "share"
+        out.mkdir(exist_ok=True)
+        both = np.concatenate([result["baseline"], result["censored"]])
+        png = out / "gallery.png"
+        grid(both, nrow=len(result["censored"]) if len(result["censored"]) <= 16 else 16).save(png)
+        c = self.store.counts(sid)
+        manifest = dict(model=str(self.model_dir), model_fingerprint=model_fingerprint(self.model.unet),
+                        settings=result["settings"], seeds=list(map(int, result["seeds"])),
+                        labels=dict(viewed=c.viewed, malign=c.malign, benign=c.benign, unsure=c.unsure),
+                        reward_info={k: v for k, v in load_reward(rdir, self.model).info.items() if not k.startswith("_")},
+                        image_size=list(result["censored"].shape[1:]))
+        bundle = write_gallery_bundle(out / "gallery_bundle.zip", result["baseline"], result["censored"], manifest,
+                                      rdir, png.read_bytes())
+        return png, bundle
+
+    def import_gallery(self, path: str | Path, progress: Callable[[float], None] | None = None) -> dict:
+        """Unpack a gallery bundle, re-sample it from its seeds and reward, and keep it under a permalink id."""
+        import secrets
+
+        from .bundles import read_gallery_bundle
+
+        token = secrets.token_urlsafe(12)
+        dest = self.store.root / "bundles" / token
+        try:
+            b = read_gallery_bundle(path, dest)
+        except CensorError:
+            import shutil
+
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        b["token"] = token
+        return self.reproduce(b, progress)
+
+    def reproduce(self, bundle: dict, progress: Callable[[float], None] | None = None) -> dict:
+        m = bundle["manifest"]
+        if m.get("model_fingerprint") != model_fingerprint(self.model.unet):
+            raise CensorError("this bundle was made with another diffusion model than the one loaded here")
+        settings = m["settings"]
+        for name, key in (("weight", "weight"), ("backward", "backward"), ("recurrence", "recurrence"),
+                          ("steps", "steps"), ("count", "count")):
+            check_range(name, settings[key])
+        reward = load_reward(bundle["reward_dir"], self.model)
+        images = to_uint8(sample(self.model, m["seeds"], steps=int(settings["steps"]),
+                                 guidance=self._guidance(reward, settings), progress=progress))
+        stored = bundle["censored"]
+        diff = np.abs(images.astype(int) - stored.astype(int)).reshape(len(images), -1).max(1) if stored is not None else None
+        return dict(token=bundle.get("token"), manifest=m, censored=images, stored=stored,
+                    identical=int((diff == 0).sum()) if diff is not None else 0,
+                    max_pixel_diff=int(diff.max()) if diff is not None else None)
+
+    def open_permalink(self, token: str) -> dict:
+        """The gallery bundle imported under ``token`` (a permalink-style view)."""
+        from .bundles import read_json, read_png
+
+        if not token or not re.match(r"^[A-Za-z0-9_-]{8,40}$", token):
+            raise CensorError("unknown gallery link")
+        folder = self.store.root / "bundles" / token
+        if not (folder / "manifest.json").is_file():
+            raise CensorError("unknown gallery link")
+        m = read_json(folder / "manifest.json")
+        size = tuple(m.get("image_size", (28, 28)))
+        n = int(m.get("images", {}).get("censored", 0))
+        return dict(manifest=m, censored=np.stack([read_png(folder / f"censored_{i:03d}.png", size) for i in range(n)]))
+
+    def export_session(self, sid: str) -> Path:
+        from .bundles import write_session_bundle
+
+        out = self.store.folder(sid) / "share"
+        out.mkdir(exist_ok=True)
+        rdir = self.reward_dir(sid)
+        return write_session_bundle(out / "session_bundle.zip", self.store.info(sid),
+                                    self.store.items(sid, limit=100_000), rdir if rdir.exists() else None)
+
+    def import_session(self, path: str | Path) -> str:
+        """A new session holding the bundle's images, labels and reward (the original stays untouched)."""
+        import shutil
+        import tempfile
+
+        from .bundles import read_session_bundle
+
+        with tempfile.TemporaryDirectory(dir=self.store.root) as tmp:
+            b = read_session_bundle(path, tmp)
+            if b["reward_dir"] is not None:
+                load_reward(b["reward_dir"], self.model)  # refuse a reward for another model or image size
+            sid = self.store.create(str(self.model_dir), str(b["info"].get("instructions", "")))
+            for rnd in sorted({int(it["round"]) for it in b["items"]}):
+                idx = [i for i, it in enumerate(b["items"]) if int(it["round"]) == rnd]
+                ids = self.store.add_items(sid, b["images"][idx], [int(b["items"][i]["seed"]) for i in idx], round_=rnd)
+                for i, item_id in zip(idx, ids):
+                    if b["items"][i]["state"]:
+                        self.store.set_state(sid, item_id, int(b["items"][i]["state"]))
+                self.store.mark_viewed(sid, [item_id for i, item_id in zip(idx, ids) if b["items"][i]["viewed"]])
+            if b["reward_dir"] is not None:
+                self.reward_dir(sid).mkdir(parents=True, exist_ok=True)
+                for name in ("reward.safetensors", "reward.json"):
+                    shutil.copy(Path(b["reward_dir"]) / name, self.reward_dir(sid) / name)
+        return sid
 
     def send_to_labelling(self, sid: str, images: np.ndarray, seeds) -> int:
         """Imitation learning: a censored gallery becomes the next round to label."""

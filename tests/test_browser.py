@@ -1,0 +1,117 @@
+"""The studio in a real browser: Debian's chromium driven by Playwright against ``python app.py``.
+
+Skipped locally when chromium or playwright is missing; under CI (CI=true) their absence fails,
+because .ci/run installs both.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("CENSOR_SCREENSHOTS")  # set to docs/screenshots to refresh the README's pictures
+
+
+def _require_browser():
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            raise RuntimeError("chromium is missing; .ci/run should have installed it")
+        pytest.skip("chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require_browser()
+    port = _free_port()
+    env = dict(os.environ, CENSOR_DATA_DIR=str(tmp_path_factory.mktemp("studio")), GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="2")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    started = time.time()
+    while time.time() - started < 60:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("app.py exited:\n" + proc.stdout.read())
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("app.py did not start in 60 s")
+    yield url, time.time() - started
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def _shot(page, name):
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+def test_label_marks_survive_a_reload_and_keys_work(server, browser):
+    url, startup_s = server
+    assert startup_s < 20, f"the app took {startup_s:.1f}s to start"
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    t0 = time.time()
+    page.goto(url)
+    cells = page.locator("#label-grid .cell")
+    cells.first.wait_for(timeout=15_000)
+    first_grid_s = time.time() - t0
+    assert cells.count() == 25
+    assert first_grid_s < 3.0, f"first grid after {first_grid_s:.1f}s"
+    for i in (0, 2, 4):
+        cells.nth(i).click()
+        page.wait_for_function(f"document.querySelectorAll('#label-grid .cell')[{i}].classList.contains('malign')")
+    page.wait_for_function("document.querySelector('#counts').innerText.includes('malign 3')")
+    _shot(page, "label")
+    page.reload()
+    page.locator("#label-grid .cell").first.wait_for(timeout=15_000)
+    page.wait_for_function("document.querySelectorAll('#label-grid .cell.malign').length === 3")
+    marked = page.evaluate("[...document.querySelectorAll('#label-grid .cell')].map(c => c.classList.contains('malign'))")
+    assert [i for i, m in enumerate(marked) if m] == [0, 2, 4]
+    # keyboard only: move to the 2nd image, mark it, then page forward
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("m")
+    page.wait_for_function("document.querySelectorAll('#label-grid .cell')[1].classList.contains('malign')")
+    ids_before = page.evaluate("[...document.querySelectorAll('#label-grid .cell')].map(c => c.dataset.id)")
+    page.keyboard.press("n")
+    page.wait_for_function(f"document.querySelector('#label-grid .cell').dataset.id !== '{ids_before[0]}'")
+    page.wait_for_function("document.querySelector('#counts').innerText.includes('viewed 50')")
