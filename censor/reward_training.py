@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .data import to_model_range
 from .errors import CensorError
-from .rewards import REWARD_KINDS, TIME_DEPENDENT, RewardEnsemble, build_member, model_fingerprint
+from .rewards import REWARD_KINDS, TIME_DEPENDENT, RewardEnsemble, build_member, model_fingerprint, unet_encode
 
 
 def check_labels(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +67,30 @@ def augment(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 10.0, ma
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
+def noised_views(x0: torch.Tensor, sched, gen: torch.Generator):
+    """Augmented copies, and for time-dependent rewards x_t = q_sample(x0, t) with t ~ U{0..T-1}."""
+    x, t = augment(x0, gen), None
+    if sched is not None:
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen)
+        x = sched.add_noise(x, torch.randn(x.shape, generator=gen), t)
+    return x, t
+
+
+class FeatureBank:
+    """Frozen-encoder features of ``draws`` augmented, noised views of every labelled image."""
+
+    def __init__(self, unet, x_all: torch.Tensor, sched, gen: torch.Generator, draws: int = 32, chunk: int = 256):
+        feats = []
+        with torch.no_grad():
+            for _ in range(draws):
+                views = [unet_encode(unet, *noised_views(c, sched, gen)) for c in x_all.split(chunk)]
+                feats.append(torch.cat(views))
+        self.feats = torch.stack(feats, 1)  # [n_images, draws, C, h, w]
+
+    def draw(self, image_idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return self.feats[image_idx, torch.randint(0, self.feats.shape[1], (len(image_idx),), generator=gen)]
+
+
 def train_reward(
     images: np.ndarray,
     labels: np.ndarray,
@@ -100,8 +124,11 @@ def train_reward(
     x_all = to_model_range(images)
     y_all = torch.as_tensor(labels, dtype=torch.float32)
     subsets = bootstrap_indices(labels, members, rng, bootstrap)
-    sched = diffusion.scheduler if diffusion is not None else None
+    sched = diffusion.scheduler if TIME_DEPENDENT[kind] else None
     start = time.time()
+    # A frozen encoder gives the same features to every member: compute them once for a bank of
+    # augmented, noised copies and train only the heads on it (5 members cost ~1 member's forwards).
+    bank = FeatureBank(diffusion.unet, x_all, sched, gen) if kind == "ddpm-encoder" else None
     trained, opt_states = [], []
     for k, idx in enumerate(subsets):
         model = resume.members[k] if resume is not None else build_member(kind, diffusion, init)
@@ -109,22 +136,20 @@ def train_reward(
         for p in params:
             p.requires_grad_(True)
         model.train()
-        if kind == "ddpm-encoder":
-            diffusion.unet.eval()
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         if resume is not None and resume.info.get("_optimizer_states"):
             opt.load_state_dict(resume.info["_optimizer_states"][k])
         decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / iterations)
         loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(alpha))
-        x_k, y_k = x_all[idx], y_all[idx]
+        idx = torch.as_tensor(idx)
         for it in range(iterations):
-            b = torch.randint(0, len(idx), (min(batch_size, max(len(idx), 1)),), generator=gen)
-            x = augment(x_k[b], gen)
-            t = None
-            if TIME_DEPENDENT[kind]:
-                t = torch.randint(0, sched.config.num_train_timesteps, (len(b),), generator=gen)
-                x = sched.add_noise(x, torch.randn(x.shape, generator=gen), t)
-            loss = loss_fn(model(x, t), y_k[b])
+            b = idx[torch.randint(0, len(idx), (batch_size,), generator=gen)]
+            if bank is not None:
+                logits = model.head(bank.draw(b, gen))
+            else:
+                x, t = noised_views(x_all[b], sched, gen)
+                logits = model(x, t)
+            loss = loss_fn(logits, y_all[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
