@@ -196,10 +196,10 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             method = gr.Radio(["ensemble", "imitation", "single"], value="ensemble", label="method")
             kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value="ddpm-encoder", label="reward")
             with gr.Row():
-                members = gr.Slider(*LIMITS["members"], value=5, step=1, label="ensemble size K")
-                iterations = gr.Slider(*LIMITS["iterations"], value=300, step=10, label="iterations")
+                members = gr.Slider(*LIMITS["members"], value=5, step=1, label="ensemble size K", elem_id="members")
+                iterations = gr.Slider(*LIMITS["iterations"], value=300, step=10, label="iterations", elem_id="iterations")
                 alpha = gr.Slider(*LIMITS["alpha"], value=0.1, step=0.01, label="α (benign class weight)")
-            train_btn = gr.Button("Train reward", variant="primary")
+            train_btn = gr.Button("Train reward", variant="primary", elem_id="train-btn")
             train_out = gr.Markdown(elem_id="train-result")
         with gr.Tab("3 · Censored gallery"):
             with gr.Row():
@@ -208,15 +208,15 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                 backward = gr.Slider(*LIMITS["backward"], value=0, step=1, label="backward steps")
                 recurrence = gr.Slider(*LIMITS["recurrence"], value=0, step=1, label="recurrence")
             with gr.Row():
-                steps = gr.Slider(*LIMITS["steps"], value=30, step=1, label="steps")
+                steps = gr.Slider(*LIMITS["steps"], value=30, step=1, label="steps", elem_id="censor-steps")
                 seed = gr.Number(0, precision=0, label="seed")
-                count = gr.Slider(*LIMITS["count"], value=32, step=1, label="images")
+                count = gr.Slider(*LIMITS["count"], value=32, step=1, label="images", elem_id="censor-count")
                 feature = gr.Dropdown(features, value="(none)", label="oracle feature (if known)")
-            censor_btn = gr.Button("Render baseline and censored", variant="primary")
+            censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
             censor_out = gr.Markdown(elem_id="censor-result")
             with gr.Row():
-                base_gallery = gr.Gallery(label="baseline (same seeds)", columns=8, elem_id="baseline")
-                cens_gallery = gr.Gallery(label="censored", columns=8, elem_id="censored")
+                base_gallery = gr.Gallery(label="baseline (same seeds)", columns=6, height="auto", elem_id="baseline")
+                cens_gallery = gr.Gallery(label="censored", columns=6, height="auto", elem_id="censored")
             send_btn = gr.Button("Label this gallery (next imitation round)")
             send_out = gr.Markdown()
         with gr.Tab("4 · Share", id="share") as share_tab:
@@ -224,14 +224,14 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                         "(images, manifest with every setting and seed, the reward weights). Sessions (labels and "
                         "reward) download and upload as zips of safetensors + JSON.")
             with gr.Row():
-                share_btn = gr.Button("Download last gallery", variant="primary")
+                share_btn = gr.Button("Download last gallery", variant="primary", elem_id="share-btn")
                 session_btn = gr.Button("Download session")
             share_files = gr.File(label="downloads", file_count="multiple", elem_id="downloads")
             with gr.Row():
                 bundle_in = gr.File(label="import a gallery bundle (.zip)", file_types=[".zip"], elem_id="bundle-in")
                 session_in = gr.File(label="import a session (.zip)", file_types=[".zip"], elem_id="session-in")
             share_out = gr.Markdown(elem_id="share-result")
-            shared_gallery = gr.Gallery(label="shared gallery", columns=8, elem_id="shared")
+            shared_gallery = gr.Gallery(label="shared gallery", columns=8, height="auto", elem_id="shared")
         with gr.Tab("5 · Fine-tuning comparison"):
             gr.Markdown("RLHF and D3PO fine-tuning beside censored sampling are not built yet.")
         with gr.Tab("Samples"):

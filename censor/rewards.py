@@ -181,8 +181,18 @@ class RewardEnsemble:
 
     @torch.no_grad()
     def prob(self, x: torch.Tensor, t: torch.Tensor | None = None, batch_size: int = 500) -> torch.Tensor:
+        """The product of member probabilities: the weight guidance steers by (not a calibrated P)."""
         return torch.cat([self.log_prob(c, None if t is None else t[i * batch_size:(i + 1) * batch_size]).exp()
                           for i, c in enumerate(x.split(batch_size))])
+
+    @torch.no_grad()
+    def benign_prob(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Geometric mean of member probabilities, for per-image verdicts (threshold 0.5).
+
+        The product of K members sits near 0.5**K for undecided members, so thresholding it would
+        call almost everything malign as K grows.
+        """
+        return self.prob(x, t).pow(1.0 / len(self.members))
 
     def eval(self) -> "RewardEnsemble":
         for m in self.members:

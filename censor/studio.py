@@ -170,7 +170,7 @@ class Studio:
                          iterations=max(10, iterations // 2))
         x = to_model_range(images[test])
         t = torch.zeros(len(x), dtype=torch.long) if r.time_dependent else None
-        return float(((r.prob(x, t).numpy() > 0.5).astype(int) == labels[test]).mean())
+        return float(((r.benign_prob(x, t).numpy() > 0.5).astype(int) == labels[test]).mean())
 
     # ---- censored galleries ----------------------------------------------------------------
     def censored_gallery(self, sid: str, guidance: str, weight: float, backward: int, recurrence: int,
@@ -193,7 +193,7 @@ class Studio:
         base = to_uint8(sample(self.model, seeds, steps=steps, progress=half))
         cens = to_uint8(sample(self.model, seeds, steps=steps, guidance=g, progress=rest))
         zeros = torch.zeros(count, dtype=torch.long)
-        est = {name: float((reward.prob(to_model_range(imgs), zeros) < 0.5).float().mean())
+        est = {name: float((reward.benign_prob(to_model_range(imgs), zeros) < 0.5).float().mean())
                for name, imgs in (("baseline", base), ("censored", cens))}
         result = dict(baseline=base, censored=cens, seeds=seeds, reward_malign=est, settings=settings,
                       reward_sha256=sha256(self.reward_dir(sid) / "reward.safetensors"),

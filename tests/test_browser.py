@@ -115,3 +115,46 @@ def test_label_marks_survive_a_reload_and_keys_work(server, browser):
     page.keyboard.press("n")
     page.wait_for_function(f"document.querySelector('#label-grid .cell').dataset.id !== '{ids_before[0]}'")
     page.wait_for_function("document.querySelector('#counts').innerText.includes('viewed 50')")
+
+
+def _set_slider(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_train_censor_and_download_a_bundle(server, browser, tmp_path):
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1200, "height": 1100}, accept_downloads=True)
+    page.goto(url)
+    cells = page.locator("#label-grid .cell")
+    cells.first.wait_for(timeout=15_000)
+    for i in (1, 3):
+        cells.nth(i).click()
+    page.wait_for_function("document.querySelectorAll('#label-grid .cell.malign').length >= 2")
+    page.get_by_role("tab", name="2 · Train").click()
+    _set_slider(page, "members", 2)
+    _set_slider(page, "iterations", 20)
+    page.locator("#train-btn").click()
+    page.wait_for_function("document.querySelector('#train-result').innerText.includes('Trained a')", timeout=120_000)
+    _shot(page, "train")
+    page.get_by_role("tab", name="3 · Censored gallery").click()
+    _set_slider(page, "censor-steps", 5)
+    _set_slider(page, "censor-count", 8)
+    page.locator("#censor-btn").click()
+    page.wait_for_function("document.querySelector('#censor-result').innerText.includes('malign images')",
+                           timeout=120_000)
+    assert page.locator("#censored img").count() >= 8
+    _shot(page, "censored")
+    page.get_by_role("tab", name="4 · Share").click()
+    page.locator("#share-btn").click()
+    link = page.locator('#downloads a[download="gallery_bundle.zip"]')
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as dl:
+        link.click()
+    path = tmp_path / "bundle.zip"
+    dl.value.save_as(path)
+    import zipfile
+
+    assert "manifest.json" in zipfile.ZipFile(path).namelist()
+    _shot(page, "share")

@@ -85,3 +85,12 @@ def test_imitation_round_continues_training(fixture_images, tiny_model):
     assert any(not torch.equal(a, b) for a, b in zip(before, r2.members[0].parameters()))
     with pytest.raises(CensorError, match="same reward kind"):
         train_reward(im, lab, kind="ddpm-encoder", diffusion=tiny_model, members=2, iterations=1, resume=r1)
+
+
+def test_benign_prob_is_the_geometric_mean_of_members(fixture_images, tiny_model):
+    im, lab = fixture_images["images"][:20], np.array([0, 1] * 10)
+    r = train_reward(im, lab, kind="half-unet", diffusion=tiny_model, members=3, iterations=2, batch_size=8)
+    x, t = to_model_range(im[:5]), torch.zeros(5, dtype=torch.long)
+    members = torch.stack([torch.sigmoid(m(x, t)) for m in r.members])
+    torch.testing.assert_close(r.prob(x, t), members.prod(0))
+    torch.testing.assert_close(r.benign_prob(x, t), members.prod(0).pow(1 / 3))
