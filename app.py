@@ -247,7 +247,9 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                                         progress=lambda f: progress(f, desc="sampling"))
 
         demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion])
-        grid.click(on_click, inputs=[sid, page], outputs=[grid, counts, suggestion], api_name=False)
+        # every press counts: the default trigger_mode="once" drops clicks made while one is in flight
+        grid.click(on_click, inputs=[sid, page], outputs=[grid, counts, suggestion], api_name=False,
+                   trigger_mode="multiple")
         grid.submit(on_page, inputs=[sid, page], outputs=[page, grid, counts, page_info], api_name=False)
         next_btn.click(lambda s, p: turn(s, p, 1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
         prev_btn.click(lambda s, p: turn(s, p, -1), inputs=[sid, page], outputs=[page, grid, counts, page_info])

@@ -158,3 +158,23 @@ def test_train_censor_and_download_a_bundle(server, browser, tmp_path):
 
     assert "manifest.json" in zipfile.ZipFile(path).namelist()
     _shot(page, "share")
+
+
+def test_a_hundred_images_with_the_keyboard_alone(server, browser):
+    """Four pages of 25: move with arrows, mark with m, page with n; no mouse on the grid."""
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(url)
+    page.locator("#label-grid .cell").first.wait_for(timeout=15_000)
+    page.locator("body").click(position={"x": 5, "y": 5})  # give the page keyboard focus, off the grid
+    t0 = time.time()
+    for p in range(4):
+        first_id = page.evaluate("document.querySelector('#label-grid .cell').dataset.id")
+        for key in ["ArrowRight", "ArrowRight", "m", "ArrowDown", "m"]:  # marks cells 2 and 7
+            page.keyboard.press(key)
+        page.wait_for_function("document.querySelectorAll('#label-grid .cell.malign').length === 2")
+        if p < 3:
+            page.keyboard.press("n")
+            page.wait_for_function(f"document.querySelector('#label-grid .cell').dataset.id !== '{first_id}'")
+    page.wait_for_function("document.querySelector('#counts').innerText.includes('viewed 100 · malign 8')")
+    assert time.time() - t0 < 60

@@ -33,7 +33,7 @@ def test_seeds_fix_each_image_whatever_the_batching(tiny_model):
     seeds = seeds_for(5, seed=3)
     a = sample(tiny_model, seeds, steps=3, batch_size=5)
     b = sample(tiny_model, seeds, steps=3, batch_size=2)
-    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # batched conv kernels round differently
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=0)  # batched conv kernels round differently
     c = sample(tiny_model, seeds_for(5, seed=4), steps=3)
     assert not torch.allclose(a, c)
     torch.testing.assert_close(initial_noise([7], (1, 28, 28)), initial_noise([7], (1, 28, 28)))
