@@ -23,7 +23,7 @@ from .data import to_uint8
 from .errors import CensorError
 from .evaluate import feature_spec, is_malign, knn_precision_recall, malign_fraction, wilson_interval
 from .gallery import grid
-from .guidance import BackwardGuidance, Guidance, TimeGuidance, UniversalGuidance
+from .guidance import Guidance, build_guidance
 from .labeller import SimulatedLabeller
 from .reward_training import train_reward
 from .sampling import sample, seeds_for
@@ -75,9 +75,8 @@ class BenchConfig:
 
 
 def make_guidance(cfg: BenchConfig, reward) -> Guidance:
-    first = TimeGuidance(reward, cfg.weight) if cfg.guidance == "time" else UniversalGuidance(reward, cfg.weight)
-    pieces = [first] + ([BackwardGuidance(reward, cfg.backward_steps, cfg.backward_lr)] if cfg.backward_steps else [])
-    return Guidance(pieces, window=cfg.window, recurrence=cfg.recurrence)
+    return build_guidance(reward, cfg.guidance, cfg.weight, cfg.backward_steps, cfg.backward_lr,
+                          cfg.recurrence, cfg.window)
 
 
 def _train(cfg: BenchConfig, model, images, labels, seed, resume=None):

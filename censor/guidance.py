@@ -160,3 +160,11 @@ class Guidance:
             eps = torch.where(bad[:, None, None, None], ctx.unguided_eps, eps)
         self.stats["guided_steps"] += 1
         return eps
+
+
+def build_guidance(reward, kind: str, weight: float, backward_steps: int = 0, backward_lr: float = 0.01,
+                   recurrence: int = 0, window: tuple[int, int] = (0, 999)) -> Guidance:
+    """The usual composition: time or universal guidance, then optional backward guidance."""
+    first = TimeGuidance(reward, weight) if kind == "time" else UniversalGuidance(reward, weight)
+    pieces = [first] + ([BackwardGuidance(reward, backward_steps, backward_lr)] if backward_steps else [])
+    return Guidance(pieces, window=tuple(window), recurrence=recurrence)

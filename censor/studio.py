@@ -19,7 +19,7 @@ from PIL import Image
 from .data import to_model_range, to_uint8
 from .errors import CensorError
 from .evaluate import load_features, malign_fraction
-from .guidance import BackwardGuidance, Guidance, TimeGuidance, UniversalGuidance
+from .guidance import Guidance, build_guidance
 from .models import EMBEDDED_MODEL_DIR, DiffusionModel, load_diffusion
 from .reward_training import train_reward
 from .bundles import sha256
@@ -203,12 +203,10 @@ class Studio:
                                 for name, imgs in (("baseline", base), ("censored", cens))}
         return result
 
-    def _guidance(self, reward, settings: dict) -> Guidance:
-        first = TimeGuidance(reward, settings["weight"]) if settings["guidance"] == "time" \
-            else UniversalGuidance(reward, settings["weight"])
-        pieces = [first] + ([BackwardGuidance(reward, settings["backward"], settings["backward_lr"])]
-                            if settings["backward"] else [])
-        return Guidance(pieces, recurrence=settings["recurrence"])
+    @staticmethod
+    def _guidance(reward, settings: dict) -> Guidance:
+        return build_guidance(reward, settings["guidance"], settings["weight"], settings["backward"],
+                              settings["backward_lr"], settings["recurrence"])
 
     # ---- sharing ---------------------------------------------------------------------------
     def export_gallery(self, sid: str, result: dict) -> tuple[Path, Path]:
