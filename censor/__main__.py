@@ -98,7 +98,8 @@ def cmd_bench(a) -> None:
                       window=tuple(a.window), rounds=a.rounds, n=a.n, steps=a.steps, seeds=a.seeds,
                       flip_rate=a.flip_rate, init=a.init)
     model = load_diffusion(a.model)
-    result = run_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out)
+    result = run_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
+                       cache_dir=a.cache)
     from .bench import markdown_rows
 
     print(markdown_rows([result]))
@@ -151,13 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recurrence", type=int, default=0)
     b.add_argument("--window", type=int, nargs=2, default=[0, 999], metavar=("START", "END"))
     b.add_argument("--rounds", type=_positive, default=3, help="imitation rounds")
-    b.add_argument("--n", type=_positive, default=1000, help="censored images per seed")
+    b.add_argument("--n", type=_positive, default=1000,
+                   help="censored images in total, split evenly over the labelling seeds; the baseline has n")
     b.add_argument("--steps", type=_positive, default=50)
     b.add_argument("--seeds", type=_positive, default=3)
     b.add_argument("--flip-rate", type=float, default=0.0, help="share of labels the labeller gets wrong")
     b.add_argument("--init", default="random", choices=["random", "backbone", "imagenet"])
     b.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     b.add_argument("--out", default="docs/bench", help="folder for the JSON, markdown and grid")
+    b.add_argument("--cache", default="runs/bench_cache", help="where the shared unguided baseline is kept")
     b.set_defaults(fn=cmd_bench)
     return p
 

@@ -4,8 +4,9 @@
 
 Per labelling seed: the simulated labeller views ``budget`` pool images (about three minutes of a
 person's time at budget 100), a reward is trained on its labels (imitation: further rounds label
-galleries censored by the previous round), and ``n`` images are sampled with guidance from the same
-fixed seeds as the unguided baseline. Every malign % is reported next to what shows whether the
+galleries censored by the previous round), and n / seeds images are sampled with guidance from the
+same fixed seeds as the unguided baseline (n images, cached per model). The censored malign % pools
+the seeds, so both figures rest on n samples. Every malign % is reported next to what shows whether the
 samples are still good: k-NN precision/recall against the real benign test images (censored vs
 baseline, same n), the oracle-confident fraction, and a grid. Results go to JSON + markdown.
 """
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .data import to_uint8
 from .errors import CensorError
@@ -105,21 +107,49 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
     return reward, labels, labeller.viewed
 
 
+def cached_baseline(model, n: int, steps: int, cache_dir: str | Path | None) -> np.ndarray:
+    """The unguided gallery for the benchmark's fixed seeds, kept on disk per model, n and steps.
+
+    Every configuration compares against the same baseline, so it is sampled once per model.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from .rewards import model_fingerprint
+
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"baseline_{model_fingerprint(model.unet)}_n{n}_s{steps}.safetensors"
+        if path.is_file():
+            return load_file(str(path))["images"].numpy()
+    images = to_uint8(sample(model, seeds_for(n, GALLERY_SEED), steps=steps, show_bar=True))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"images": torch.from_numpy(np.ascontiguousarray(images))}, str(path))
+    return images
+
+
 def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
-              log=print) -> dict:
-    gallery_seeds = seeds_for(cfg.n, GALLERY_SEED)
+              log=print, cache_dir: str | Path | None = None) -> dict:
+    """``cfg.n`` is the total over labelling seeds: each seed censors ceil(n / seeds) images."""
+    per_seed = -(-cfg.n // cfg.seeds)
+    gallery_seeds = seeds_for(cfg.n, GALLERY_SEED)[:per_seed]
+    baseline_all = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
+    baseline = baseline_all[:per_seed]
+    # wall-time reference measured in this run, on the same images and batch as the guided galleries
+    timing_n = min(per_seed, 100)
     t0 = time.time()
-    baseline = to_uint8(sample(model, gallery_seeds, steps=cfg.steps, show_bar=True))
-    unguided_s = time.time() - t0
+    sample(model, gallery_seeds[:timing_n], steps=cfg.steps)
+    unguided_s = (time.time() - t0) * per_seed / timing_n
+    jb_all = oracle.judge(baseline_all)
     jb = oracle.judge(baseline)
-    base_rate = malign_fraction(jb, cfg.feature)
+    base_rate = malign_fraction(jb_all, cfg.feature)
     # the real benign test images (true labels, not the oracle's): the diversity censoring must keep
     spec = feature_spec(cfg.feature)
     benign_real = ~reference["test_watermark"].astype(bool) if spec["rule"] == "watermark" else \
         ~np.isin(reference["test_labels"], spec["malign_classes"])
-    real = reference["test_features"][benign_real][: cfg.n]
+    real = reference["test_features"][benign_real][:per_seed]
     base_p, base_r = knn_precision_recall(real, jb.features)
-    log(f"baseline: {base_rate}  recall {base_r:.3f}  ({unguided_s:.0f}s unguided)")
+    log(f"baseline: {base_rate}  recall {base_r:.3f} on {per_seed}  ({unguided_s:.0f}s unguided for {per_seed})")
     runs = []
     for seed in range(cfg.seeds):
         reward, labels, viewed = collect_labels_and_train(cfg, model, oracle, pool, seed, log)
@@ -152,7 +182,7 @@ def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: s
     result = dict(
         config=asdict(cfg), name=cfg.name,
         baseline=dict(malign_pct=100 * base_rate.fraction, ci_pct=[100 * base_rate.low, 100 * base_rate.high],
-                      n=base_rate.n, precision=base_p, recall=base_r, confident=float(jb.confident.mean()),
+                      n=base_rate.n, precision=base_p, recall=base_r, confident=float(jb_all.confident.mean()),
                       unguided_s=round(unguided_s, 1)),
         censored=dict(malign_pct=100 * k / n, ci_pct=[100 * lo, 100 * hi], n=n,
                       recall_ratio=_mean_or_none([r["recall_ratio"] for r in runs]),

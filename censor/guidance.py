@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .errors import CensorError
 
@@ -63,22 +64,50 @@ def _grad_of_log_reward(reward, x_in: torch.Tensor, wrt: torch.Tensor, t) -> tor
 
 @dataclass
 class TimeGuidance:
-    """Classifier-style guidance with a time-dependent reward r(x_t, t)."""
+    """Classifier-style guidance with a time-dependent reward r(x_t, t).
+
+    A reward that reads the diffusion UNet's own encoder (ddpm-encoder) takes its features from
+    the sampler's ε_θ pass (a hook on the mid block), so guidance adds only the encoder's
+    backward pass instead of a second forward and backward through it.
+    """
 
     reward: object
     weight: float
-    computes_eps = False
 
     def __post_init__(self):
         if not self.reward.time_dependent:
             raise CensorError(f"time-dependent guidance needs a time-dependent reward; a {self.reward.kind} "
                               "reward scores clean images, so use universal guidance")
 
+    @property
+    def computes_eps(self) -> bool:
+        return getattr(self.reward, "reads_unet", None) is not None
+
     def __call__(self, ctx: StepContext) -> torch.Tensor:
         with torch.enable_grad():
             x = ctx.x.detach().requires_grad_(True)
-            g = _grad_of_log_reward(self.reward, x, x, ctx.t_batch())
-        return shift_eps(ctx.eps, g, self.weight, ctx.ab)
+            if ctx.eps is None and self.reward.reads_unet is ctx.unet:
+                eps, feats = _eps_and_mid_features(ctx.unet, x, ctx.t)
+                g, = torch.autograd.grad(F.logsigmoid(self.reward.logits_from_features(feats)).sum(), x)
+                ctx.unguided_eps = eps = eps.detach()
+            else:
+                if ctx.eps is None:  # a reward on another model's encoder: no pass to share
+                    with torch.no_grad():
+                        ctx.eps = ctx.unguided_eps = ctx.unet(ctx.x, ctx.t).sample
+                eps = ctx.eps
+                g = _grad_of_log_reward(self.reward, x, x, ctx.t_batch())
+        return shift_eps(eps, g, self.weight, ctx.ab)
+
+
+def _eps_and_mid_features(unet, x: torch.Tensor, t: int):
+    """ε_θ(x_t, t) and the mid-block output of the same forward pass."""
+    caught = []
+    hook = unet.mid_block.register_forward_hook(lambda module, args, out: caught.append(out))
+    try:
+        eps = unet(x, t).sample
+    finally:
+        hook.remove()
+    return eps, caught[0]
 
 
 @dataclass

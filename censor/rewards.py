@@ -171,8 +171,28 @@ class RewardEnsemble:
     def time_dependent(self) -> bool:
         return TIME_DEPENDENT[self.kind]
 
+    @property
+    def reads_unet(self):
+        """The diffusion UNet whose encoder every member reads (ddpm-encoder), else None.
+
+        Members then differ only in their heads, so one encoder pass serves all K of them, and
+        time guidance can take that pass from the sampler's own ε_θ call (see guidance.py).
+        """
+        if self.kind != "ddpm-encoder":
+            return None
+        unets = {id(m.unet[0]) for m in self.members}
+        return self.members[0].unet[0] if len(unets) == 1 else None
+
+    def logits_from_features(self, h: torch.Tensor) -> torch.Tensor:
+        """[K, N] logits from the shared encoder features of a ddpm-encoder ensemble."""
+        return torch.stack([m.head(h) for m in self.members])
+
     def logits(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """[K, N] member logits."""
+        unet = self.reads_unet
+        if unet is not None:
+            t = torch.zeros(len(x), dtype=torch.long) if t is None else t
+            return self.logits_from_features(unet_encode(unet, x, t))
         return torch.stack([m(x, t) for m in self.members])
 
     def log_prob(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers.optimization import get_constant_schedule_with_warmup
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
+                   help="cosine-decay the learning rate to 0 from this step to --steps (a cheap final polish)")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 = plain MSE")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
@@ -54,6 +56,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def lr_schedule(opt, args):
+    """Warm-up, then constant; with --decay-from, a cosine decay to zero over the last stretch.
+
+    A pure function of the step, so a resumed run lands on the same rate as an uninterrupted one.
+    """
+    def factor(step: int) -> float:
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        start = getattr(args, "decay_from", None)
+        if start is None or step < start or args.steps <= start:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / (args.steps - start))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def train(args) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,7 +83,7 @@ def train(args) -> Path:
     unet = build_unet(**({"block_out_channels": tuple(args.width)} if args.width else {}))
     noise_sched = build_scheduler()
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    lr_sched = get_constant_schedule_with_warmup(opt, num_warmup_steps=args.warmup)
+    lr_sched = lr_schedule(opt, args)
     ema = EMAModel(unet.parameters(), decay=args.ema)
     step, log_rows = 0, []
 
@@ -75,7 +93,7 @@ def train(args) -> Path:
         if meta["unet_config"] != dict(unet.config):
             unet = build_unet(**{k: v for k, v in meta["unet_config"].items() if not k.startswith("_")})
             opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-            lr_sched = get_constant_schedule_with_warmup(opt, num_warmup_steps=args.warmup)
+            lr_sched = lr_schedule(opt, args)
             ema = EMAModel(unet.parameters(), decay=args.ema)
         unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
         unflatten_optimizer(opt, tensors, meta["optimizer"])
@@ -92,7 +110,7 @@ def train(args) -> Path:
         unet = build_unet(**{k: v for k, v in start.config.items() if not k.startswith("_")})
         unet.load_state_dict(start.state_dict())
         opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-        lr_sched = get_constant_schedule_with_warmup(opt, num_warmup_steps=args.warmup)  # fresh Adam: warm up again
+        lr_sched = lr_schedule(opt, args)  # fresh Adam: warm up again
         ema = EMAModel(unet.parameters(), decay=args.ema)
         ema.optimization_step = 10_000  # the shipped weights are already an average: no EMA warm-up
         record = Path(args.init_from) / "training.json"
@@ -128,7 +146,8 @@ def train(args) -> Path:
                  device=str(acc.device), mixed_precision=args.mixed_precision,
                  params=sum(p.numel() for p in raw.parameters())), indent=1))
 
-    bar = tqdm(total=args.steps, initial=step, desc="ddpm", disable=not acc.is_main_process)
+    bar = tqdm(total=args.steps, initial=step, desc="ddpm", disable=not acc.is_main_process,
+               mininterval=1 if sys.stderr.isatty() else 60)  # a nohup log stays readable
     unet.train()
     while step < args.steps:
         idx = torch.randint(0, n, (args.batch,), generator=gen)

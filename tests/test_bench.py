@@ -44,11 +44,12 @@ def test_miniature_bench_runs_and_reports(tmp_path, fixture_images, tiny_model, 
     pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})  # 1 in 6 malign
     cfg = BenchConfig(feature="bags", budget=40, method=method, members=2, iterations=3, batch_size=8,
                       n=24, steps=2, seeds=2, rounds=2, weight=0.5)
-    result = run_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path, log=lambda *_: None)
+    result = run_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path, log=lambda *_: None,
+                       cache_dir=tmp_path / "cache")
     runs = result["runs"]
-    assert len(runs) == 2 and all(r["n"] == 24 for r in runs)
+    assert len(runs) == 2 and all(r["n"] == 12 for r in runs)  # n is the total, split over the seeds
     assert runs[0]["viewed"] == (40 if method == "ensemble" else 80)
-    assert result["censored"]["n"] == 48
+    assert result["censored"]["n"] == 24 and result["baseline"]["n"] == 24
     lo, hi = result["censored"]["ci_pct"]
     assert lo <= result["censored"]["malign_pct"] <= hi
     saved = json.loads((tmp_path / f"{cfg.name}.json").read_text())
@@ -63,3 +64,13 @@ def test_a_budget_without_malign_examples_is_reported_not_crashed(fixture_images
     result = run_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), log=lambda *_: None)
     assert result["runs"][0]["no_reward"] and result["runs"][0]["malign_labels"] == 0
     assert result["censored"]["malign_pct"] == result["baseline"]["malign_pct"]
+
+
+def test_the_baseline_is_sampled_once_per_model_and_reused(tmp_path, tiny_model, monkeypatch):
+    from censor import bench
+
+    first = bench.cached_baseline(tiny_model, 6, 2, tmp_path)
+    assert len(list(tmp_path.glob("baseline_*_n6_s2.safetensors"))) == 1
+    monkeypatch.setattr(bench, "sample", lambda *a, **k: pytest.fail("the cached baseline was sampled again"))
+    again = bench.cached_baseline(tiny_model, 6, 2, tmp_path)
+    assert again.dtype == np.uint8 and np.array_equal(first, again)

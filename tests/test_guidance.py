@@ -88,3 +88,30 @@ def test_time_guidance_refuses_a_clean_image_reward():
     r = BrightnessReward(time_dependent=False, kind="resnet18")
     with pytest.raises(CensorError, match="universal"):
         TimeGuidance(r, 1.0)
+
+
+def test_ddpm_encoder_reward_shares_the_samplers_unet_pass(tiny_model):
+    """The hooked mid-block features give the same guided ε as a separate encoder pass, with one UNet call."""
+    from censor.guidance import StepContext, build_guidance
+    from censor.rewards import RewardEnsemble, build_member
+
+    torch.manual_seed(1)
+    reward = RewardEnsemble("ddpm-encoder", [build_member("ddpm-encoder", tiny_model) for _ in range(3)]).eval()
+    assert reward.reads_unet is tiny_model.unet
+    x, t = torch.randn(4, 1, 28, 28), 600
+    ab = tiny_model.scheduler.alphas_cumprod[t]
+    piece = TimeGuidance(reward, 5.0)
+    with torch.no_grad():
+        eps = tiny_model.unet(x, t).sample
+    shared = piece(StepContext(tiny_model.unet, x, t, ab, None))
+    separate = piece(StepContext(tiny_model.unet, x, t, ab, eps))
+    assert torch.allclose(shared, separate, atol=1e-5)
+    assert (shared - eps).abs().max() > 1e-6  # the guidance did something
+
+    calls = []
+    hook = tiny_model.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        sample(tiny_model, seeds_for(2, 0), steps=4, guidance=build_guidance(reward, "time", 1.0))
+    finally:
+        hook.remove()
+    assert len(calls) == 4  # one ε_θ pass per step: the reward rode along
