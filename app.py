@@ -166,14 +166,15 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
     def on_permalink(request: gr.Request):
         token = request.query_params.get("bundle") if request else None
         if not token:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         try:
             g = studio.open_permalink(token)
         except CensorError as e:
-            return gr.skip(), f"⚠ {e}"
+            return gr.skip(), f"⚠ {e}", gr.Tabs(selected="share")
         s_ = g["manifest"]["settings"]
-        return display(g["censored"]), (f"Shared gallery `{token}`: {s_['guidance']} guidance, ω = {s_['weight']}, "
-                                        f"{s_['steps']} steps, seed {s_['seed']}.")
+        text = (f"Shared gallery `{token}`: {s_['guidance']} guidance, ω = {s_['weight']}, "
+                f"{s_['steps']} steps, seed {s_['seed']}.")
+        return display(g["censored"]), text, gr.Tabs(selected="share")
 
     with gr.Blocks(title="Censoring studio") as demo:
         saved_sid = gr.BrowserState(None, storage_key="censor-session")
@@ -182,65 +183,66 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         last = gr.State(None)
         gr.Markdown("# Censoring studio\nLabel a few generated images, train a reward in seconds, "
                     "and sample without what you marked.")
-        with gr.Tab("1 · Label"):
-            gr.Markdown(HELP)
-            counts = gr.Markdown(elem_id="counts")
-            grid = gr.HTML({"items": []}, html_template=GRID_TEMPLATE, css_template=GRID_CSS, js_on_load=GRID_JS,
-                           elem_id="label-grid")
-            with gr.Row():
-                prev_btn = gr.Button("◀ previous page")
-                page_info = gr.Markdown("page 1")
-                next_btn = gr.Button("next page ▶")
-        with gr.Tab("2 · Train"):
-            suggestion = gr.Markdown()
-            method = gr.Radio(["ensemble", "imitation", "single"], value="ensemble", label="method")
-            kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value="ddpm-encoder", label="reward")
-            with gr.Row():
-                members = gr.Slider(*LIMITS["members"], value=5, step=1, label="ensemble size K", elem_id="members")
-                iterations = gr.Slider(*LIMITS["iterations"], value=300, step=10, label="iterations", elem_id="iterations")
-                alpha = gr.Slider(*LIMITS["alpha"], value=0.1, step=0.01, label="α (benign class weight)")
-            train_btn = gr.Button("Train reward", variant="primary", elem_id="train-btn")
-            train_out = gr.Markdown(elem_id="train-result")
-        with gr.Tab("3 · Censored gallery"):
-            with gr.Row():
-                guidance = gr.Radio(["time", "universal"], value="time", label="guidance")
-                weight = gr.Slider(*LIMITS["weight"], value=1.0, step=0.1, label="weight ω")
-                backward = gr.Slider(*LIMITS["backward"], value=0, step=1, label="backward steps")
-                recurrence = gr.Slider(*LIMITS["recurrence"], value=0, step=1, label="recurrence")
-            with gr.Row():
-                steps = gr.Slider(*LIMITS["steps"], value=30, step=1, label="steps", elem_id="censor-steps")
-                seed = gr.Number(0, precision=0, label="seed")
-                count = gr.Slider(*LIMITS["count"], value=32, step=1, label="images", elem_id="censor-count")
-                feature = gr.Dropdown(features, value="(none)", label="oracle feature (if known)")
-            censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
-            censor_out = gr.Markdown(elem_id="censor-result")
-            with gr.Row():
-                base_gallery = gr.Gallery(label="baseline (same seeds)", columns=6, height="auto", elem_id="baseline")
-                cens_gallery = gr.Gallery(label="censored", columns=6, height="auto", elem_id="censored")
-            send_btn = gr.Button("Label this gallery (next imitation round)")
-            send_out = gr.Markdown()
-        with gr.Tab("4 · Share", id="share") as share_tab:
-            gr.Markdown("Share the last censored gallery as a PNG grid or as a bundle that reproduces it "
-                        "(images, manifest with every setting and seed, the reward weights). Sessions (labels and "
-                        "reward) download and upload as zips of safetensors + JSON.")
-            with gr.Row():
-                share_btn = gr.Button("Download last gallery", variant="primary", elem_id="share-btn")
-                session_btn = gr.Button("Download session")
-            share_files = gr.File(label="downloads", file_count="multiple", elem_id="downloads")
-            with gr.Row():
-                bundle_in = gr.File(label="import a gallery bundle (.zip)", file_types=[".zip"], elem_id="bundle-in")
-                session_in = gr.File(label="import a session (.zip)", file_types=[".zip"], elem_id="session-in")
-            share_out = gr.Markdown(elem_id="share-result")
-            shared_gallery = gr.Gallery(label="shared gallery", columns=8, height="auto", elem_id="shared")
-        with gr.Tab("5 · Fine-tuning comparison"):
-            gr.Markdown("RLHF and D3PO fine-tuning beside censored sampling are not built yet.")
-        with gr.Tab("Samples"):
-            with gr.Row():
-                n = gr.Slider(1, 64, value=32, step=1, label="images")
-                sample_steps = gr.Slider(5, 100, value=30, step=1, label="DDIM steps")
-                sample_seed = gr.Number(value=0, precision=0, label="seed")
-            go = gr.Button("Generate")
-            gallery = gr.Gallery(label="samples", columns=8, height="auto", elem_id="gallery")
+        with gr.Tabs() as tabs:
+            with gr.Tab("1 · Label"):
+                gr.Markdown(HELP)
+                counts = gr.Markdown(elem_id="counts")
+                grid = gr.HTML({"items": []}, html_template=GRID_TEMPLATE, css_template=GRID_CSS, js_on_load=GRID_JS,
+                               elem_id="label-grid")
+                with gr.Row():
+                    prev_btn = gr.Button("◀ previous page")
+                    page_info = gr.Markdown("page 1")
+                    next_btn = gr.Button("next page ▶")
+            with gr.Tab("2 · Train"):
+                suggestion = gr.Markdown()
+                method = gr.Radio(["ensemble", "imitation", "single"], value="ensemble", label="method")
+                kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value="ddpm-encoder", label="reward")
+                with gr.Row():
+                    members = gr.Slider(*LIMITS["members"], value=5, step=1, label="ensemble size K", elem_id="members")
+                    iterations = gr.Slider(*LIMITS["iterations"], value=300, step=10, label="iterations", elem_id="iterations")
+                    alpha = gr.Slider(*LIMITS["alpha"], value=0.1, step=0.01, label="α (benign class weight)")
+                train_btn = gr.Button("Train reward", variant="primary", elem_id="train-btn")
+                train_out = gr.Markdown(elem_id="train-result")
+            with gr.Tab("3 · Censored gallery"):
+                with gr.Row():
+                    guidance = gr.Radio(["time", "universal"], value="time", label="guidance")
+                    weight = gr.Slider(*LIMITS["weight"], value=1.0, step=0.1, label="weight ω")
+                    backward = gr.Slider(*LIMITS["backward"], value=0, step=1, label="backward steps")
+                    recurrence = gr.Slider(*LIMITS["recurrence"], value=0, step=1, label="recurrence")
+                with gr.Row():
+                    steps = gr.Slider(*LIMITS["steps"], value=30, step=1, label="steps", elem_id="censor-steps")
+                    seed = gr.Number(0, precision=0, label="seed")
+                    count = gr.Slider(*LIMITS["count"], value=32, step=1, label="images", elem_id="censor-count")
+                    feature = gr.Dropdown(features, value="(none)", label="oracle feature (if known)")
+                censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
+                censor_out = gr.Markdown(elem_id="censor-result")
+                with gr.Row():
+                    base_gallery = gr.Gallery(label="baseline (same seeds)", columns=6, height="auto", elem_id="baseline")
+                    cens_gallery = gr.Gallery(label="censored", columns=6, height="auto", elem_id="censored")
+                send_btn = gr.Button("Label this gallery (next imitation round)")
+                send_out = gr.Markdown()
+            with gr.Tab("4 · Share", id="share") as share_tab:
+                gr.Markdown("Share the last censored gallery as a PNG grid or as a bundle that reproduces it "
+                            "(images, manifest with every setting and seed, the reward weights). Sessions (labels and "
+                            "reward) download and upload as zips of safetensors + JSON.")
+                with gr.Row():
+                    share_btn = gr.Button("Download last gallery", variant="primary", elem_id="share-btn")
+                    session_btn = gr.Button("Download session")
+                share_files = gr.File(label="downloads", file_count="multiple", elem_id="downloads")
+                with gr.Row():
+                    bundle_in = gr.File(label="import a gallery bundle (.zip)", file_types=[".zip"], elem_id="bundle-in")
+                    session_in = gr.File(label="import a session (.zip)", file_types=[".zip"], elem_id="session-in")
+                share_out = gr.Markdown(elem_id="share-result")
+                shared_gallery = gr.Gallery(label="shared gallery", columns=8, height="auto", elem_id="shared")
+            with gr.Tab("5 · Fine-tuning comparison"):
+                gr.Markdown("RLHF and D3PO fine-tuning beside censored sampling are not built yet.")
+            with gr.Tab("Samples"):
+                with gr.Row():
+                    n = gr.Slider(1, 64, value=32, step=1, label="images")
+                    sample_steps = gr.Slider(5, 100, value=30, step=1, label="DDIM steps")
+                    sample_seed = gr.Number(value=0, precision=0, label="seed")
+                go = gr.Button("Generate")
+                gallery = gr.Gallery(label="samples", columns=8, height="auto", elem_id="gallery")
 
         def generate(n, steps_, seed_, progress=gr.Progress()):
             return studio.fresh_gallery(int(n), int(steps_), int(seed_),
@@ -263,7 +265,7 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         bundle_in.upload(on_bundle_upload, inputs=bundle_in, outputs=[shared_gallery, share_out])
         session_in.upload(on_session_upload, inputs=session_in,
                           outputs=[saved_sid, sid, page, grid, counts, page_info, share_out])
-        demo.load(on_permalink, inputs=None, outputs=[shared_gallery, share_out])
+        demo.load(on_permalink, inputs=None, outputs=[shared_gallery, share_out, tabs])
     return demo
 
 

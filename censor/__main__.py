@@ -105,6 +105,15 @@ def cmd_bench(a) -> None:
     print(markdown_rows([result]))
 
 
+def cmd_bench_table(a) -> None:
+    from .bench import collect, markdown_rows
+
+    rows = collect(a.out)
+    if not rows:
+        raise CensorError(f"no bench results (*.json) in {a.out}")
+    print(markdown_rows(rows, link=a.link), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m censor", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="docs/bench", help="folder for the JSON, markdown and grid")
     b.add_argument("--cache", default="runs/bench_cache", help="where the shared unguided baseline is kept")
     b.set_defaults(fn=cmd_bench)
+
+    t = sub.add_parser("bench-table", help="one markdown table of every saved bench result in a folder")
+    t.add_argument("--out", default="docs/bench")
+    t.add_argument("--link", default="bench", help="relative folder the grid links point to")
+    t.set_defaults(fn=cmd_bench_table)
     return p
 
 

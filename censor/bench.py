@@ -28,6 +28,7 @@ from .gallery import grid
 from .guidance import Guidance, build_guidance
 from .labeller import SimulatedLabeller
 from .reward_training import train_reward
+from .rewards import model_fingerprint
 from .sampling import sample, seeds_for
 
 METHODS = ("single", "union", "ensemble", "imitation")
@@ -73,6 +74,10 @@ class BenchConfig:
     @property
     def name(self) -> str:
         extra = (f"_bw{self.backward_steps}" if self.backward_steps else "") + (f"_rec{self.recurrence}" if self.recurrence else "")
+        extra += "" if tuple(self.window) == (0, 999) else f"_win{self.window[0]}-{self.window[1]}"
+        extra += "" if self.steps == 50 else f"_s{self.steps}"
+        extra += "" if self.flip_rate == 0 else f"_flip{self.flip_rate:g}"
+        extra += "" if self.init == "random" else f"_{self.init}"
         return f"{self.feature}_{self.method}_{self.guidance}_{self.reward}_b{self.budget}_w{self.weight:g}{extra}"
 
 
@@ -113,8 +118,6 @@ def cached_baseline(model, n: int, steps: int, cache_dir: str | Path | None) -> 
     Every configuration compares against the same baseline, so it is sampled once per model.
     """
     from safetensors.torch import load_file, save_file
-
-    from .rewards import model_fingerprint
 
     path = None
     if cache_dir is not None:
@@ -180,7 +183,7 @@ def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: s
     n = sum(r["n"] for r in runs)
     lo, hi = wilson_interval(k, n)
     result = dict(
-        config=asdict(cfg), name=cfg.name,
+        config=asdict(cfg), name=cfg.name, machine=machine(), model_fingerprint=model_fingerprint(model.unet),
         baseline=dict(malign_pct=100 * base_rate.fraction, ci_pct=[100 * base_rate.low, 100 * base_rate.high],
                       n=base_rate.n, precision=base_p, recall=base_r, confident=float(jb_all.confident.mean()),
                       unguided_s=round(unguided_s, 1)),
@@ -198,6 +201,22 @@ def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: s
         (out / f"{cfg.name}.json").write_text(json.dumps(result, indent=1))
         (out / f"{cfg.name}.md").write_text(markdown_rows([result]))
     return result
+
+
+def machine() -> str:
+    """Where a row was measured, in words: every timing is only comparable within one machine."""
+    import os
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (GPU)"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def collect(out_dir: str | Path) -> list[dict]:
+    """Every saved bench result in a folder, sorted by feature and name."""
+    rows = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*.json"))]
+    return sorted(rows, key=lambda r: (r["config"]["feature"], r["name"]))
 
 
 def _mean_or_none(values):
@@ -222,12 +241,14 @@ HEADER = ("| run | baseline malign % [95% CI] | censored malign % [95% CI] | rec
           "|---|---|---|---|---|---|---|\n")
 
 
-def markdown_rows(results: list[dict]) -> str:
+def markdown_rows(results: list[dict], link: str | None = None) -> str:
+    """One table row per result; with ``link`` (a folder), the run's name links to its grid."""
     rows = []
     for r in results:
         b, c = r["baseline"], r["censored"]
+        name = f"[{r['name']}]({link}/{r['name']}.png)" if link else r["name"]
         rows.append(
-            f"| {r['name']} | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] | "
+            f"| {name} | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] | "
             f"{c['malign_pct']:.2f} [{c['ci_pct'][0]:.2f}, {c['ci_pct'][1]:.2f}] (n={c['n']}) | "
             f"{_ratio(c['recall_ratio'])} | {b['confident']:.2f} → {c['confident']:.2f} | {c['reward_train_s']:.1f} | "
             f"{b['unguided_s']:.0f} → {c['guided_s']:.0f} ({c['time_ratio']:.2f}×) |")

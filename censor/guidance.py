@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CensorError
+from .rewards import eps_and_taps
 
 
 def x0_from_eps(x: torch.Tensor, eps: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,7 @@ class TimeGuidance:
     """Classifier-style guidance with a time-dependent reward r(x_t, t).
 
     A reward that reads the diffusion UNet's own encoder (ddpm-encoder) takes its features from
-    the sampler's ε_θ pass (a hook on the mid block), so guidance adds only the encoder's
+    the sampler's ε_θ pass (hooks on the tapped blocks), so guidance adds only the encoder's
     backward pass instead of a second forward and backward through it.
     """
 
@@ -87,7 +88,7 @@ class TimeGuidance:
         with torch.enable_grad():
             x = ctx.x.detach().requires_grad_(True)
             if ctx.eps is None and self.reward.reads_unet is ctx.unet:
-                eps, feats = _eps_and_mid_features(ctx.unet, x, ctx.t)
+                eps, feats = eps_and_taps(ctx.unet, x, ctx.t)
                 g, = torch.autograd.grad(F.logsigmoid(self.reward.logits_from_features(feats)).sum(), x)
                 ctx.unguided_eps = eps = eps.detach()
             else:
@@ -97,17 +98,6 @@ class TimeGuidance:
                 eps = ctx.eps
                 g = _grad_of_log_reward(self.reward, x, x, ctx.t_batch())
         return shift_eps(eps, g, self.weight, ctx.ab)
-
-
-def _eps_and_mid_features(unet, x: torch.Tensor, t: int):
-    """ε_θ(x_t, t) and the mid-block output of the same forward pass."""
-    caught = []
-    hook = unet.mid_block.register_forward_hook(lambda module, args, out: caught.append(out))
-    try:
-        eps = unet(x, t).sample
-    finally:
-        hook.remove()
-    return eps, caught[0]
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .data import to_model_range
 from .errors import CensorError
-from .rewards import REWARD_KINDS, TIME_DEPENDENT, RewardEnsemble, build_member, model_fingerprint, unet_encode
+from .rewards import REWARD_KINDS, TIME_DEPENDENT, RewardEnsemble, build_member, model_fingerprint, unet_taps
 
 
 def check_labels(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,18 +77,23 @@ def noised_views(x0: torch.Tensor, sched, gen: torch.Generator):
 
 
 class FeatureBank:
-    """Frozen-encoder features of ``draws`` augmented, noised views of every labelled image."""
+    """Frozen-encoder taps of ``draws`` augmented, noised views of every labelled image.
+
+    Kept in float16 (half the memory for imitation rounds with hundreds of labels); the heads
+    train in float32.
+    """
 
     def __init__(self, unet, x_all: torch.Tensor, sched, gen: torch.Generator, draws: int = 32, chunk: int = 256):
-        feats = []
+        per_draw = []
         with torch.no_grad():
             for _ in range(draws):
-                views = [unet_encode(unet, *noised_views(c, sched, gen)) for c in x_all.split(chunk)]
-                feats.append(torch.cat(views))
-        self.feats = torch.stack(feats, 1)  # [n_images, draws, C, h, w]
+                views = [unet_taps(unet, *noised_views(c, sched, gen)) for c in x_all.split(chunk)]
+                per_draw.append([torch.cat(tap).half() for tap in zip(*views)])
+        self.taps = [torch.stack(tap, 1) for tap in zip(*per_draw)]  # each [n_images, draws, C, h, w]
 
-    def draw(self, image_idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return self.feats[image_idx, torch.randint(0, self.feats.shape[1], (len(image_idx),), generator=gen)]
+    def draw(self, image_idx: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        which = torch.randint(0, self.taps[0].shape[1], (len(image_idx),), generator=gen)
+        return [tap[image_idx, which].float() for tap in self.taps]
 
 
 def train_reward(

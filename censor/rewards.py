@@ -7,9 +7,11 @@ Three kinds, one interface (``member(x, t) -> logit [N]``, label 1 = benign):
   self-supervised backbone still initialise it.
 - ``half-unet``: the paper's time-dependent classifier r(x_t, t), a diffusers UNet encoder (time
   embedding, down blocks, mid block) with a pooled linear head, trained from scratch.
-- ``ddpm-encoder``: a head on the *frozen* encoder and middle block of the diffusion model itself
-  (the thesis in seed 001 builds its reward this way): features that already mean something at
-  every noise level, and only a small head to learn from a hundred labels.
+- ``ddpm-encoder``: a head on the *frozen* encoder of the diffusion model itself (the thesis in
+  seed 001 builds its reward this way): features that already mean something at every noise level,
+  and only a small head to learn from a hundred labels. It taps an early down block and the mid
+  block: measured on 100 pool labels (AUC on 900 held-out, t = 0), the mid block alone sees bags
+  (0.99) but not the corner stamp (0.58); adding the early tap with max pooling gives 0.80.
 
 An ensemble combines members as sum_k log sigmoid(logit_k), the log of the product of their
 probabilities, so one doubting member is enough to push a sample away.
@@ -41,6 +43,66 @@ def unet_encode(unet, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     for block in unet.down_blocks:
         h, _ = block(hidden_states=h, temb=emb)
     return unet.mid_block(h, emb) if unet.mid_block is not None else h
+
+
+def _tap_blocks(unet) -> list[nn.Module]:
+    """Where a ddpm-encoder reward reads the UNet: an early down block (before attention mixes
+    positions, so small local marks such as a corner stamp survive) and the mid block (shapes)."""
+    return [unet.down_blocks[min(1, len(unet.down_blocks) - 1)], unet.mid_block]
+
+
+def tap_channels(unet) -> list[int]:
+    chans = unet.config.block_out_channels
+    return [chans[min(1, len(chans) - 1)], chans[-1]]
+
+
+def unet_taps(unet, x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+    """The tapped feature maps of the UNet encoder for (x_t, t); the decoder is never run."""
+    t = t.to(x.device).reshape(-1) * torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+    emb = unet.time_embedding(unet.time_proj(t).to(x.dtype))
+    h, taps, early = unet.conv_in(x), [], _tap_blocks(unet)[0]
+    for block in unet.down_blocks:
+        h, _ = block(hidden_states=h, temb=emb)
+        if block is early:
+            taps.append(h)
+    return taps + [unet.mid_block(h, emb)]
+
+
+def eps_and_taps(unet, x: torch.Tensor, t) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """ε_θ(x_t, t) and the same tapped features, caught by hooks on one ordinary forward pass."""
+    caught = []
+
+    def grab(module, args, out):
+        caught.append(out[0] if isinstance(out, tuple) else out)
+
+    hooks = [b.register_forward_hook(grab) for b in _tap_blocks(unet)]
+    try:
+        eps = unet(x, t).sample
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return eps, caught
+
+
+class TapHead(nn.Module):
+    """Per tap: GroupNorm, SiLU, 1x1 conv, then mean and max over positions; an MLP -> one logit.
+
+    Max pooling lets a mark in one corner count as much as a whole-image shape.
+    """
+
+    def __init__(self, channels: list[int], hidden: int = 64):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.GroupNorm(min(16, c), c) for c in channels)
+        self.projs = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in channels)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(2 * hidden * len(channels), hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        pooled = []
+        for norm, proj, h in zip(self.norms, self.projs, taps):
+            h = proj(F.silu(norm(h)))
+            pooled += [h.mean(dim=(2, 3)), h.amax(dim=(2, 3))]
+        return self.mlp(torch.cat(pooled, 1)).squeeze(1)
 
 
 class PooledHead(nn.Module):
@@ -88,12 +150,12 @@ class DiffusionEncoderReward(nn.Module):
     def __init__(self, unet):
         super().__init__()
         self.unet = [unet]  # a list keeps the frozen UNet out of this module's state_dict
-        self.head = PooledHead(unet.config.block_out_channels[-1])
+        self.head = TapHead(tap_channels(unet))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         if t is None:
             t = torch.zeros(len(x), dtype=torch.long)
-        return self.head(unet_encode(self.unet[0], x, t))
+        return self.head(unet_taps(self.unet[0], x, t))
 
 
 class ResNet18Reward(nn.Module):
@@ -183,16 +245,16 @@ class RewardEnsemble:
         unets = {id(m.unet[0]) for m in self.members}
         return self.members[0].unet[0] if len(unets) == 1 else None
 
-    def logits_from_features(self, h: torch.Tensor) -> torch.Tensor:
-        """[K, N] logits from the shared encoder features of a ddpm-encoder ensemble."""
-        return torch.stack([m.head(h) for m in self.members])
+    def logits_from_features(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        """[K, N] logits from the shared encoder taps of a ddpm-encoder ensemble."""
+        return torch.stack([m.head(taps) for m in self.members])
 
     def logits(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """[K, N] member logits."""
         unet = self.reads_unet
         if unet is not None:
             t = torch.zeros(len(x), dtype=torch.long) if t is None else t
-            return self.logits_from_features(unet_encode(unet, x, t))
+            return self.logits_from_features(unet_taps(unet, x, t))
         return torch.stack([m(x, t) for m in self.members])
 
     def log_prob(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:

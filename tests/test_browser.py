@@ -157,7 +157,23 @@ def test_train_censor_and_download_a_bundle(server, browser, tmp_path):
     import zipfile
 
     assert "manifest.json" in zipfile.ZipFile(path).namelist()
+
+    # the bundle comes back in: the app reproduces the gallery and gives it a permalink
+    page.locator("#bundle-in input[type=file]").set_input_files(str(path))
+    page.wait_for_function("document.querySelector('#share-result').innerText.includes('Reproduced')",
+                           timeout=120_000)
+    result = page.locator("#share-result").inner_text()
+    assert "Reproduced 8 of 8 images exactly" in result, result
+    assert page.locator("#shared img").count() >= 8
     _shot(page, "share")
+    token = result.split("?bundle=")[1].split()[0].strip("`.")
+    shared = browser.new_page(viewport={"width": 1200, "height": 900})
+    shared.goto(f"{url}/?bundle={token}")
+    shared.wait_for_function("document.querySelector('#share-result') && "
+                             "document.querySelector('#share-result').innerText.includes('Shared gallery')",
+                             timeout=30_000)
+    shared.locator("#shared img").first.wait_for(state="visible", timeout=10_000)  # the Share tab opened itself
+    assert shared.locator("#shared img").count() >= 8
 
 
 def test_a_hundred_images_with_the_keyboard_alone(server, browser):

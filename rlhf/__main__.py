@@ -1,0 +1,65 @@
+"""``python -m rlhf compare ...``: guidance against RLHF and D3PO on the same simulated labels."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from censor.cli import run_cli
+from censor.models import EMBEDDED_MODEL_DIR
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def cmd_compare(a) -> None:
+    from censor.models import load_diffusion
+    from censor.oracle import load_oracle, load_reference
+    from censor.pool import load_pool
+
+    from .compare import CompareConfig, markdown_table, run_compare
+
+    cfg = CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
+                        train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr,
+                        kl_beta=a.kl_beta, methods=tuple(a.methods))
+    model = load_diffusion(a.model)
+    result = run_compare(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(),
+                         out_dir=a.out, cache_dir=a.cache)
+    print(markdown_table(result), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .compare import METHODS
+
+    p = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="baseline, censored sampling, RLHF (DDPO), D3PO and D3PO+censored")
+    c.add_argument("--feature", default="bags")
+    c.add_argument("--budget", type=_positive, default=100, help="human labels per method")
+    c.add_argument("--seeds", type=_positive, default=3, help="labelling seeds")
+    c.add_argument("--n", type=_positive, default=300, help="gallery images per seed and method")
+    c.add_argument("--steps", type=_positive, default=25, help="sampling steps of the galleries")
+    c.add_argument("--train-steps", type=_positive, default=10, help="DDIM steps of fine-tuning rollouts")
+    c.add_argument("--weight", type=float, default=4.0, help="guidance weight of the censored methods")
+    c.add_argument("--epochs", type=_positive, default=6, help="DDPO epochs")
+    c.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
+    c.add_argument("--kl-beta", type=float, default=0.0, help="per-step KL penalty of RLHF to the frozen model")
+    c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    c.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    c.add_argument("--out", default="docs/bench")
+    c.add_argument("--cache", default="runs/bench_cache")
+    c.set_defaults(fn=cmd_compare)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

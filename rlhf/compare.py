@@ -1,0 +1,210 @@
+"""Guidance against fine-tuning on the same human labels, judged by the oracle.
+
+``python -m rlhf compare --feature bags --budget 100 --seeds 3``
+
+Per labelling seed, every method gets the same simulated labeller (the censoring engine's):
+
+- ``baseline``: the unguided sampler;
+- ``censored``: the labeller views ``budget`` pool images, a reward ensemble is trained on them,
+  and sampling is guided by it (the engine's best benchmark setting by default);
+- ``rlhf``: the same reward ensemble, DDPO-IS policy gradients on LoRA adapters;
+- ``d3po``: no reward model; the labeller marks ``budget`` images drawn in groups that share x_T,
+  and benign ≻ malign pairs inside a group train LoRA adapters with the per-step DPO loss;
+- ``d3po+censored``: the D3PO model, sampled with the reward guidance of ``censored``.
+
+Each fine-tuned model is then sampled with the same deterministic sampler and gallery seeds as
+the baseline, so every difference in the table comes from the method.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from censor.bench import GALLERY_SEED, cached_baseline, machine
+from censor.data import to_uint8
+from censor.errors import CensorError
+from censor.evaluate import feature_spec, knn_precision_recall, malign_fraction, wilson_interval
+from censor.guidance import build_guidance
+from censor.labeller import SimulatedLabeller
+from censor.reward_training import train_reward
+from censor.sampling import sample, seeds_for
+
+from .train import D3POConfig, DDPOConfig, labels_from, reward_from, train_d3po, train_ddpo
+
+METHODS = ("baseline", "censored", "rlhf", "d3po", "d3po+censored")
+
+
+@dataclass
+class CompareConfig:
+    feature: str = "bags"
+    budget: int = 100  # human labels per method (d3po+censored spends two budgets)
+    seeds: int = 3
+    n: int = 300  # gallery images per seed and method
+    steps: int = 25  # sampling steps of every gallery
+    train_steps: int = 10  # DDIM steps of the fine-tuning rollouts
+    guidance_weight: float = 4.0
+    members: int = 5
+    epochs: int = 6  # DDPO epochs (reward-model rollouts cost no labels)
+    ddpo_images: int = 32
+    d3po_group_size: int = 7
+    lr: float = 3e-4
+    kl_beta: float = 0.0
+    methods: tuple[str, ...] = METHODS
+
+    def __post_init__(self):
+        feature_spec(self.feature)
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise CensorError(f"unknown method(s) {', '.join(sorted(unknown))}; use {', '.join(METHODS)}")
+        if min(self.budget, self.seeds, self.n, self.steps, self.train_steps, self.epochs) < 1:
+            raise CensorError("budget, seeds, n, steps, train_steps and epochs must be positive")
+        if self.budget < 2 * self.d3po_group_size:
+            raise CensorError(f"a budget of {self.budget} labels is under two D3PO groups of {self.d3po_group_size}")
+        self.methods = tuple(self.methods)
+
+
+def _real_benign(reference: dict, feature: str, n: int) -> np.ndarray:
+    spec = feature_spec(feature)
+    benign = ~reference["test_watermark"].astype(bool) if spec["rule"] == "watermark" else \
+        ~np.isin(reference["test_labels"], spec["malign_classes"])
+    return reference["test_features"][benign][:n]
+
+
+def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
+                cache_dir: str | Path | None = None, log=print) -> dict:
+    """All methods on the same labels per seed; rows pool the seeds. Returns the JSON-ready result."""
+    gallery = seeds_for(cfg.n, GALLERY_SEED)
+    real = _real_benign(reference, cfg.feature, cfg.n)
+    baseline = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
+    jb = oracle.judge(baseline)
+    _, base_recall = knn_precision_recall(real, jb.features)
+    t0 = time.time()
+    sample(model, gallery[: min(cfg.n, 50)], steps=cfg.steps)
+    unguided_per_image = (time.time() - t0) / min(cfg.n, 50)
+    runs = {m: [] for m in cfg.methods}
+
+    def judge(method, seed, images, labels, train_s, sample_s):
+        j = oracle.judge(images)
+        rate = malign_fraction(j, cfg.feature)
+        _, recall = knn_precision_recall(real, j.features)
+        runs[method].append(dict(seed=seed, malign=rate.malign, n=rate.n, labels=int(labels), recall=recall,
+                                 confident=float(j.confident.mean()), train_s=round(train_s, 1),
+                                 sample_s_per_image=sample_s / len(images)))
+        ratio = f"{recall / base_recall:.2f}×" if base_recall > 0 else "n/a"
+        log(f"  seed {seed} {method:>14}: {rate}  recall {ratio}  labels {labels}  "
+            f"train {train_s:.0f}s")
+
+    for seed in range(cfg.seeds):
+        if "baseline" in runs and seed == 0:  # one baseline gallery: the same images for every seed
+            judge("baseline", seed, baseline, 0, 0.0, unguided_per_image * cfg.n)
+        labeller = SimulatedLabeller(oracle, cfg.feature, seed=seed)
+        reward = None
+        if {"censored", "rlhf", "d3po+censored"} & set(cfg.methods):
+            view = np.random.default_rng(seed).choice(len(pool), size=min(cfg.budget, len(pool)), replace=False)
+            labels = labeller.label(pool.images[view])
+            if labels.min() == labels.max():
+                raise CensorError(f"seed {seed}: the {len(labels)} viewed images hold one class only; "
+                                  "raise --budget")
+            reward = train_reward(pool.images[view], labels, kind="ddpm-encoder", diffusion=model,
+                                  members=cfg.members, seed=seed)
+            reward_s = reward.info["train_seconds"]
+        if "censored" in runs:
+            t = time.time()
+            imgs = _sample(model, gallery, cfg, reward)
+            judge("censored", seed, imgs, cfg.budget, reward_s, time.time() - t)
+        if "rlhf" in runs:
+            tuned = copy.deepcopy(model)
+            t = time.time()
+            train_ddpo(tuned, reward_from(reward), DDPOConfig(
+                steps=cfg.train_steps, epochs=cfg.epochs, images=cfg.ddpo_images, batch_size=cfg.ddpo_images // 2,
+                lr=cfg.lr, kl_beta=cfg.kl_beta, seed=seed))
+            train_s = time.time() - t + reward_s
+            t = time.time()
+            judge("rlhf", seed, _sample(tuned, gallery, cfg), cfg.budget, train_s, time.time() - t)
+        if {"d3po", "d3po+censored"} & set(cfg.methods):
+            tuned = copy.deepcopy(model)
+            groups = cfg.budget // cfg.d3po_group_size
+            d3po_labeller = SimulatedLabeller(oracle, cfg.feature, seed=1000 + seed)
+            t = time.time()
+            info = train_d3po(tuned, labels_from(d3po_labeller), D3POConfig(
+                steps=cfg.train_steps, epochs=1, groups=groups, group_size=cfg.d3po_group_size,
+                batch_groups=max(1, groups // 4), lr=cfg.lr, seed=seed))
+            d3po_s, d3po_labels = time.time() - t, d3po_labeller.viewed
+            log(f"  seed {seed} d3po: {d3po_labels} labels, {sum(info['pairs'])} preference pairs")
+            if "d3po" in runs:
+                t = time.time()
+                judge("d3po", seed, _sample(tuned, gallery, cfg), d3po_labels, d3po_s, time.time() - t)
+            if "d3po+censored" in runs:
+                t = time.time()
+                imgs = _sample(tuned, gallery, cfg, reward)
+                judge("d3po+censored", seed, imgs, d3po_labels + cfg.budget, d3po_s + reward_s, time.time() - t)
+
+    rows = {m: _pool_seeds(r) for m, r in runs.items() if r}
+    for row in rows.values():
+        row["recall_ratio"] = row["recall"] / base_recall if base_recall > 0 else None
+    result = dict(config=asdict(cfg), machine=machine(), baseline_recall=base_recall, methods=rows,
+                  runs=runs)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"compare_{cfg.feature}_b{cfg.budget}"
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+        (out / f"{stem}.md").write_text(markdown_table(result))
+        plot(result, out / f"{stem}.png")
+    return result
+
+
+def _sample(model, seeds, cfg: CompareConfig, reward=None) -> np.ndarray:
+    guidance = build_guidance(reward, "time", cfg.guidance_weight) if reward is not None else None
+    return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=guidance))
+
+
+def _pool_seeds(runs: list[dict]) -> dict:
+    k, n = sum(r["malign"] for r in runs), sum(r["n"] for r in runs)
+    lo, hi = wilson_interval(k, n)
+    return dict(malign_pct=100 * k / n, ci_pct=[100 * lo, 100 * hi], n=n,
+                labels=float(np.mean([r["labels"] for r in runs])),
+                recall=float(np.mean([r["recall"] for r in runs])),
+                confident=float(np.mean([r["confident"] for r in runs])),
+                train_s=float(np.median([r["train_s"] for r in runs])),
+                sample_s_per_image=float(np.median([r["sample_s_per_image"] for r in runs])))
+
+
+def markdown_table(result: dict) -> str:
+    lines = [f"Measured on {result['machine']}.\n",
+             "| method | malign % [95% CI] | recall vs baseline | confident | human labels | training s | "
+             "sampling s / image |", "|---|---|---|---|---|---|---|"]
+    for name, r in result["methods"].items():
+        ratio = "n/a" if r["recall_ratio"] is None else f"{r['recall_ratio']:.2f}×"
+        lines.append(f"| {name} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}] (n={r['n']}) | "
+                     f"{ratio} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
+                     f"{r['sample_s_per_image']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str | Path) -> None:
+    """Malign % (with its interval) against the human labels each method spent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, r in result["methods"].items():
+        lo, hi = r["ci_pct"]
+        ax.errorbar([r["labels"]], [r["malign_pct"]], yerr=[[r["malign_pct"] - lo], [hi - r["malign_pct"]]],
+                    fmt="o", capsize=4, label=name)
+    ax.set_xlabel("human labels spent")
+    ax.set_ylabel("oracle malign %")
+    ax.set_title(f"{result['config']['feature']}: guidance vs fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

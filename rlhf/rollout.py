@@ -1,0 +1,184 @@
+"""Stochastic DDIM rollouts that remember every step, so a policy-gradient loss can replay them.
+
+Denoising is treated as an MDP (DDPO, D3PO): the state is (x_t, t), the action is x_{t-1}, and with
+eta > 0 each DDIM step is a Gaussian policy N(x_{t-1} | mu_theta(x_t, t), sigma_t^2 I). Training needs
+log pi(x_{t-1} | x_t) under the current, the sampling-time and the reference UNet, on the *same*
+recorded (x_t, x_{t-1}) pairs, hence ``ddim_step_with_logprob`` with an optional ``prev_sample``.
+
+The log-probability is averaged over pixels (not summed), as in the DDPO and D3PO reference code:
+a sum over 784 dimensions makes ratios explode and β / clip ranges stop meaning anything.
+Everything runs in fp32: log-ratios are differences of nearly equal numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from censor.errors import CensorError
+from censor.sampling import initial_noise
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def make_rollout_scheduler(scheduler_config, steps: int) -> DDIMScheduler:
+    """A DDIM scheduler respaced to ``steps`` ("trailing": the first step starts at t = T-1).
+
+    ``set_alpha_to_one=False`` makes the last step land on t = 0 (ᾱ_0 ≈ 0.9999) rather than on
+    ᾱ = 1, where σ would be 0 and the last step's log-probability undefined. DDPO gets the same
+    effect by clamping the previous timestep to 0; with this setting diffusers' own ``step`` and
+    ``ddim_step_with_logprob`` produce the same samples.
+    """
+    T = scheduler_config["num_train_timesteps"]
+    if not 1 <= steps <= T:
+        raise CensorError(f"steps must be between 1 and {T}, got {steps}")
+    sched = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing", set_alpha_to_one=False)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[N] or [] -> broadcastable against [N, C, H, W]."""
+    return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.device, like.dtype)
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    eps: torch.Tensor,
+    t: int | torch.Tensor,
+    x_t: torch.Tensor,
+    eta: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    use_clipped_model_output: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step (x_t -> x_{t-1}) and log N(x_{t-1} | mu, σ_t² I) averaged over non-batch dims.
+
+    Follows DDPO's ``ddim_step_with_logprob``: x̂0 from ε (clamped to the clip range when the
+    scheduler clips), σ_t = eta·sqrt(var(t, t_prev)), mu = sqrt(ᾱ_prev)·x̂0 + sqrt(1-ᾱ_prev-σ_t²)·ε.
+    ``t`` may be one timestep or one per sample. With ``prev_sample`` given, nothing is drawn: the
+    log-probability of that recorded action is returned (its gradient flows through mu only).
+    The previous timestep follows diffusers' rule t - T // S, clamped at 0 like DDPO.
+    """
+    if eta <= 0:
+        raise CensorError(f"a stochastic policy needs eta > 0, got {eta}")
+    if scheduler.num_inference_steps is None:
+        raise CensorError("call set_timesteps on the scheduler before stepping it")
+    cfg = scheduler.config
+    eps, x_t = eps.float(), x_t.float()
+    t = torch.as_tensor(t, device="cpu").long().reshape(-1)
+    prev_t = (t - cfg.num_train_timesteps // scheduler.num_inference_steps).clamp(min=0)
+    ac = scheduler.alphas_cumprod.float()
+    ab_t, ab_prev = _per_sample(ac[t], x_t), _per_sample(ac[prev_t], x_t)
+    beta_t = 1 - ab_t
+
+    if cfg.prediction_type == "epsilon":
+        x0 = (x_t - beta_t.sqrt() * eps) / ab_t.sqrt()
+    elif cfg.prediction_type == "v_prediction":
+        x0 = ab_t.sqrt() * x_t - beta_t.sqrt() * eps
+        eps = ab_t.sqrt() * eps + beta_t.sqrt() * x_t
+    elif cfg.prediction_type == "sample":
+        x0 = eps
+        eps = (x_t - ab_t.sqrt() * x0) / beta_t.sqrt()
+    else:
+        raise CensorError(f"unsupported prediction_type {cfg.prediction_type!r}")
+    if cfg.clip_sample:
+        x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        if use_clipped_model_output:
+            eps = (x_t - ab_t.sqrt() * x0) / beta_t.sqrt()
+
+    variance = (1 - ab_prev) / beta_t * (1 - ab_t / ab_prev)
+    std = eta * variance.sqrt()
+    mean = ab_prev.sqrt() * x0 + (1 - ab_prev - std**2).clamp(min=0).sqrt() * eps
+
+    if prev_sample is None:
+        noise = randn_tensor(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        prev_sample = mean + std * noise
+    prev_sample = prev_sample.float()
+    log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
+    return prev_sample, log_prob.mean(dim=tuple(range(1, x_t.ndim)))
+
+
+@dataclass
+class Trajectory:
+    """Recorded rollouts: xs[:, j] = x_t and xs[:, j+1] = x_{t-1} for t = timesteps[j].
+
+    ``group_ids`` tells which images share an initial noise x_T (D3PO compares within a group).
+    """
+
+    xs: torch.Tensor  # [N, S+1, C, H, W]
+    timesteps: torch.Tensor  # [S] long
+    log_probs: torch.Tensor  # [N, S] under the sampling policy
+    images: torch.Tensor  # [N, C, H, W] in [-1, 1]
+    group_ids: torch.Tensor  # [N] long
+    eta: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    def __len__(self) -> int:
+        return self.xs.shape[0]
+
+
+def step_log_prob(unet, scheduler, x_t, t, x_prev, eta: float, use_clipped_model_output: bool = False):
+    """log pi(x_prev | x_t) under ``unet``: one forward pass, with gradients if enabled."""
+    t_batch = torch.as_tensor(t).reshape(-1).expand(x_t.shape[0]).to(x_t.device)
+    eps = unet(x_t, t_batch).sample
+    return ddim_step_with_logprob(scheduler, eps, t_batch.cpu(), x_t, eta, prev_sample=x_prev,
+                                  use_clipped_model_output=use_clipped_model_output)[1]
+
+
+@torch.no_grad()
+def rollout(
+    unet,
+    scheduler_config,
+    seeds: Sequence[int] | None = None,
+    noise: torch.Tensor | None = None,
+    steps: int = 20,
+    eta: float = 1.0,
+    group_size: int = 1,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+    use_clipped_model_output: bool = False,
+) -> Trajectory:
+    """Sample ``group_size`` images per initial noise (from ``seeds`` or given ``noise``) and record them.
+
+    Images of a group share x_T and differ only through the step noise (eta > 0), which is what
+    makes D3PO's "same start, different outcome" comparisons possible. Step noise comes from
+    ``generator``, so a seeded generator makes the whole rollout repeatable.
+    """
+    if (seeds is None) == (noise is None):
+        raise CensorError("give either seeds or noise for the rollout")
+    if group_size < 1:
+        raise CensorError(f"group_size must be at least 1, got {group_size}")
+    device = next(unet.parameters()).device
+    if noise is None:
+        if len(seeds) == 0:
+            raise CensorError("the number of images must be positive, got 0")
+        c = unet.config
+        size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+        noise = initial_noise(seeds, (c.in_channels, size, size))
+    noise = noise.float().repeat_interleave(group_size, dim=0)
+    group_ids = torch.arange(len(noise) // group_size).repeat_interleave(group_size)
+    sched = make_rollout_scheduler(scheduler_config, steps)
+    xs_all, lps_all = [], []
+    for chunk in noise.split(batch_size):
+        x = chunk.to(device)
+        xs, lps = [x.cpu()], []
+        for t in sched.timesteps:
+            eps = unet(x, t.to(device).expand(x.shape[0])).sample
+            x, lp = ddim_step_with_logprob(sched, eps, t, x, eta, generator=generator,
+                                           use_clipped_model_output=use_clipped_model_output)
+            xs.append(x.cpu())
+            lps.append(lp.cpu())
+        xs_all.append(torch.stack(xs, dim=1))
+        lps_all.append(torch.stack(lps, dim=1))
+    xs = torch.cat(xs_all)
+    return Trajectory(xs=xs, timesteps=sched.timesteps.clone().long(), log_probs=torch.cat(lps_all),
+                      images=xs[:, -1].clamp(-1, 1), group_ids=group_ids, eta=float(eta))

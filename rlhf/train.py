@@ -1,0 +1,297 @@
+"""D3PO and DDPO training loops: sample rollouts, then replay every step with gradients.
+
+Both follow ddpo-pytorch's shape: an epoch samples a batch of stochastic DDIM trajectories with the
+current policy (no gradients), scores them (labels for D3PO, a reward for DDPO), then replays each
+recorded step x_t -> x_{t-1} with gradients, accumulating over all S timesteps before one
+optimiser step per minibatch, so memory holds one UNet pass at a time. ``accelerate`` handles the
+device and, under ``accelerate launch``, data parallelism; a plain call runs on one CPU or GPU.
+
+The model is changed in place: LoRA adapters are added to ``model.unet`` (or, with ``full``, every
+weight trains) and stay there; save them with ``rlhf.adapters.save_adapter``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from censor.errors import CensorError
+from censor.models import DiffusionModel
+from censor.sampling import seeds_for
+
+from .adapters import frozen_reference, make_trainable
+from .losses import d3po_loss, ddpo_loss, standardise_advantages
+from .rollout import Trajectory, make_rollout_scheduler, rollout, step_log_prob
+
+
+@dataclass
+class _Common:
+    steps: int = 20  # S respaced DDIM steps, all of them trained
+    eta: float = 1.0  # DDIM stochasticity: the policy's σ_t = eta * DDPM posterior σ
+    epochs: int = 10
+    lr: float = 3e-4  # for LoRA; use ~1e-5 with full
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    full: bool = False  # train every weight instead of LoRA (tiny models only)
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    lora_target: str = "attention"  # or "attention+convs"
+    seed: int = 0
+    rollout_batch: int = 64
+
+    def check(self) -> None:
+        for name in ("steps", "epochs", "rollout_batch"):
+            if getattr(self, name) < 1:
+                raise CensorError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eta <= 0:
+            raise CensorError(f"eta must be > 0 for a stochastic policy, got {self.eta}")
+        if self.lr <= 0:
+            raise CensorError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class D3POConfig(_Common):
+    groups: int = 4  # initial noises x_T per epoch
+    group_size: int = 7  # images per x_T; every benign/malign pair inside a group is a preference
+    batch_groups: int = 2  # groups per optimiser step
+    beta: float = 0.1
+    eps: float = 0.1  # ratio clamp [1-eps, 1+eps]
+
+    def check(self) -> None:
+        super().check()
+        if self.groups < 1 or self.group_size < 2 or self.batch_groups < 1:
+            raise CensorError("D3PO needs groups >= 1, group_size >= 2 and batch_groups >= 1")
+
+
+@dataclass
+class DDPOConfig(_Common):
+    images: int = 16  # trajectories per epoch
+    batch_size: int = 8  # trajectories per optimiser step
+    inner_epochs: int = 1  # passes over one epoch's samples
+    clip_range: float = 1e-4  # PPO ratio clip (DDPO's default; the thesis used 0.2)
+    adv_clip: float = 5.0
+    kl_beta: float = 0.0  # per-step KL penalty to the frozen model (off as in DDPO)
+
+    def check(self) -> None:
+        super().check()
+        if self.images < 2 or self.batch_size < 1 or self.inner_epochs < 1:
+            raise CensorError("DDPO needs images >= 2, batch_size >= 1 and inner_epochs >= 1")
+
+
+def preference_pairs(labels: Sequence[int], group_ids: Sequence[int]) -> torch.Tensor:
+    """[P, 2] (winner, loser) indices: every (benign=1, malign=0) pair that shares a group.
+
+    Equal labels are ties and give no pair; any other label (e.g. -1 for "unsure") is left out.
+    """
+    labels, group_ids = np.asarray(labels), np.asarray(group_ids)
+    if labels.shape != group_ids.shape:
+        raise CensorError(f"{len(labels)} labels for {len(group_ids)} images")
+    pairs = []
+    for g in np.unique(group_ids):
+        idx = np.flatnonzero(group_ids == g)
+        good, bad = idx[labels[idx] == 1], idx[labels[idx] == 0]
+        pairs += [(w, l) for w in good for l in bad]
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def labels_from(labeller) -> Callable[[torch.Tensor], np.ndarray]:
+    """Adapt a ``SimulatedLabeller`` (uint8 images) to a label function on images in [-1, 1]."""
+    from censor.data import to_uint8
+
+    return lambda images: labeller.label(to_uint8(images))
+
+
+def reward_from(ensemble) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A DDPO reward from a reward ensemble: log P(benign) of the final image (standardised later)."""
+
+    @torch.no_grad()
+    def reward(images: torch.Tensor) -> torch.Tensor:
+        return ensemble.log_prob(images.to(next(ensemble.members[0].parameters()).device)).float().cpu()
+
+    return reward
+
+
+class _Run:
+    """Shared plumbing: accelerator, trainable parameters, optimiser, reference, progress."""
+
+    def __init__(self, model: DiffusionModel, cfg: _Common, need_ref: bool, total: int,
+                 progress, show_bar: bool, accelerator, desc: str):
+        from accelerate import Accelerator
+
+        cfg.check()
+        self.cfg, self.model, self.progress = cfg, model, progress
+        self.acc = accelerator or Accelerator(mixed_precision="no")
+        unet = model.unet.float()
+        self.ref = frozen_reference(unet).to(self.acc.device) if need_ref else None
+        params = make_trainable(unet, cfg.full, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target)
+        self.params = params
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.unet, self.opt = self.acc.prepare(unet.to(self.acc.device), opt)
+        self.sched = make_rollout_scheduler(model.scheduler.config, cfg.steps)
+        self.total, self.done = total, 0
+        self.bar = tqdm(total=total, desc=desc, disable=not (show_bar and self.acc.is_main_process))
+        self.t0 = time.perf_counter()
+        self.losses: list[float] = []
+
+    def rollout(self, epoch: int, n: int, group_size: int) -> Trajectory:
+        seed = self.cfg.seed + 1009 * epoch + 7919 * self.acc.process_index  # different per process
+        gen = torch.Generator().manual_seed(seed)
+        unet = self.acc.unwrap_model(self.unet).eval()  # no gradients: skip the DDP wrapper
+        traj = rollout(unet, self.model.scheduler.config, seeds=seeds_for(n, seed), steps=self.cfg.steps,
+                       eta=self.cfg.eta, group_size=group_size, generator=gen, batch_size=self.cfg.rollout_batch)
+        self.unet.train()
+        self.tick(1)
+        return traj
+
+    def ref_log_probs(self, traj: Trajectory) -> torch.Tensor:
+        """[N, S] log π_ref of the recorded steps: fixed for the epoch, so computed once."""
+        out = torch.empty_like(traj.log_probs)
+        dev = self.acc.device
+        with torch.no_grad():
+            for rows in torch.arange(len(traj)).split(self.cfg.rollout_batch):
+                for j, t in enumerate(traj.timesteps):
+                    out[rows, j] = step_log_prob(self.ref, self.sched, traj.xs[rows, j].to(dev), t,
+                                                 traj.xs[rows, j + 1].to(dev), traj.eta).cpu()
+        return out
+
+    def optimise(self, step_loss: Callable[[int], torch.Tensor]) -> float:
+        """One optimiser step: ``step_loss(j)`` for every timestep j (random order), accumulated."""
+        S = self.cfg.steps
+        total = 0.0
+        for k, j in enumerate(torch.randperm(S).tolist()):
+            sync = k == S - 1
+            with contextlib.nullcontext() if sync else self.acc.no_sync(self.unet):
+                loss = step_loss(j) / S
+                self.acc.backward(loss)
+            total += float(loss.detach())
+        self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.losses.append(total)
+        self.tick(1)
+        return total
+
+    def tick(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.progress is not None:
+            self.progress(min(1.0, self.done / self.total))
+
+    def finish(self, **info) -> dict:
+        self.bar.close()
+        self.unet.eval()
+        self.model.unet = self.acc.unwrap_model(self.unet).eval().requires_grad_(False)  # as load_diffusion
+        return dict(losses=self.losses, seconds=time.perf_counter() - self.t0, config=asdict(self.cfg),
+                    trainable_params=sum(p.numel() for p in self.params), **info)
+
+
+def train_d3po(
+    model: DiffusionModel,
+    label_fn: Callable[[torch.Tensor], Sequence[int]],
+    config: D3POConfig | None = None,
+    progress: Callable[[float], None] | None = None,
+    show_bar: bool = False,
+    accelerator=None,
+) -> dict:
+    """D3PO: each epoch, ``groups`` x_T with ``group_size`` images each are labelled by ``label_fn``
+    (images in [-1, 1] -> 1 benign / 0 malign / other = unsure); benign ≻ malign inside a group.
+
+    The per-step D3PO loss is averaged over the pairs of a minibatch of groups and accumulated over
+    all S steps. π_ref is the UNet before adapters. Returns losses, pairs per epoch, seconds.
+    """
+    cfg = config or D3POConfig()
+    n_batches = -(-cfg.groups // cfg.batch_groups)
+    run = _Run(model, cfg, need_ref=True, total=cfg.epochs * (1 + n_batches), progress=progress,
+               show_bar=show_bar, accelerator=accelerator, desc="D3PO")
+    pairs_per_epoch, benign_rate = [], []
+    dev = run.acc.device
+    for epoch in range(cfg.epochs):
+        traj = run.rollout(epoch, cfg.groups, cfg.group_size)
+        labels = np.asarray(label_fn(traj.images))
+        pairs = preference_pairs(labels, traj.group_ids.numpy())
+        pairs_per_epoch.append(len(pairs))
+        benign_rate.append(float((labels == 1).mean()))
+        if len(pairs) == 0 and run.acc.num_processes == 1:
+            run.tick(n_batches)  # nothing to learn from: every group agreed
+            continue
+        ref = run.ref_log_probs(traj)
+        order = torch.randperm(cfg.groups)
+        for b in range(n_batches):
+            groups = order[b * cfg.batch_groups:(b + 1) * cfg.batch_groups]
+            rows = torch.nonzero(torch.isin(traj.group_ids, groups)).squeeze(1)
+            local = {int(r): i for i, r in enumerate(rows)}
+            mine = pairs[[int(w) in local for w, _ in pairs.tolist()]] if len(pairs) else pairs
+            if len(mine) == 0 and run.acc.num_processes == 1:
+                run.tick(1)
+                continue
+            w = torch.tensor([local[int(i)] for i in mine[:, 0]], dtype=torch.long)
+            l = torch.tensor([local[int(i)] for i in mine[:, 1]], dtype=torch.long)
+
+            def step_loss(j: int) -> torch.Tensor:
+                lp = step_log_prob(run.unet, run.sched, traj.xs[rows, j].to(dev), traj.timesteps[j],
+                                   traj.xs[rows, j + 1].to(dev), cfg.eta)
+                if len(w) == 0:  # keeps data-parallel processes in step; contributes nothing
+                    return lp.sum() * 0.0
+                r = ref[rows, j].to(dev)
+                return d3po_loss(lp[w], r[w], lp[l], r[l], beta=cfg.beta, eps=cfg.eps)
+
+            run.optimise(step_loss)
+    return run.finish(pairs=pairs_per_epoch, benign_rate=benign_rate)
+
+
+def train_ddpo(
+    model: DiffusionModel,
+    reward_fn: Callable[[torch.Tensor], torch.Tensor],
+    config: DDPOConfig | None = None,
+    progress: Callable[[float], None] | None = None,
+    show_bar: bool = False,
+    accelerator=None,
+) -> dict:
+    """DDPO-IS: PPO on per-step importance ratios, reward = ``reward_fn(final images in [-1, 1])``.
+
+    Advantages are the epoch's rewards standardised and clipped; ``kl_beta`` > 0 adds a per-step
+    KL estimate to the frozen pre-adapter UNet. Returns losses, mean reward per epoch, seconds.
+    """
+    cfg = config or DDPOConfig()
+    n_batches = -(-cfg.images // cfg.batch_size) * cfg.inner_epochs
+    run = _Run(model, cfg, need_ref=cfg.kl_beta > 0, total=cfg.epochs * (1 + n_batches), progress=progress,
+               show_bar=show_bar, accelerator=accelerator, desc="DDPO")
+    reward_mean, clipfrac = [], []
+    dev = run.acc.device
+    for epoch in range(cfg.epochs):
+        traj = run.rollout(epoch, cfg.images, 1)
+        rewards = torch.as_tensor(reward_fn(traj.images), dtype=torch.float32).reshape(-1).cpu()
+        if rewards.shape[0] != len(traj):
+            raise CensorError(f"the reward function gave {rewards.shape[0]} rewards for {len(traj)} images")
+        all_rewards = run.acc.gather(rewards.to(dev)).cpu()  # standardise over every process's samples
+        reward_mean.append(float(all_rewards.mean()))
+        adv = standardise_advantages(all_rewards, cfg.adv_clip)
+        adv = adv[run.acc.process_index * len(traj):(run.acc.process_index + 1) * len(traj)]
+        for _ in range(cfg.inner_epochs):
+            perm = torch.randperm(len(traj))
+            for rows in perm.split(cfg.batch_size):
+                a = adv[rows].to(dev)
+                fractions = []
+
+                def step_loss(j: int) -> torch.Tensor:
+                    x_t, x_prev = traj.xs[rows, j].to(dev), traj.xs[rows, j + 1].to(dev)
+                    t = traj.timesteps[j]
+                    lp = step_log_prob(run.unet, run.sched, x_t, t, x_prev, cfg.eta)
+                    lp_ref = None
+                    if run.ref is not None:
+                        with torch.no_grad():
+                            lp_ref = step_log_prob(run.ref, run.sched, x_t, t, x_prev, cfg.eta)
+                    loss, info = ddpo_loss(lp, traj.log_probs[rows, j].to(dev), a, cfg.clip_range,
+                                           lp_ref, cfg.kl_beta)
+                    fractions.append(info["clipfrac"])
+                    return loss
+
+                run.optimise(step_loss)
+                clipfrac.append(float(np.mean(fractions)))
+    return run.finish(reward_mean=reward_mean, clipfrac=clipfrac)
