@@ -1,4 +1,4 @@
-"""The censoring studio (Gradio Blocks). UI wiring only: every method lives in the censor package.
+"""The censoring studio (Gradio Blocks). UI wiring only: every method lives in the censor and rlhf packages.
 
 Run ``python app.py`` and open http://127.0.0.1:7860. Data (labels, rewards) goes to
 ``$CENSOR_DATA_DIR`` (default ./studio_data; on a Space, point it at the persistent storage).
@@ -14,6 +14,8 @@ import numpy as np
 from censor.errors import CensorError
 from censor.evaluate import load_features
 from censor.studio import LIMITS, PAGE_SIZE, Studio, display
+from rlhf.compare import METHODS as COMPARE_METHODS
+from rlhf.studio import COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
 
 GRID_TEMPLATE = """
 <div class="label-grid">
@@ -80,7 +82,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
     def on_load(saved_sid):
         sid = studio.open_session(saved_sid)
         _, grid_, counts_, info = turn(sid, 0, 0)
-        return sid, sid, 0, grid_, counts_, info, studio.suggest_method(sid)[1]
+        return (sid, sid, 0, grid_, counts_, info, studio.suggest_method(sid)[1],
+                gr.Dropdown(choices=["base model"] + available_adapters(studio, sid)))
 
     def on_click(sid, page, evt: gr.EventData):
         studio.click(sid, int(evt._data["item"]))
@@ -106,20 +109,34 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                 f"{info['malign_labels']} malign) in {info['train_seconds']:.1f} s."
                 + (f" Held-out accuracy {100 * acc:.0f}%." if acc is not None else " (Too few labels for a held-out check.)"))
 
-    def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, progress=gr.Progress()):
+    def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, source,
+                  progress=gr.Progress()):
         try:
+            tuned = None if source == "base model" else (source, adapted_model(studio, sid, source))
             r = studio.censored_gallery(sid, guidance, weight, backward, recurrence, steps, int(seed), int(count),
                                         None if feature == "(none)" else feature,
-                                        progress=lambda f: progress(f, desc="sampling"))
+                                        progress=lambda f: progress(f, desc="sampling"), tuned=tuned)
         except CensorError as e:
             raise gr.Error(str(e))
-        lines = [f"Reward's estimate of malign images: baseline {100 * r['reward_malign']['baseline']:.0f}% → "
-                 f"censored {100 * r['reward_malign']['censored']:.0f}%."]
+        lines = [f"Censored side drawn from the {source}" + (" adapter." if tuned else ".")]
+        if r["reward_malign"]:
+            lines.append(f"Reward's estimate of malign images: baseline {100 * r['reward_malign']['baseline']:.0f}% → "
+                         f"censored {100 * r['reward_malign']['censored']:.0f}%.")
         if r["oracle"]:
             lines.append(f"Oracle ({feature}): baseline {r['oracle']['baseline']} → censored {r['oracle']['censored']}.")
         if r["fallbacks"]:
             lines.append(f"⚠ {r['fallbacks']} image-steps fell back to unguided (the weight is too large).")
         return display(r["baseline"]), display(r["censored"]), "\n\n".join(lines), r
+
+    def on_compare(sid, feature, methods, budget, seeds_, n_, progress=gr.Progress()):
+        try:
+            r = run_comparison(studio, sid, feature, methods, int(budget), int(seeds_), int(n_),
+                               progress=lambda f: progress(f, desc="fine-tuning and judging"))
+        except CensorError as e:
+            raise gr.Error(str(e))
+        note = (f"\n\nFine-tuned adapters saved in this session: {', '.join(r['adapters'])}. Pick one as the "
+                "model in the Censored gallery tab." if r["adapters"] else "")
+        return r["table"] + note, str(r["plot"]), gr.Dropdown(choices=["base model"] + r["adapters"])
 
     def on_send(sid, last):
         if not last:
@@ -206,7 +223,7 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             with gr.Tab("3 · Censored gallery"):
                 with gr.Row():
                     guidance = gr.Radio(["time", "universal"], value="time", label="guidance")
-                    weight = gr.Slider(*LIMITS["weight"], value=1.0, step=0.1, label="weight ω")
+                    weight = gr.Slider(*LIMITS["weight"], value=4.0, step=0.1, label="weight ω")
                     backward = gr.Slider(*LIMITS["backward"], value=0, step=1, label="backward steps")
                     recurrence = gr.Slider(*LIMITS["recurrence"], value=0, step=1, label="recurrence")
                 with gr.Row():
@@ -214,6 +231,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                     seed = gr.Number(0, precision=0, label="seed")
                     count = gr.Slider(*LIMITS["count"], value=32, step=1, label="images", elem_id="censor-count")
                     feature = gr.Dropdown(features, value="(none)", label="oracle feature (if known)")
+                    source = gr.Dropdown(["base model"], value="base model", label="model for the censored side",
+                                         elem_id="censor-model")
                 censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
                 censor_out = gr.Markdown(elem_id="censor-result")
                 with gr.Row():
@@ -234,8 +253,24 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                     session_in = gr.File(label="import a session (.zip)", file_types=[".zip"], elem_id="session-in")
                 share_out = gr.Markdown(elem_id="share-result")
                 shared_gallery = gr.Gallery(label="shared gallery", columns=8, height="auto", elem_id="shared")
-            with gr.Tab("5 · Fine-tuning comparison"):
-                gr.Markdown("RLHF and D3PO fine-tuning beside censored sampling are not built yet.")
+            with gr.Tab("5 · RLHF / D3PO"):
+                gr.Markdown("Fine-tuning against guidance on the same labels. A simulated labeller (the oracle's "
+                            "verdict on the chosen feature) labels for every method, so the run is a fair, repeatable "
+                            "comparison: censored sampling, RLHF (reward model + DDPO policy gradients on LoRA), "
+                            "D3PO (per-step DPO, no reward model) and D3PO + censored sampling. Reduced steps: a few "
+                            "minutes on a CPU. Afterwards, the fine-tuned adapters can draw the Censored gallery.")
+                with gr.Row():
+                    cmp_feature = gr.Dropdown([f for f in features if f != "(none)"], value="bags", label="feature")
+                    cmp_methods = gr.CheckboxGroup(list(COMPARE_METHODS), value=list(COMPARE_METHODS), label="methods")
+                with gr.Row():
+                    cmp_budget = gr.Slider(*COMPARE_LIMITS["budget"], value=70, step=7, label="labels per method")
+                    cmp_seeds = gr.Slider(*COMPARE_LIMITS["seeds"], value=1, step=1, label="labelling seeds")
+                    cmp_n = gr.Slider(*COMPARE_LIMITS["n"], value=60, step=10, label="gallery images per method")
+                with gr.Row():
+                    cmp_btn = gr.Button("Run the comparison", variant="primary", elem_id="compare-btn")
+                    cmp_cancel = gr.Button("Cancel", elem_id="compare-cancel")
+                cmp_table = gr.Markdown(elem_id="compare-result")
+                cmp_plot = gr.Image(label="malign % against labels spent", type="filepath", elem_id="compare-plot")
             with gr.Tab("Samples"):
                 with gr.Row():
                     n = gr.Slider(1, 64, value=32, step=1, label="images")
@@ -248,7 +283,7 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             return studio.fresh_gallery(int(n), int(steps_), int(seed_),
                                         progress=lambda f: progress(f, desc="sampling"))
 
-        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion])
+        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion, source])
         # every press counts: the default trigger_mode="once" drops clicks made while one is in flight
         grid.click(on_click, inputs=[sid, page], outputs=[grid, counts, suggestion], api_name=False,
                    trigger_mode="multiple")
@@ -256,8 +291,12 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         next_btn.click(lambda s, p: turn(s, p, 1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
         prev_btn.click(lambda s, p: turn(s, p, -1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
         train_btn.click(on_train, inputs=[sid, method, kind, members, iterations, alpha], outputs=train_out)
-        censor_btn.click(on_censor, inputs=[sid, guidance, weight, backward, recurrence, steps, seed, count, feature],
-                         outputs=[base_gallery, cens_gallery, censor_out, last])
+        censor_btn.click(on_censor, inputs=[sid, guidance, weight, backward, recurrence, steps, seed, count, feature,
+                                            source], outputs=[base_gallery, cens_gallery, censor_out, last])
+        # its own queue slot: a comparison takes minutes and must not hold up labelling or galleries
+        cmp_run = cmp_btn.click(on_compare, inputs=[sid, cmp_feature, cmp_methods, cmp_budget, cmp_seeds, cmp_n],
+                                outputs=[cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1)
+        cmp_cancel.click(None, cancels=[cmp_run])
         send_btn.click(on_send, inputs=[sid, last], outputs=[send_out, page, grid, counts, page_info])
         go.click(generate, inputs=[n, sample_steps, sample_seed], outputs=gallery, api_name="generate")
         share_btn.click(on_share, inputs=[sid, last], outputs=share_files)

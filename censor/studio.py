@@ -67,6 +67,10 @@ class Studio:
         self._oracle = None
 
     @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    @property
     def store(self) -> SessionStore:
         if self._store is None:
             self._store = SessionStore(self._data_dir)
@@ -175,29 +179,39 @@ class Studio:
     # ---- censored galleries ----------------------------------------------------------------
     def censored_gallery(self, sid: str, guidance: str, weight: float, backward: int, recurrence: int,
                          steps: int, seed: int, count: int, feature: str | None = None,
-                         progress: Callable[[float], None] | None = None) -> dict:
+                         progress: Callable[[float], None] | None = None,
+                         tuned: tuple[str, DiffusionModel] | None = None) -> dict:
+        """Baseline and censored galleries from the same seeds.
+
+        ``tuned`` = (name, model): draw the censored side from a fine-tuned model instead (an RLHF
+        or D3PO adapter), guided by the session's reward when ω > 0, unguided when ω = 0.
+        """
         weight = float(check_range("weight", weight))
         backward, recurrence = int(check_range("backward", backward)), int(check_range("recurrence", recurrence))
         steps, count = int(check_range("steps", steps)), int(check_range("count", count))
-        if not (self.reward_dir(sid) / "reward.json").exists():
+        has_reward = (self.reward_dir(sid) / "reward.json").exists()
+        if not has_reward and not (tuned is not None and weight == 0):
             raise CensorError("train a reward first (Train tab)")
-        reward = load_reward(self.reward_dir(sid), self.model)
-        if guidance == "time" and not TIME_DEPENDENT[reward.kind]:
+        reward = load_reward(self.reward_dir(sid), self.model) if has_reward else None
+        if reward is not None and guidance == "time" and not TIME_DEPENDENT[reward.kind]:
             guidance = "universal"  # a clean-image reward can only guide through x̂0
         seeds = seeds_for(count, seed)
         settings = dict(guidance=guidance, weight=weight, backward=backward, backward_lr=0.01, recurrence=recurrence,
-                        steps=steps, seed=seed, count=count, method="ddim", eta=0.0)
-        g = self._guidance(reward, settings)
+                        steps=steps, seed=seed, count=count, method="ddim", eta=0.0,
+                        adapter=tuned[0] if tuned else None)
+        g = self._guidance(reward, settings) if reward is not None and weight > 0 else None
         half = (lambda f: progress(0.5 * f)) if progress else None
         rest = (lambda f: progress(0.5 + 0.5 * f)) if progress else None
         base = to_uint8(sample(self.model, seeds, steps=steps, progress=half))
-        cens = to_uint8(sample(self.model, seeds, steps=steps, guidance=g, progress=rest))
+        cens = to_uint8(sample(tuned[1] if tuned else self.model, seeds, steps=steps, guidance=g, progress=rest))
         zeros = torch.zeros(count, dtype=torch.long)
-        est = {name: float((reward.benign_prob(to_model_range(imgs), zeros) < 0.5).float().mean())
-               for name, imgs in (("baseline", base), ("censored", cens))}
+        est = None
+        if reward is not None:
+            est = {name: float((reward.benign_prob(to_model_range(imgs), zeros) < 0.5).float().mean())
+                   for name, imgs in (("baseline", base), ("censored", cens))}
         result = dict(baseline=base, censored=cens, seeds=seeds, reward_malign=est, settings=settings,
-                      reward_sha256=sha256(self.reward_dir(sid) / "reward.safetensors"),
-                      fallbacks=g.stats["nonfinite_fallbacks"], oracle=None)
+                      reward_sha256=sha256(self.reward_dir(sid) / "reward.safetensors") if reward else None,
+                      fallbacks=g.stats["nonfinite_fallbacks"] if g else 0, oracle=None)
         if feature and feature in load_features():
             result["oracle"] = {name: malign_fraction(self.oracle.judge(imgs), feature)
                                 for name, imgs in (("baseline", base), ("censored", cens))}
@@ -214,6 +228,9 @@ class Studio:
         from .bundles import write_gallery_bundle
         from .gallery import grid
 
+        if result["settings"].get("adapter"):
+            raise CensorError("a gallery from a fine-tuned adapter cannot be bundled yet (the bundle would have to "
+                              "carry the adapter); share it as a PNG from the gallery instead")
         rdir = self.reward_dir(sid)
         if sha256(rdir / "reward.safetensors") != result["reward_sha256"]:
             raise CensorError("the reward was retrained after this gallery was rendered; render it again to share it")

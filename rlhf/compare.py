@@ -77,8 +77,23 @@ def _real_benign(reference: dict, feature: str, n: int) -> np.ndarray:
 
 
 def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
-                cache_dir: str | Path | None = None, log=print) -> dict:
-    """All methods on the same labels per seed; rows pool the seeds. Returns the JSON-ready result."""
+                cache_dir: str | Path | None = None, log=print, progress=None, adapter_dir: str | Path | None = None
+                ) -> dict:
+    """All methods on the same labels per seed; rows pool the seeds. Returns the JSON-ready result.
+
+    ``adapter_dir``: where the first seed's RLHF and D3PO adapters are saved (``<dir>/rlhf``,
+    ``<dir>/d3po``), so the studio can sample from them afterwards.
+    """
+    from .adapters import save_adapter
+
+    total = 1 + cfg.seeds * len(cfg.methods)
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        if progress is not None:
+            progress(min(1.0, done[0] / total))
+
     gallery = seeds_for(cfg.n, GALLERY_SEED)
     real = _real_benign(reference, cfg.feature, cfg.n)
     baseline = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
@@ -88,6 +103,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     sample(model, gallery[: min(cfg.n, 50)], steps=cfg.steps)
     unguided_per_image = (time.time() - t0) / min(cfg.n, 50)
     runs = {m: [] for m in cfg.methods}
+    tick()
 
     def judge(method, seed, images, labels, train_s, sample_s):
         j = oracle.judge(images)
@@ -99,6 +115,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
         ratio = f"{recall / base_recall:.2f}×" if base_recall > 0 else "n/a"
         log(f"  seed {seed} {method:>14}: {rate}  recall {ratio}  labels {labels}  "
             f"train {train_s:.0f}s")
+        tick()
 
     for seed in range(cfg.seeds):
         if "baseline" in runs and seed == 0:  # one baseline gallery: the same images for every seed
@@ -125,6 +142,8 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
                 steps=cfg.train_steps, epochs=cfg.epochs, images=cfg.ddpo_images, batch_size=cfg.ddpo_images // 2,
                 lr=cfg.lr, kl_beta=cfg.kl_beta, seed=seed))
             train_s = time.time() - t + reward_s
+            if adapter_dir is not None and seed == 0:
+                save_adapter(tuned.unet, Path(adapter_dir) / "rlhf", dict(method="rlhf", feature=cfg.feature))
             t = time.time()
             judge("rlhf", seed, _sample(tuned, gallery, cfg), cfg.budget, train_s, time.time() - t)
         if {"d3po", "d3po+censored"} & set(cfg.methods):
@@ -137,6 +156,8 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
                 batch_groups=max(1, groups // 4), lr=cfg.lr, seed=seed))
             d3po_s, d3po_labels = time.time() - t, d3po_labeller.viewed
             log(f"  seed {seed} d3po: {d3po_labels} labels, {sum(info['pairs'])} preference pairs")
+            if adapter_dir is not None and seed == 0:
+                save_adapter(tuned.unet, Path(adapter_dir) / "d3po", dict(method="d3po", feature=cfg.feature))
             if "d3po" in runs:
                 t = time.time()
                 judge("d3po", seed, _sample(tuned, gallery, cfg), d3po_labels, d3po_s, time.time() - t)

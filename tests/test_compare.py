@@ -44,3 +44,32 @@ def test_bad_settings_are_refused_before_any_work(capsys):
         CompareConfig(budget=10)
     assert rlhf_main(["compare", "--feature", "hats"]) == 2
     assert "unknown feature" in capsys.readouterr().err
+
+
+def test_the_studio_tab_leaves_adapters_that_draw_a_censored_gallery(tmp_path, tiny_model, fixture_images):
+    from censor.studio import Studio
+    from rlhf.studio import adapted_model, available_adapters, run_comparison
+
+    bags = np.where(fixture_images["labels"] == 8)[0][:20]
+    rest = np.where(fixture_images["labels"] != 8)[0][:100]
+    idx = np.concatenate([bags, rest])
+    studio = Studio(model=tiny_model, data_dir=tmp_path / "data", pool=Pool(fixture_images["images"][idx],
+                                                                             np.arange(len(idx)), {}))
+    sid = studio.open_session(None)
+    with pytest.raises(CensorError, match="no d3po adapter"):
+        adapted_model(studio, sid, "d3po")
+    with pytest.raises(CensorError, match="budget must be between"):
+        run_comparison(studio, sid, "bags", ["d3po"], 5000, 1, 20)
+    seen = []
+    r = run_comparison(studio, sid, "bags", ["baseline", "d3po"], 14, 1, 20, progress=seen.append)
+    assert "| d3po |" in r["table"] and r["plot"].is_file()
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    assert available_adapters(studio, sid) == ["d3po"]
+
+    tuned = adapted_model(studio, sid, "d3po")
+    assert tuned.unet is not studio.model.unet  # the shared model is never modified
+    assert not any("lora" in k for k in studio.model.unet.state_dict())
+    g = studio.censored_gallery(sid, "time", 0.0, 0, 0, 5, 0, 4, tuned=("d3po", tuned))  # no reward needed at ω = 0
+    assert g["settings"]["adapter"] == "d3po" and g["censored"].shape == (4, 28, 28)
+    with pytest.raises(CensorError, match="cannot be bundled"):
+        studio.export_gallery(sid, g)
