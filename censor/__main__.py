@@ -95,7 +95,7 @@ def cmd_bench(a) -> None:
     cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, guidance=a.guidance, reward=a.reward,
                       members=a.members, weight=a.weight, alpha=a.alpha, iterations=a.iterations,
                       backward_steps=a.backward_steps, backward_lr=a.backward_lr, recurrence=a.recurrence,
-                      window=tuple(a.window), rounds=a.rounds, n=a.n, steps=a.steps, seeds=a.seeds,
+                      window=tuple(a.window), every=a.every, rounds=a.rounds, n=a.n, steps=a.steps, seeds=a.seeds,
                       flip_rate=a.flip_rate, init=a.init)
     model = load_diffusion(a.model)
     result = run_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--backward-lr", type=float, default=0.01)
     b.add_argument("--recurrence", type=int, default=0)
     b.add_argument("--window", type=int, nargs=2, default=[0, 999], metavar=("START", "END"))
+    b.add_argument("--every", type=_positive, default=1,
+                   help="time guidance: fresh reward gradient every k-th step, reused in between")
     b.add_argument("--rounds", type=_positive, default=3, help="imitation rounds")
     b.add_argument("--n", type=_positive, default=1000,
                    help="censored images in total, split evenly over the labelling seeds; the baseline has n")

@@ -52,6 +52,7 @@ class BenchConfig:
     backward_lr: float = 0.01
     recurrence: int = 0
     window: tuple[int, int] = (0, 999)
+    every: int = 1  # reward gradient every k-th step, reused in between (time guidance)
     rounds: int = 3
     n: int = 1000
     steps: int = 50
@@ -76,6 +77,7 @@ class BenchConfig:
         extra = (f"_bw{self.backward_steps}" if self.backward_steps else "") + (f"_rec{self.recurrence}" if self.recurrence else "")
         extra += "" if tuple(self.window) == (0, 999) else f"_win{self.window[0]}-{self.window[1]}"
         extra += "" if self.steps == 50 else f"_s{self.steps}"
+        extra += "" if self.every == 1 else f"_every{self.every}"
         extra += "" if self.flip_rate == 0 else f"_flip{self.flip_rate:g}"
         extra += "" if self.init == "random" else f"_{self.init}"
         return f"{self.feature}_{self.method}_{self.guidance}_{self.reward}_b{self.budget}_w{self.weight:g}{extra}"
@@ -83,7 +85,7 @@ class BenchConfig:
 
 def make_guidance(cfg: BenchConfig, reward) -> Guidance:
     return build_guidance(reward, cfg.guidance, cfg.weight, cfg.backward_steps, cfg.backward_lr,
-                          cfg.recurrence, cfg.window)
+                          cfg.recurrence, cfg.window, cfg.every)
 
 
 def _train(cfg: BenchConfig, model, images, labels, seed, resume=None):

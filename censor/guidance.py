@@ -5,7 +5,8 @@ calls them in order. The formulas live here and only here:
 
 - ``x0_from_eps`` / ``eps_from_x0``: x̂0 = (x_t - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t) and its inverse;
 - ``shift_eps``: ε̃ = ε - w·sqrt(1-ᾱ_t)·g, with g a gradient of Σ_k log σ(r_k) w.r.t. x_t;
-- ``TimeGuidance``: g = ∇_{x_t} log r(x_t, t) (time-dependent reward, no gradient through the UNet);
+- ``TimeGuidance``: g = ∇_{x_t} log r(x_t, t) (time-dependent reward, no gradient through the UNet),
+  optionally recomputed only every few steps and reused in between;
 - ``UniversalGuidance``: g = ∇_{x_t} log r(x̂0(x_t)) with the gradient through ε_θ;
 - ``BackwardGuidance``: B Adam steps on x0 maximising log r(x0), clamped to [-1, 1], then ε from x0.
 
@@ -74,17 +75,38 @@ class TimeGuidance:
 
     reward: object
     weight: float
+    every: int = 1  # a fresh reward gradient every `every` steps; the steps between reuse the last one
+    _g: torch.Tensor | None = field(default=None, repr=False)
+    _last_t: int = field(default=-1, repr=False)
+    _since: int = field(default=0, repr=False)
 
     def __post_init__(self):
         if not self.reward.time_dependent:
             raise CensorError(f"time-dependent guidance needs a time-dependent reward; a {self.reward.kind} "
                               "reward scores clean images, so use universal guidance")
+        if self.every < 1:
+            raise CensorError(f"every must be >= 1, got {self.every}")
 
     @property
     def computes_eps(self) -> bool:
         return getattr(self.reward, "reads_unet", None) is not None
 
+    def _reuse(self, ctx: StepContext) -> bool:
+        """Whether this step may reuse the last gradient: same trajectory batch, within `every`."""
+        new_batch = int(ctx.t) >= self._last_t or self._g is None or self._g.shape != ctx.x.shape
+        self._last_t = int(ctx.t)
+        if new_batch or self._since + 1 >= self.every:
+            self._since = 0
+            return False
+        self._since += 1
+        return True
+
     def __call__(self, ctx: StepContext) -> torch.Tensor:
+        if self._reuse(ctx):
+            if ctx.eps is None:
+                with torch.no_grad():
+                    ctx.eps = ctx.unguided_eps = ctx.unet(ctx.x, ctx.t).sample
+            return shift_eps(ctx.eps, self._g, self.weight, ctx.ab)
         with torch.enable_grad():
             x = ctx.x.detach().requires_grad_(True)
             if ctx.eps is None and self.reward.reads_unet is ctx.unet:
@@ -97,6 +119,7 @@ class TimeGuidance:
                         ctx.eps = ctx.unguided_eps = ctx.unet(ctx.x, ctx.t).sample
                 eps = ctx.eps
                 g = _grad_of_log_reward(self.reward, x, x, ctx.t_batch())
+        self._g = g
         return shift_eps(eps, g, self.weight, ctx.ab)
 
 
@@ -182,8 +205,14 @@ class Guidance:
 
 
 def build_guidance(reward, kind: str, weight: float, backward_steps: int = 0, backward_lr: float = 0.01,
-                   recurrence: int = 0, window: tuple[int, int] = (0, 999)) -> Guidance:
-    """The usual composition: time or universal guidance, then optional backward guidance."""
-    first = TimeGuidance(reward, weight) if kind == "time" else UniversalGuidance(reward, weight)
+                   recurrence: int = 0, window: tuple[int, int] = (0, 999), every: int = 1) -> Guidance:
+    """The usual composition: time or universal guidance, then optional backward guidance.
+
+    ``every`` > 1 (time guidance only) computes the reward gradient on every ``every``-th step and
+    reuses it in between: the cheap way to bring guided sampling close to unguided cost.
+    """
+    if every != 1 and kind != "time":
+        raise CensorError("reusing gradients (every > 1) is only supported for time-dependent guidance")
+    first = TimeGuidance(reward, weight, every) if kind == "time" else UniversalGuidance(reward, weight)
     pieces = [first] + ([BackwardGuidance(reward, backward_steps, backward_lr)] if backward_steps else [])
     return Guidance(pieces, window=tuple(window), recurrence=recurrence)

@@ -115,3 +115,28 @@ def test_ddpm_encoder_reward_shares_the_samplers_unet_pass(tiny_model):
     finally:
         hook.remove()
     assert len(calls) == 4  # one ε_θ pass per step: the reward rode along
+
+
+def test_reusing_the_gradient_halves_reward_calls_and_every_1_is_unchanged(gaussian_model):
+    from censor.guidance import build_guidance
+
+    class Counting(BrightnessReward):
+        calls = 0
+
+        def log_prob(self, x, t=None):
+            Counting.calls += 1
+            return super().log_prob(x, t)
+
+    seeds = seeds_for(3, 0)
+    plain = sample(gaussian_model, seeds, steps=10, guidance=build_guidance(BrightnessReward(), "time", 2.0))
+    Counting.calls = 0
+    same = sample(gaussian_model, seeds, steps=10, guidance=build_guidance(Counting(), "time", 2.0, every=1))
+    assert Counting.calls == 10 and torch.allclose(plain, same)
+    Counting.calls = 0
+    reused = sample(gaussian_model, seeds, steps=10, batch_size=2,
+                    guidance=build_guidance(Counting(), "time", 2.0, every=2))
+    assert Counting.calls == 10  # 5 per batch of the two batches: a fresh gradient on every other step
+    unguided = sample(gaussian_model, seeds, steps=10)
+    assert reused.mean() > unguided.mean() + 0.05  # still pushes towards brightness
+    with pytest.raises(CensorError, match="only supported for time"):
+        build_guidance(BrightnessReward(), "universal", 1.0, every=2)
