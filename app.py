@@ -67,6 +67,10 @@ document.addEventListener('keydown', (e) => {
 });
 paint();
 """
+# The public Space's queue: one run at a time per event (the comparison has its own slot) and at most
+# 32 waiting; beyond that Gradio refuses the request (HTTP 503) and the page says "This application is
+# currently busy. Please try again." (see docs/reliability.md).
+QUEUE = dict(default_concurrency_limit=1, max_size=32)
 HELP = ("Click an image to mark it **malign** (red); click again for **unsure** (dashed, left out of training); "
         "a third click resets it to benign. Keyboard: arrows move, space or m marks, n / p change page. "
         "Every click is saved at once.")
@@ -311,5 +315,5 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
 demo = build_app()  # module level, as Hugging Face Spaces and `gradio app.py` expect; nothing loads until used
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=1, max_size=32).launch(
+    demo.queue(**QUEUE).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .cli import run_cli
 from .errors import CensorError
+from .data import DEFAULT_DATA_DIR
 from .models import EMBEDDED_MODEL_DIR
 
 
@@ -114,6 +115,22 @@ def cmd_bench_table(a) -> None:
     print(markdown_rows(rows, link=a.link), end="")
 
 
+def cmd_fewshot(a) -> None:
+    from .data import load_watermarked
+    from .fewshot import VARIANTS, run_fewshot, save
+    from .models import load_diffusion
+    from .oracle import load_oracle
+    from .pool import load_pool
+
+    test = load_watermarked("test", a.data)  # real images with known truth; the oracle only labels the pool
+    variants = [v for v in VARIANTS if f"{v[0]}/{v[1]}" in a.variants] if a.variants else VARIANTS
+    model = load_diffusion(a.model)
+    rows = run_fewshot(a.feature, a.budget, model, load_oracle(), load_pool(model_dir=a.model),
+                       test.images[: a.test], test.labels[: a.test], test.watermark[: a.test], variants=variants,
+                       iterations=a.iterations, seed=a.seed)
+    print(save(rows, a.feature, a.out).read_text(), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m censor", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="docs/bench", help="folder for the JSON, markdown and grid")
     b.add_argument("--cache", default="runs/bench_cache", help="where the shared unguided baseline is kept")
     b.set_defaults(fn=cmd_bench)
+
+    f = sub.add_parser("fewshot", help="few-shot accuracy of each reward kind and initialisation")
+    f.add_argument("--feature", default="bags")
+    f.add_argument("--budget", type=_positive, default=100)
+    f.add_argument("--iterations", type=_positive, default=300)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--test", type=_positive, default=2000, help="real test images to score on")
+    f.add_argument("--variants", nargs="*", default=None, help="e.g. ddpm-encoder/random resnet18/backbone")
+    f.add_argument("--data", default=str(DEFAULT_DATA_DIR))
+    f.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    f.add_argument("--out", default="docs/bench")
+    f.set_defaults(fn=cmd_fewshot)
 
     t = sub.add_parser("bench-table", help="one markdown table of every saved bench result in a folder")
     t.add_argument("--out", default="docs/bench")

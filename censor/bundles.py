@@ -19,6 +19,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,9 @@ MAX_TOTAL_BYTES = 128 * 1024 * 1024
 MAX_RATIO = 200  # uncompressed / compressed per entry: beyond this it is a zip bomb, not images
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+\.(json|png|safetensors)$")
 REWARD_FILES = ("reward.safetensors", "reward.json")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_IMAGE_SIDE = 256  # a manifest's image_size beyond this is refused before any image is read
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
 
 
 def versions() -> dict:
@@ -92,7 +96,11 @@ def safe_extract(path: str | Path, dest: str | Path) -> dict[str, Path]:
         dest.mkdir(parents=True, exist_ok=True)
         out = {}
         for info in infos:
-            data = z.read(info)  # sizes were checked above; read() also verifies the CRC
+            try:
+                data = z.read(info)  # sizes were checked above; read() also verifies the CRC
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+                # a truncated or corrupted entry (bad CRC, broken deflate stream, encrypted, odd method)
+                raise CensorError(f"bundle entry {info.filename!r} is corrupt ({type(e).__name__})") from None
             if len(data) != info.file_size:
                 raise CensorError(f"bundle entry {info.filename!r} does not match its declared size")
             (dest / info.filename).write_bytes(data)
@@ -100,14 +108,25 @@ def safe_extract(path: str | Path, dest: str | Path) -> dict[str, Path]:
         return out
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk: the first 24 bytes, nothing decoded."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise CensorError(f"{path.name} is not a readable image (not a PNG)")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def read_png(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    # The size comes from the header before PIL sees the file, so a 20000x20000 decompression bomb
+    # is refused without decoding (whatever PIL's MAX_IMAGE_PIXELS is set to), and PIL may only use
+    # its PNG decoder: a renamed file of another format never reaches another (riskier) plugin.
+    w, h = png_size(path)
+    if (w, h) != (shape[1], shape[0]):
+        raise CensorError(f"{path.name} is {w}x{h}, expected {shape[1]}x{shape[0]}")
     try:
-        with Image.open(path) as im:
-            if im.size != (shape[1], shape[0]):
-                raise CensorError(f"{path.name} is {im.size[0]}x{im.size[1]}, expected {shape[1]}x{shape[0]}")
+        with Image.open(path, formats=["PNG"]) as im:
             return np.asarray(im.convert("L"), dtype=np.uint8)
-    except CensorError:
-        raise
     except Exception as e:
         raise CensorError(f"{path.name} is not a readable image ({type(e).__name__})") from None
 
@@ -122,7 +141,8 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def read_gallery_bundle(path: str | Path, dest: str | Path) -> dict:
+def read_gallery_bundle(path: str | Path, dest: str | Path, image_size: tuple[int, int] | None = None) -> dict:
+    """Unpack and check a gallery bundle; ``image_size`` (H, W): the loaded model's, which the manifest must match."""
     files = safe_extract(path, dest)
     for needed in ("manifest.json", *REWARD_FILES):
         if needed not in files:
@@ -133,11 +153,24 @@ def read_gallery_bundle(path: str | Path, dest: str | Path) -> dict:
             raise CensorError(f"manifest.json lacks {key!r}")
     if sha256(files["reward.safetensors"]) != manifest["reward_sha256"]:
         raise CensorError("reward.safetensors does not match the manifest's hash")
-    n = int(manifest.get("images", {}).get("censored", 0))
-    if n != len(manifest["seeds"]):
+    # the manifest is the uploader's: check its shape before trusting any number in it
+    seeds, images = manifest["seeds"], manifest.get("images", {})
+    if not isinstance(seeds, list) or not all(type(s) is int and 0 <= s <= MAX_SEED for s in seeds):
+        raise CensorError(f"manifest.json: seeds must be a list of integers from 0 to {MAX_SEED}")
+    if not isinstance(images, dict) or type(images.get("censored", 0)) is not int:
+        raise CensorError("manifest.json: 'images' must map 'censored' to an image count")
+    n = images.get("censored", 0)
+    if n != len(seeds):
         raise CensorError("manifest.json: image count and seeds disagree")
-    size = tuple(manifest.get("image_size", (28, 28)))
-    censored = np.stack([read_png(files[f"censored_{i:03d}.png"], size) for i in range(n)]) if n else None
+    size = manifest.get("image_size", [28, 28])
+    if not isinstance(size, list) or len(size) != 2 or not all(type(v) is int and 1 <= v <= MAX_IMAGE_SIDE for v in size):
+        raise CensorError(f"manifest.json: image_size must be [height, width] of 1 to {MAX_IMAGE_SIDE} pixels")
+    if image_size is not None and tuple(size) != tuple(image_size):
+        raise CensorError(f"manifest.json: image_size {size} is not this model's {list(image_size)}")
+    for i in range(n):
+        if f"censored_{i:03d}.png" not in files:
+            raise CensorError(f"bundle has no censored_{i:03d}.png")
+    censored = np.stack([read_png(files[f"censored_{i:03d}.png"], tuple(size)) for i in range(n)]) if n else None
     return dict(manifest=manifest, censored=censored, reward_dir=Path(dest))
 
 
@@ -173,7 +206,8 @@ def read_session_bundle(path: str | Path, dest: str | Path) -> dict:
     if not isinstance(items, list) or len(items) != len(images) or images.dtype != np.uint8 or images.ndim != 3:
         raise CensorError("session.json and images.safetensors disagree")
     for it in items:
-        if not isinstance(it, dict) or it.get("state") not in (0, 1, 2):
-            raise CensorError("session.json: every item needs a label state 0, 1 or 2")
+        if (not isinstance(it, dict) or it.get("state") not in (0, 1, 2)
+                or not all(type(it.get(k)) is int and 0 <= it[k] <= MAX_SEED for k in ("seed", "round"))):
+            raise CensorError("session.json: every item needs a label state 0, 1 or 2 and an integer seed and round")
     has_reward = all(name in files for name in REWARD_FILES)
     return dict(info=meta.get("info", {}), items=items, images=images, reward_dir=Path(dest) if has_reward else None)

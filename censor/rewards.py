@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,10 +71,13 @@ def unet_taps(unet, x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
 
 def eps_and_taps(unet, x: torch.Tensor, t) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """ε_θ(x_t, t) and the same tapped features, caught by hooks on one ordinary forward pass."""
-    caught = []
+    caught, me = [], threading.get_ident()
 
     def grab(module, args, out):
-        caught.append(out[0] if isinstance(out, tuple) else out)
+        # the UNet is shared by every session's worker thread: catch only this call's own pass, not
+        # another session's forward that runs through the same blocks meanwhile
+        if threading.get_ident() == me:
+            caught.append(out[0] if isinstance(out, tuple) else out)
 
     hooks = [b.register_forward_hook(grab) for b in _tap_blocks(unet)]
     try:
@@ -300,6 +304,14 @@ def load_reward(folder: str | Path, diffusion=None) -> RewardEnsemble:
         tensors = load_file(str(folder / "reward.safetensors"))
     except Exception as e:
         raise CensorError(f"reward folder {folder} is missing or corrupt ({type(e).__name__})") from None
+    # reward files come from users' bundles: check reward.json's shape and refuse NaN/inf weights
+    # (they would only turn every guided image into noise, silently)
+    if (not isinstance(meta, dict) or type(meta.get("members")) is not int or meta["members"] < 1
+            or not isinstance(meta.get("info", {}), dict) or not isinstance(meta.get("image_shape", []), list)):
+        raise CensorError(f"reward folder {folder}: reward.json is malformed")
+    for name, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CensorError(f"reward folder {folder}: {name} holds NaN or infinite values")
     kind = meta.get("kind")
     if kind not in REWARD_KINDS:
         raise CensorError(f"reward folder {folder}: unknown kind {kind!r}")
@@ -309,7 +321,7 @@ def load_reward(folder: str | Path, diffusion=None) -> RewardEnsemble:
     if kind == "ddpm-encoder":
         if diffusion is None:
             raise CensorError("a ddpm-encoder reward can only be loaded together with its diffusion model")
-        if meta["info"].get("model_fingerprint") != model_fingerprint(diffusion.unet):
+        if meta.get("info", {}).get("model_fingerprint") != model_fingerprint(diffusion.unet):
             raise CensorError("this reward reads features of another diffusion model; retrain it for this one")
     members = []
     for k in range(int(meta["members"])):

@@ -6,7 +6,9 @@ strings together sessions (sessions.py), reward training (reward_training.py), g
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import logging
 import os
 import re
 from pathlib import Path
@@ -34,14 +36,35 @@ POOL_PER_SESSION = 200
 DEFAULT_DATA_DIR = Path(os.environ.get("CENSOR_DATA_DIR", "studio_data"))
 # Server-side bounds for every number a person can set (the UI shows the same ranges).
 LIMITS = dict(members=(1, 8), iterations=(10, 2000), alpha=(0.01, 1.0), weight=(0.0, 50.0), backward=(0, 20),
-              recurrence=(0, 4), steps=(5, 100), count=(1, 64))
+              recurrence=(0, 4), steps=(5, 100), count=(1, 64), seed=(0, 2**32 - 1))
+# Reward training keeps encoder features of every label (~0.4 MB each), so the label count is bounded too.
+MAX_TRAIN_LABELS = 1000
 
 
-def check_range(name: str, value: float) -> float:
-    lo, hi = LIMITS[name]
-    if value is None or not np.isfinite(value) or not lo <= value <= hi:
-        raise CensorError(f"{name} must be between {lo} and {hi}, got {value}")
+def check_range(name: str, value: float, bounds: tuple | None = None) -> float:
+    lo, hi = bounds or LIMITS[name]
+    # not a number (None, a string from a hand-made request or a manifest), NaN or inf: refused
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not lo <= value <= hi:
+        raise CensorError(f"{name} must be between {lo} and {hi}, got {value!r}")
     return value
+
+
+def reported(what: str):
+    """Crash hygiene: an unexpected failure inside a job becomes a one-line CensorError, which the UI
+    shows (Gradio hides other exceptions' messages from users); the traceback goes to the log."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except CensorError:
+                raise
+            except Exception as e:
+                logging.getLogger(__name__).exception("%s failed", what)
+                raise CensorError(f"{what} failed ({type(e).__name__}); your labels are kept, try again") from e
+        return run
+    return wrap
 
 
 def png_data_uri(image: np.ndarray) -> str:
@@ -103,6 +126,8 @@ class Studio:
                       progress: Callable[[float], None] | None = None) -> list[Image.Image]:
         if not 1 <= n <= MAX_GALLERY:
             raise CensorError(f"a gallery holds 1 to {MAX_GALLERY} images, asked for {n}")
+        steps = int(check_range("steps", steps, (1, LIMITS["steps"][1])))  # a quick look may take fewer steps
+        seed = int(check_range("seed", seed))
         return display(to_uint8(sample(self.model, seeds_for(n, seed), steps=steps, progress=progress)))
 
     # ---- labelling -------------------------------------------------------------------------
@@ -143,12 +168,16 @@ class Studio:
     def reward_dir(self, sid: str) -> Path:
         return self.store.folder(sid) / "reward"
 
+    @reported("training")
     def train(self, sid: str, method: str, kind: str, members: int, iterations: int, alpha: float,
               progress: Callable[[float], None] | None = None) -> dict:
         members = int(check_range("members", members)) if method != "single" else 1
         iterations = int(check_range("iterations", iterations))
         alpha = float(check_range("alpha", alpha))
         images, labels = self.store.training_data(sid)
+        if len(labels) > MAX_TRAIN_LABELS:
+            raise CensorError(f"{len(labels)} labelled images; a reward trains on at most {MAX_TRAIN_LABELS} "
+                              "(mark the oldest ones unsure to leave them out)")
         resume = None
         if method == "imitation" and (self.reward_dir(sid) / "reward.json").exists():
             previous = load_reward(self.reward_dir(sid), self.model)
@@ -177,6 +206,7 @@ class Studio:
         return float(((r.benign_prob(x, t).numpy() > 0.5).astype(int) == labels[test]).mean())
 
     # ---- censored galleries ----------------------------------------------------------------
+    @reported("sampling")
     def censored_gallery(self, sid: str, guidance: str, weight: float, backward: int, recurrence: int,
                          steps: int, seed: int, count: int, feature: str | None = None,
                          progress: Callable[[float], None] | None = None,
@@ -189,6 +219,7 @@ class Studio:
         weight = float(check_range("weight", weight))
         backward, recurrence = int(check_range("backward", backward)), int(check_range("recurrence", recurrence))
         steps, count = int(check_range("steps", steps)), int(check_range("count", count))
+        seed = int(check_range("seed", seed))
         has_reward = (self.reward_dir(sid) / "reward.json").exists()
         if not has_reward and not (tuned is not None and weight == 0):
             raise CensorError("train a reward first (Train tab)")
@@ -258,23 +289,30 @@ class Studio:
         token = secrets.token_urlsafe(12)
         dest = self.store.root / "bundles" / token
         try:
-            b = read_gallery_bundle(path, dest)
-        except CensorError:
+            b = read_gallery_bundle(path, dest, image_size=tuple(self.model.image_shape[1:]))
+            b["token"] = token
+            return self.reproduce(b, progress)
+        except Exception:  # a refused bundle leaves nothing on the (persistent) disk
             import shutil
 
             shutil.rmtree(dest, ignore_errors=True)
             raise
-        b["token"] = token
-        return self.reproduce(b, progress)
 
     def reproduce(self, bundle: dict, progress: Callable[[float], None] | None = None) -> dict:
         m = bundle["manifest"]
         if m.get("model_fingerprint") != model_fingerprint(self.model.unet):
             raise CensorError("this bundle was made with another diffusion model than the one loaded here")
         settings = m["settings"]
-        for name, key in (("weight", "weight"), ("backward", "backward"), ("recurrence", "recurrence"),
-                          ("steps", "steps"), ("count", "count")):
-            check_range(name, settings[key])
+        # every number in the uploader's manifest is held to the same bounds as the UI's
+        if not isinstance(settings, dict) or settings.get("guidance") not in ("time", "universal"):
+            raise CensorError("manifest.json: settings need a guidance of 'time' or 'universal'")
+        for name in ("weight", "backward", "recurrence", "steps", "count"):
+            check_range(name, settings.get(name))
+        lr = settings.get("backward_lr", 0.01)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= 1:
+            raise CensorError(f"manifest.json: backward_lr must be between 0 and 1, got {lr!r}")
+        if len(m["seeds"]) != settings["count"]:
+            raise CensorError("manifest.json: count and seeds disagree")
         reward = load_reward(bundle["reward_dir"], self.model)
         images = to_uint8(sample(self.model, m["seeds"], steps=int(settings["steps"]),
                                  guidance=self._guidance(reward, settings), progress=progress))
@@ -316,6 +354,9 @@ class Studio:
 
         with tempfile.TemporaryDirectory(dir=self.store.root) as tmp:
             b = read_session_bundle(path, tmp)
+            if tuple(b["images"].shape[1:]) != tuple(self.model.image_shape[1:]):
+                raise CensorError(f"the session's images are {'x'.join(map(str, b['images'].shape[1:]))}, "
+                                  f"this model makes {'x'.join(map(str, self.model.image_shape[1:]))}")
             if b["reward_dir"] is not None:
                 load_reward(b["reward_dir"], self.model)  # refuse a reward for another model or image size
             sid = self.store.create(str(self.model_dir), str(b["info"].get("instructions", "")))

@@ -32,6 +32,7 @@ from censor.errors import CensorError
 from censor.evaluate import feature_spec, knn_precision_recall, malign_fraction, wilson_interval
 from censor.guidance import build_guidance
 from censor.labeller import SimulatedLabeller
+from censor.rewards import model_fingerprint
 from censor.reward_training import train_reward
 from censor.sampling import sample, seeds_for
 
@@ -169,7 +170,8 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     rows = {m: _pool_seeds(r) for m, r in runs.items() if r}
     for row in rows.values():
         row["recall_ratio"] = row["recall"] / base_recall if base_recall > 0 else None
-    result = dict(config=asdict(cfg), machine=machine(), baseline_recall=base_recall, methods=rows,
+    result = dict(config=asdict(cfg), machine=machine(), model_fingerprint=model_fingerprint(model.unet),
+                  baseline_recall=base_recall, methods=rows,
                   runs=runs)
     if out_dir is not None:
         out = Path(out_dir)
@@ -198,7 +200,7 @@ def _pool_seeds(runs: list[dict]) -> dict:
 
 
 def markdown_table(result: dict) -> str:
-    lines = [f"Measured on {result['machine']}.\n",
+    lines = [f"Measured on {result['machine']}, model {result.get('model_fingerprint', '?')}.\n",
              "| method | malign % [95% CI] | recall vs baseline | confident | human labels | training s | "
              "sampling s / image |", "|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():

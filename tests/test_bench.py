@@ -74,3 +74,27 @@ def test_the_baseline_is_sampled_once_per_model_and_reused(tmp_path, tiny_model,
     monkeypatch.setattr(bench, "sample", lambda *a, **k: pytest.fail("the cached baseline was sampled again"))
     again = bench.cached_baseline(tiny_model, 6, 2, tmp_path)
     assert again.dtype == np.uint8 and np.array_equal(first, again)
+
+
+def test_auc_handles_ties_and_orders():
+    from censor.fewshot import auc
+
+    assert auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
+    assert auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
+
+
+def test_fewshot_scores_on_real_truth_and_reports_unavailable_inits(fixture_images, tiny_model):
+    from censor.fewshot import run_fewshot
+
+    bags = np.where(fixture_images["labels"] == 8)[0][:20]
+    rest = np.where(fixture_images["labels"] != 8)[0][:100]
+    idx = np.concatenate([bags, rest])
+    pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})
+    rows = run_fewshot("bags", 60, tiny_model, load_oracle(), pool, fixture_images["images"][200:400],
+                       fixture_images["labels"][200:400], fixture_images["watermark"][200:400],
+                       variants=(("ddpm-encoder", "random"), ("resnet18", "imagenet")), iterations=3,
+                       log=lambda *_: None)
+    enc, imagenet = rows
+    assert {"auc_t0", "auc_t300", "auc_t600", "balanced_acc"} <= set(enc) and 0 <= enc["auc_t0"] <= 1
+    assert "unavailable" in imagenet or "auc_t0" in imagenet  # offline machines cannot fetch ImageNet weights
