@@ -71,6 +71,7 @@ paint();
 # 32 waiting; beyond that Gradio refuses the request (HTTP 503) and the page says "This application is
 # currently busy. Please try again." (see docs/reliability.md).
 QUEUE = dict(default_concurrency_limit=1, max_size=32)
+MAX_UPLOAD = "64mb"  # bundles and sessions are far smaller; Gradio refuses bigger uploads before they land
 HELP = ("Click an image to mark it **malign** (red); click again for **unsure** (dashed, left out of training); "
         "a third click resets it to benign. Keyboard: arrows move, space or m marks, n / p change page. "
         "Every click is saved at once.")
@@ -316,4 +317,4 @@ demo = build_app()  # module level, as Hugging Face Spaces and `gradio app.py` e
 
 if __name__ == "__main__":
     demo.queue(**QUEUE).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size=MAX_UPLOAD)

@@ -8,7 +8,6 @@ listed in docs/reliability.md instead of being repeated here.
 
 import io
 import json
-import math
 import os
 import pickle
 import socket
@@ -29,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
 from censor import bundles
-from censor.bundles import read_gallery_bundle, safe_extract
+from censor.bundles import safe_extract
 from censor.errors import CensorError
 from censor.pool import Pool
 from censor.rewards import eps_and_taps, load_reward, unet_taps
