@@ -106,6 +106,28 @@ def cmd_bench(a) -> None:
     print(markdown_rows([result]))
 
 
+def cmd_bench_timing(a) -> None:
+    from .bench import BenchConfig, collect_labels_and_train, time_guidance
+    from .models import load_diffusion
+    from .oracle import load_oracle
+    from .pool import load_pool
+
+    model = load_diffusion(a.model)
+    cfg = BenchConfig(feature=a.feature, budget=a.budget, steps=a.steps, seeds=1)
+    reward, _, _ = collect_labels_and_train(cfg, model, load_oracle(), load_pool(model_dir=a.model), seed=0)
+    if reward is None:
+        raise CensorError(f"the {a.budget} viewed images hold one class only; raise --budget")
+    result = time_guidance(model, reward, n=a.n, steps=a.steps, reps=a.reps, weight=a.weight,
+                           everies=tuple(a.every))
+    result["feature"] = a.feature
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(result, indent=1))
+    print(f"{result['machine']}, {a.n} images x {a.steps} steps, median of {a.reps}:")
+    for name, ratio in result["ratio_median"].items():
+        print(f"  {name}: {result['median_s'][name]:.1f}s vs {result['median_s']['unguided']:.1f}s unguided = {ratio:.2f}x")
+
+
 def cmd_bench_table(a) -> None:
     from .bench import collect, markdown_rows
 
@@ -202,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     f.add_argument("--out", default="docs/bench")
     f.set_defaults(fn=cmd_fewshot)
+
+    g = sub.add_parser("bench-timing", help="wall time of time guidance vs unguided sampling, interleaved reps")
+    g.add_argument("--feature", default="bags")
+    g.add_argument("--budget", type=_positive, default=100)
+    g.add_argument("--n", type=_positive, default=64)
+    g.add_argument("--steps", type=_positive, default=25)
+    g.add_argument("--reps", type=_positive, default=5)
+    g.add_argument("--weight", type=float, default=4.0)
+    g.add_argument("--every", type=_positive, nargs="+", default=[1, 2, 4])
+    g.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    g.add_argument("--json", default=None)
+    g.set_defaults(fn=cmd_bench_timing)
 
     t = sub.add_parser("bench-table", help="one markdown table of every saved bench result in a folder")
     t.add_argument("--out", default="docs/bench")

@@ -101,7 +101,9 @@ def train(data_dir, epochs: int = 5, batch: int = 256, lr: float = 1e-3, subset:
     bar.close()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.net.state_dict().items() if not k.startswith("fc.")}
+    # fp16 halves the shipped file (~22 MB); load_state_dict casts back to the reward's fp32
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+             for k, v in model.net.state_dict().items() if not k.startswith("fc.")}
     save_file(state, str(out / "backbone.safetensors"))
     record = dict(method="SimCLR (NT-Xent, temperature 0.2), no labels", epochs=epochs, batch=batch,
                   images=len(x), steps=steps, final_loss=float(sum(losses[-20:]) / max(1, len(losses[-20:]))),

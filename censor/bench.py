@@ -216,8 +216,10 @@ def machine() -> str:
 
 
 def collect(out_dir: str | Path) -> list[dict]:
-    """Every saved bench result in a folder, sorted by feature and name."""
+    """Every saved bench result in a folder, sorted by feature and name (other JSON there, such as
+    the fine-tuning comparison or timing runs, is skipped)."""
     rows = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*.json"))]
+    rows = [r for r in rows if isinstance(r, dict) and {"name", "baseline", "censored", "config"} <= set(r)]
     return sorted(rows, key=lambda r: (r["config"]["feature"], r["name"]))
 
 
@@ -255,3 +257,30 @@ def markdown_rows(results: list[dict], link: str | None = None) -> str:
             f"{_ratio(c['recall_ratio'])} | {b['confident']:.2f} → {c['confident']:.2f} | {c['reward_train_s']:.1f} | "
             f"{b['unguided_s']:.0f} → {c['guided_s']:.0f} ({c['time_ratio']:.2f}×) |")
     return HEADER + "\n".join(rows) + "\n"
+
+
+def time_guidance(model, reward, n: int = 64, steps: int = 25, reps: int = 5, weight: float = 4.0,
+                  everies=(1, 2, 4), log=print) -> dict:
+    """Wall time of guided vs unguided sampling, same seeds, batch and steps, interleaved.
+
+    The settings take turns inside every repetition, so a neighbour's load on a shared machine
+    hits them alike; the ratios are medians over repetitions. Returns seconds and ratios.
+    """
+    if min(n, steps, reps) < 1:
+        raise CensorError("n, steps and reps must be positive")
+    seeds = seeds_for(n, GALLERY_SEED)
+    settings = {"unguided": None}
+    settings.update({f"time every {k}": build_guidance(reward, "time", weight, every=k) for k in everies})
+    seconds = {name: [] for name in settings}
+    sample(model, seeds[: min(n, 4)], steps=2)  # warm-up: first-call allocations are not the method's cost
+    for rep in range(reps):
+        for name, guidance in settings.items():
+            t0 = time.perf_counter()
+            sample(model, seeds, steps=steps, guidance=guidance)
+            seconds[name].append(time.perf_counter() - t0)
+        log(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items()))
+    base = np.array(seconds["unguided"])
+    ratios = {name: float(np.median(np.array(s) / base)) for name, s in seconds.items() if name != "unguided"}
+    return dict(machine=machine(), model_fingerprint=model_fingerprint(model.unet), n=n, steps=steps, reps=reps,
+                weight=weight, seconds={k: [round(x, 2) for x in v] for k, v in seconds.items()},
+                median_s={k: float(np.median(v)) for k, v in seconds.items()}, ratio_median=ratios)

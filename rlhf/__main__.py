@@ -25,7 +25,8 @@ def cmd_compare(a) -> None:
 
     cfg = CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
                         train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr,
-                        kl_beta=a.kl_beta, methods=tuple(a.methods))
+                        kl_beta=a.kl_beta, inner_epochs=a.inner_epochs, lora_target=a.lora_target,
+                        methods=tuple(a.methods))
     model = load_diffusion(a.model)
     result = run_compare(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(),
                          out_dir=a.out, cache_dir=a.cache)
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weight", type=float, default=4.0, help="guidance weight of the censored methods")
     c.add_argument("--epochs", type=_positive, default=6, help="DDPO epochs")
     c.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
+    c.add_argument("--inner-epochs", type=_positive, default=1,
+                   help="passes over each batch of labelled or rewarded rollouts (costs no labels)")
+    c.add_argument("--lora-target", default="attention", choices=("attention", "attention+convs"))
     c.add_argument("--kl-beta", type=float, default=0.0, help="per-step KL penalty of RLHF to the frozen model")
     c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     c.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))

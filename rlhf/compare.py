@@ -55,6 +55,8 @@ class CompareConfig:
     ddpo_images: int = 32
     d3po_group_size: int = 7
     lr: float = 3e-4
+    inner_epochs: int = 1  # passes over each batch of labelled / rewarded rollouts (no extra labels)
+    lora_target: str = "attention"  # or "attention+convs" (the small model has few attention layers)
     kl_beta: float = 0.0
     methods: tuple[str, ...] = METHODS
 
@@ -63,8 +65,10 @@ class CompareConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise CensorError(f"unknown method(s) {', '.join(sorted(unknown))}; use {', '.join(METHODS)}")
-        if min(self.budget, self.seeds, self.n, self.steps, self.train_steps, self.epochs) < 1:
-            raise CensorError("budget, seeds, n, steps, train_steps and epochs must be positive")
+        if min(self.budget, self.seeds, self.n, self.steps, self.train_steps, self.epochs, self.inner_epochs) < 1:
+            raise CensorError("budget, seeds, n, steps, train_steps, epochs and inner_epochs must be positive")
+        if self.lora_target not in ("attention", "attention+convs"):
+            raise CensorError(f"lora_target must be 'attention' or 'attention+convs', got {self.lora_target!r}")
         if self.budget < 2 * self.d3po_group_size:
             raise CensorError(f"a budget of {self.budget} labels is under two D3PO groups of {self.d3po_group_size}")
         self.methods = tuple(self.methods)
@@ -141,7 +145,8 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             t = time.time()
             train_ddpo(tuned, reward_from(reward), DDPOConfig(
                 steps=cfg.train_steps, epochs=cfg.epochs, images=cfg.ddpo_images, batch_size=cfg.ddpo_images // 2,
-                lr=cfg.lr, kl_beta=cfg.kl_beta, seed=seed))
+                lr=cfg.lr, kl_beta=cfg.kl_beta, seed=seed, inner_epochs=cfg.inner_epochs,
+                lora_target=cfg.lora_target))
             train_s = time.time() - t + reward_s
             if adapter_dir is not None and seed == 0:
                 save_adapter(tuned.unet, Path(adapter_dir) / "rlhf", dict(method="rlhf", feature=cfg.feature))
@@ -154,7 +159,8 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             t = time.time()
             info = train_d3po(tuned, labels_from(d3po_labeller), D3POConfig(
                 steps=cfg.train_steps, epochs=1, groups=groups, group_size=cfg.d3po_group_size,
-                batch_groups=max(1, groups // 4), lr=cfg.lr, seed=seed))
+                batch_groups=max(1, groups // 4), lr=cfg.lr, seed=seed, inner_epochs=cfg.inner_epochs,
+                lora_target=cfg.lora_target))
             d3po_s, d3po_labels = time.time() - t, d3po_labeller.viewed
             log(f"  seed {seed} d3po: {d3po_labels} labels, {sum(info['pairs'])} preference pairs")
             if adapter_dir is not None and seed == 0:
@@ -219,9 +225,13 @@ def plot(result: dict, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for name, r in result["methods"].items():
+    rows = result["methods"]
+    span = max([r["labels"] for r in rows.values()] + [1])
+    for i, (name, r) in enumerate(rows.items()):
         lo, hi = r["ci_pct"]
-        ax.errorbar([r["labels"]], [r["malign_pct"]], yerr=[[r["malign_pct"] - lo], [hi - r["malign_pct"]]],
+        # methods that spend the same labels sit side by side instead of hiding each other
+        dx = (i - (len(rows) - 1) / 2) * 0.012 * span
+        ax.errorbar([r["labels"] + dx], [r["malign_pct"]], yerr=[[r["malign_pct"] - lo], [hi - r["malign_pct"]]],
                     fmt="o", capsize=4, label=name)
     ax.set_xlabel("human labels spent")
     ax.set_ylabel("oracle malign %")

@@ -44,9 +44,10 @@ class _Common:
     lora_target: str = "attention"  # or "attention+convs"
     seed: int = 0
     rollout_batch: int = 64
+    inner_epochs: int = 1  # passes over one epoch's trajectories (labels and rewards are reused: free)
 
     def check(self) -> None:
-        for name in ("steps", "epochs", "rollout_batch"):
+        for name in ("steps", "epochs", "rollout_batch", "inner_epochs"):
             if getattr(self, name) < 1:
                 raise CensorError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.eta <= 0:
@@ -73,15 +74,14 @@ class D3POConfig(_Common):
 class DDPOConfig(_Common):
     images: int = 16  # trajectories per epoch
     batch_size: int = 8  # trajectories per optimiser step
-    inner_epochs: int = 1  # passes over one epoch's samples
     clip_range: float = 1e-4  # PPO ratio clip (DDPO's default; the thesis used 0.2)
     adv_clip: float = 5.0
     kl_beta: float = 0.0  # per-step KL penalty to the frozen model (off as in DDPO)
 
     def check(self) -> None:
         super().check()
-        if self.images < 2 or self.batch_size < 1 or self.inner_epochs < 1:
-            raise CensorError("DDPO needs images >= 2, batch_size >= 1 and inner_epochs >= 1")
+        if self.images < 2 or self.batch_size < 1:
+            raise CensorError("DDPO needs images >= 2 and batch_size >= 1")
 
 
 def preference_pairs(labels: Sequence[int], group_ids: Sequence[int]) -> torch.Tensor:
@@ -115,6 +115,12 @@ def reward_from(ensemble) -> Callable[[torch.Tensor], torch.Tensor]:
         return ensemble.log_prob(images.to(next(ensemble.members[0].parameters()).device)).float().cpu()
 
     return reward
+
+
+def _inner_batches(n: int, size: int, passes: int):
+    """Minibatches of ``range(n)``: ``passes`` shuffled passes, ``size`` items each."""
+    for _ in range(passes):
+        yield from torch.randperm(n).split(size)
 
 
 class _Run:
@@ -206,7 +212,7 @@ def train_d3po(
     all S steps. π_ref is the UNet before adapters. Returns losses, pairs per epoch, seconds.
     """
     cfg = config or D3POConfig()
-    n_batches = -(-cfg.groups // cfg.batch_groups)
+    n_batches = -(-cfg.groups // cfg.batch_groups) * cfg.inner_epochs
     run = _Run(model, cfg, need_ref=True, total=cfg.epochs * (1 + n_batches), progress=progress,
                show_bar=show_bar, accelerator=accelerator, desc="D3PO")
     pairs_per_epoch, benign_rate = [], []
@@ -221,9 +227,7 @@ def train_d3po(
             run.tick(n_batches)  # nothing to learn from: every group agreed
             continue
         ref = run.ref_log_probs(traj)
-        order = torch.randperm(cfg.groups)
-        for b in range(n_batches):
-            groups = order[b * cfg.batch_groups:(b + 1) * cfg.batch_groups]
+        for groups in _inner_batches(cfg.groups, cfg.batch_groups, cfg.inner_epochs):
             rows = torch.nonzero(torch.isin(traj.group_ids, groups)).squeeze(1)
             local = {int(r): i for i, r in enumerate(rows)}
             mine = pairs[[int(w) in local for w, _ in pairs.tolist()]] if len(pairs) else pairs
@@ -273,25 +277,23 @@ def train_ddpo(
         reward_mean.append(float(all_rewards.mean()))
         adv = standardise_advantages(all_rewards, cfg.adv_clip)
         adv = adv[run.acc.process_index * len(traj):(run.acc.process_index + 1) * len(traj)]
-        for _ in range(cfg.inner_epochs):
-            perm = torch.randperm(len(traj))
-            for rows in perm.split(cfg.batch_size):
-                a = adv[rows].to(dev)
-                fractions = []
+        for rows in _inner_batches(len(traj), cfg.batch_size, cfg.inner_epochs):
+            a = adv[rows].to(dev)
+            fractions = []
 
-                def step_loss(j: int) -> torch.Tensor:
-                    x_t, x_prev = traj.xs[rows, j].to(dev), traj.xs[rows, j + 1].to(dev)
-                    t = traj.timesteps[j]
-                    lp = step_log_prob(run.unet, run.sched, x_t, t, x_prev, cfg.eta)
-                    lp_ref = None
-                    if run.ref is not None:
-                        with torch.no_grad():
-                            lp_ref = step_log_prob(run.ref, run.sched, x_t, t, x_prev, cfg.eta)
-                    loss, info = ddpo_loss(lp, traj.log_probs[rows, j].to(dev), a, cfg.clip_range,
-                                           lp_ref, cfg.kl_beta)
-                    fractions.append(info["clipfrac"])
-                    return loss
+            def step_loss(j: int) -> torch.Tensor:
+                x_t, x_prev = traj.xs[rows, j].to(dev), traj.xs[rows, j + 1].to(dev)
+                t = traj.timesteps[j]
+                lp = step_log_prob(run.unet, run.sched, x_t, t, x_prev, cfg.eta)
+                lp_ref = None
+                if run.ref is not None:
+                    with torch.no_grad():
+                        lp_ref = step_log_prob(run.ref, run.sched, x_t, t, x_prev, cfg.eta)
+                loss, info = ddpo_loss(lp, traj.log_probs[rows, j].to(dev), a, cfg.clip_range,
+                                       lp_ref, cfg.kl_beta)
+                fractions.append(info["clipfrac"])
+                return loss
 
-                run.optimise(step_loss)
-                clipfrac.append(float(np.mean(fractions)))
+            run.optimise(step_loss)
+            clipfrac.append(float(np.mean(fractions)))
     return run.finish(reward_mean=reward_mean, clipfrac=clipfrac)

@@ -98,3 +98,46 @@ def test_fewshot_scores_on_real_truth_and_reports_unavailable_inits(fixture_imag
     enc, imagenet = rows
     assert {"auc_t0", "auc_t300", "auc_t600", "balanced_acc"} <= set(enc) and 0 <= enc["auc_t0"] <= 1
     assert "unavailable" in imagenet or "auc_t0" in imagenet  # offline machines cannot fetch ImageNet weights
+
+
+def test_guidance_timing_interleaves_settings_and_takes_median_ratios(tiny_model, monkeypatch):
+    from censor import bench
+    from censor.rewards import RewardEnsemble, build_member
+
+    reward = RewardEnsemble("ddpm-encoder", [build_member("ddpm-encoder", tiny_model)]).eval()
+    clock, calls = [0.0], []
+    cost = {None: 1.0, 1: 3.0, 2: 2.0}  # fake seconds per call: unguided, every 1, every 2
+
+    def fake_sample(model, seeds, steps, guidance=None, **_):
+        every = None if guidance is None else guidance.pieces[0].every
+        if steps > 2:  # not the warm-up
+            calls.append(every)
+            clock[0] += cost[every]
+
+    monkeypatch.setattr(bench, "sample", fake_sample)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    result = bench.time_guidance(tiny_model, reward, n=4, steps=3, reps=2, everies=(1, 2), log=lambda *_: None)
+    assert calls == [None, 1, 2, None, 1, 2]  # the settings take turns inside each repetition
+    assert result["ratio_median"] == {"time every 1": 3.0, "time every 2": 2.0}
+    assert result["seconds"]["unguided"] == [1.0, 1.0]
+    with pytest.raises(CensorError, match="positive"):
+        bench.time_guidance(tiny_model, reward, reps=0)
+
+
+def test_guidance_timing_really_samples(tiny_model):
+    from censor import bench
+    from censor.rewards import RewardEnsemble, build_member
+
+    reward = RewardEnsemble("ddpm-encoder", [build_member("ddpm-encoder", tiny_model)]).eval()
+    result = bench.time_guidance(tiny_model, reward, n=2, steps=2, reps=1, everies=(1,), log=lambda *_: None)
+    assert result["median_s"]["unguided"] > 0 and result["ratio_median"]["time every 1"] > 0
+
+
+def test_bench_table_reads_bench_rows_only(tmp_path):
+    from censor.bench import collect
+
+    row = dict(name="bags_x", config=dict(feature="bags"), baseline={}, censored={})
+    (tmp_path / "bags_x.json").write_text(json.dumps(row))
+    (tmp_path / "compare_bags_b98.json").write_text(json.dumps(dict(config={}, methods={})))
+    (tmp_path / "timing.json").write_text(json.dumps([1, 2]))
+    assert [r["name"] for r in collect(tmp_path)] == ["bags_x"]

@@ -42,6 +42,10 @@ def test_non_positive_n(tmp_path, n):
     assert_one_line_error(run("censor", "sample", "--n", n, "--out", str(tmp_path / "g.png")), "--n")
 
 
+def test_bench_timing_refuses_zero_reps():
+    assert_one_line_error(run("censor", "bench-timing", "--reps", "0"), "--reps")
+
+
 def test_missing_and_corrupt_weights(tmp_path):
     assert_one_line_error(run("censor", "sample", "--model", str(tmp_path / "absent"),
                               "--out", str(tmp_path / "g.png")), "does not exist")

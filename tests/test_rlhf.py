@@ -184,6 +184,21 @@ def test_one_ddpo_update_changes_only_lora(fresh):
     assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
 
 
+def test_inner_epochs_reuse_labels_without_new_rollouts(fresh):
+    calls = []
+
+    def label(x):
+        calls.append(len(x))
+        return np.array([1, 0] * len(x))[: len(x)]
+
+    info = train_d3po(fresh, label, D3POConfig(steps=2, epochs=1, groups=2, group_size=2, batch_groups=1,
+                                              inner_epochs=3))
+    assert calls == [4]  # one labelling round (4 images) ...
+    assert len(info["losses"]) == 2 * 3  # ... feeds 2 minibatches x 3 passes
+    with pytest.raises(CensorError, match="inner_epochs"):
+        DDPOConfig(inner_epochs=0).check()
+
+
 def test_full_fine_tuning_flag_trains_base_weights(fresh):
     before = base_state(fresh.unet)
     info = train_ddpo(fresh, lambda x: x.mean(dim=(1, 2, 3)),
