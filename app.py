@@ -112,7 +112,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         acc = info.get("held_out_accuracy")
         return (f"Trained a {info['kind']} reward ({info['members']} member(s), {info['labels']} labels: "
                 f"{info['malign_labels']} malign) in {info['train_seconds']:.1f} s."
-                + (f" Held-out accuracy {100 * acc:.0f}%." if acc is not None else " (Too few labels for a held-out check.)"))
+                + (f" Held-out balanced accuracy {100 * acc:.0f}% (mean of the malign and benign hit rates)."
+                   if acc is not None else " (Too few labels for a held-out check.)"))
 
     def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, source,
                   progress=gr.Progress()):
@@ -268,9 +269,11 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                     cmp_feature = gr.Dropdown([f for f in features if f != "(none)"], value="bags", label="feature")
                     cmp_methods = gr.CheckboxGroup(list(COMPARE_METHODS), value=list(COMPARE_METHODS), label="methods")
                 with gr.Row():
-                    cmp_budget = gr.Slider(*COMPARE_LIMITS["budget"], value=70, step=7, label="labels per method")
+                    cmp_budget = gr.Slider(*COMPARE_LIMITS["budget"], value=70, step=7, label="labels per method",
+                                           elem_id="compare-budget")
                     cmp_seeds = gr.Slider(*COMPARE_LIMITS["seeds"], value=1, step=1, label="labelling seeds")
-                    cmp_n = gr.Slider(*COMPARE_LIMITS["n"], value=60, step=10, label="gallery images per method")
+                    cmp_n = gr.Slider(*COMPARE_LIMITS["n"], value=60, step=10, label="gallery images per method",
+                                      elem_id="compare-n")
                 with gr.Row():
                     cmp_btn = gr.Button("Run the comparison", variant="primary", elem_id="compare-btn")
                     cmp_cancel = gr.Button("Cancel", elem_id="compare-cancel")

@@ -191,7 +191,7 @@ class Studio:
         return dict(reward.info)
 
     def _held_out_accuracy(self, images, labels, kind, iterations, alpha) -> float | None:
-        """With >= 30 labels and >= 5 of each class: one quick single model on 80%, scored on 20%."""
+        """With >= 30 labels and >= 5 of each class: one quick single model on 80%, balanced accuracy on 20%."""
         if len(labels) < 30 or min((labels == 0).sum(), (labels == 1).sum()) < 5:
             return None
         rng = np.random.default_rng(0)
@@ -203,7 +203,10 @@ class Studio:
                          iterations=max(10, iterations // 2))
         x = to_model_range(images[test])
         t = torch.zeros(len(x), dtype=torch.long) if r.time_dependent else None
-        return float(((r.benign_prob(x, t).numpy() > 0.5).astype(int) == labels[test]).mean())
+        # balanced: with ~10% malign, plain accuracy rewards calling everything benign (and α < 1
+        # deliberately leans the other way), so average the two classes' hit rates
+        hit = (r.benign_prob(x, t).numpy() > 0.5).astype(int) == labels[test]
+        return float(np.mean([hit[labels[test] == c].mean() for c in (0, 1) if (labels[test] == c).any()]))
 
     # ---- censored galleries ----------------------------------------------------------------
     @reported("sampling")

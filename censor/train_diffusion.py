@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +100,10 @@ def train(args) -> Path:
         unflatten_optimizer(opt, tensors, meta["optimizer"])
         ema.load_state_dict({**meta["ema"], "shadow_params": [tensors[f"ema.{i}"] for i in range(len(ema.shadow_params))]})
         step = meta["step"]
-        for _ in range(step):
-            lr_sched.step()
+        with warnings.catch_warnings():  # replaying the schedule before any optimiser step is intended
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                lr_sched.step()
         log_rows = meta.get("log", [])
         acc.print(f"resumed {run} at step {step}")
     elif args.init_from:

@@ -66,3 +66,21 @@ def test_app_serves_a_gallery(studio):
         assert len(result) == 4
     finally:
         demo.close()
+
+
+def test_held_out_check_is_balanced_so_all_benign_scores_one_half(studio, monkeypatch):
+    import torch
+
+    import censor.studio as studio_module
+
+    class AllBenign:
+        time_dependent = True
+
+        def benign_prob(self, x, t):
+            return torch.ones(len(x))
+
+    monkeypatch.setattr(studio_module, "train_reward", lambda *a, **k: AllBenign())
+    labels = np.array([0] * 10 + [1] * 30)
+    images = np.zeros((40, 28, 28), dtype=np.uint8)
+    # plain accuracy would read ~75% for a reward that never calls anything malign
+    assert studio._held_out_accuracy(images, labels, "ddpm-encoder", 10, 0.1) == 0.5

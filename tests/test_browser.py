@@ -194,3 +194,26 @@ def test_a_hundred_images_with_the_keyboard_alone(server, browser):
             page.wait_for_function(f"document.querySelector('#label-grid .cell').dataset.id !== '{first_id}'")
     page.wait_for_function("document.querySelector('#counts').innerText.includes('viewed 100 · malign 8')")
     assert time.time() - t0 < 60
+
+
+def test_rlhf_tab_runs_a_small_comparison_and_offers_its_adapters(server, browser):
+    """The smallest comparison the tab allows (14 labels, 20 images): table, plot, adapters to pick."""
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1200, "height": 1100})
+    page.goto(url)
+    page.locator("#label-grid .cell").first.wait_for(timeout=15_000)
+    page.get_by_role("tab", name="5 · RLHF / D3PO").click()
+    _set_slider(page, "compare-budget", 14)
+    _set_slider(page, "compare-n", 20)
+    page.locator("#compare-btn").click()
+    page.wait_for_function("document.querySelector('#compare-result').innerText.includes('d3po+censored')",
+                           timeout=420_000)
+    table = page.locator("#compare-result").inner_text()
+    for method in ("baseline", "censored", "rlhf", "d3po"):
+        assert method in table
+    assert "Fine-tuned adapters saved" in table
+    page.locator("#compare-plot img").wait_for(state="visible", timeout=10_000)
+    _shot(page, "rlhf")
+    page.get_by_role("tab", name="3 · Censored gallery").click()
+    page.locator("#censor-model input").click()
+    page.get_by_role("option", name="d3po").wait_for(timeout=10_000)

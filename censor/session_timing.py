@@ -1,0 +1,58 @@
+"""``python -m censor.session_timing``: wall times of a default three-minute session, without a browser.
+
+The same library calls the studio's buttons make: open a session from the pool, label 100 images
+(the oracle plays the person, marking ``--feature``), train the default reward, render the default
+censored gallery (32 images, 30 steps, time guidance, ω 4). Repeats training and gallery
+``--reps`` times and prints each, so the README's wall times can be re-measured on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m censor.session_timing", description=__doc__.splitlines()[0])
+    p.add_argument("--feature", default="bags")
+    p.add_argument("--labels", type=int, default=100)
+    p.add_argument("--reps", type=int, default=3)
+    a = p.parse_args(argv)
+
+    from .cli import run_cli
+
+    def run():
+        from .evaluate import is_malign
+        from .studio import PAGE_SIZE, Studio
+
+        t0 = time.perf_counter()
+        studio = Studio(data_dir=tempfile.mkdtemp())
+        studio.model, studio.pool, studio.oracle  # noqa: B018 (load them now, as the app does at start)
+        print(f"studio ready (model, pool, oracle) in {time.perf_counter() - t0:.1f}s")
+        sid = studio.open_session(None, f"{a.feature} is malign")
+        for page in range(-(-a.labels // PAGE_SIZE)):
+            studio.page(sid, page)
+            items = studio.store.items(sid, offset=page * PAGE_SIZE, limit=PAGE_SIZE)
+            verdict = is_malign(studio.oracle.judge(np.stack([it["image"] for it in items])), a.feature)
+            for it, bad in zip(items, verdict):
+                if bad:
+                    studio.click(sid, it["item"])
+        print(studio.counts_text(sid))
+        for rep in range(a.reps):
+            t = time.perf_counter()
+            info = studio.train(sid, "ensemble", "ddpm-encoder", 5, 300, 0.1)
+            train_s = time.perf_counter() - t
+            t = time.perf_counter()
+            res = studio.censored_gallery(sid, "time", 4.0, 0, 0, 30, 0, 32, feature=a.feature)
+            print(f"rep {rep + 1}: train {train_s:.1f}s (reward alone {info['train_seconds']:.1f}s), "
+                  f"gallery 32 x 30 steps {time.perf_counter() - t:.1f}s, oracle {res['oracle']['baseline']} "
+                  f"-> {res['oracle']['censored']}")
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
