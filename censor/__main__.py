@@ -12,20 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import run_cli
+from .cli import dispatch, positive_int
 from .errors import CensorError
 from .data import DEFAULT_DATA_DIR
 from .models import EMBEDDED_MODEL_DIR
 
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {n}")
-    return n
 
 
 def cmd_sample(a) -> None:
@@ -158,20 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="write a grid of unguided samples")
-    s.add_argument("--n", type=_positive, default=64)
-    s.add_argument("--steps", type=_positive, default=50)
+    s.add_argument("--n", type=positive_int, default=64)
+    s.add_argument("--steps", type=positive_int, default=50)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="grid.png")
     s.add_argument("--model", default=str(EMBEDDED_MODEL_DIR), help="diffusers model folder (unet/, scheduler/)")
     s.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
     s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
-    s.add_argument("--nrow", type=_positive, default=None)
+    s.add_argument("--nrow", type=positive_int, default=None)
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("evaluate-model", help="judge a diffusion model with the oracle (quality bar)")
     e.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
-    e.add_argument("--n", type=_positive, default=2000)
-    e.add_argument("--steps", type=_positive, default=50)
+    e.add_argument("--n", type=positive_int, default=2000)
+    e.add_argument("--steps", type=positive_int, default=50)
     e.add_argument("--seed", type=int, default=1000)
     e.add_argument("--json", default=None, help="also write the report here")
     e.add_argument("--grid", default=None, help="also write a 10x10 grid (oracle-watermarked items framed red)")
@@ -179,33 +170,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("make-pool", help="pre-generate the baseline pool a labelling session starts from")
     m.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
-    m.add_argument("--n", type=_positive, default=1000)
-    m.add_argument("--steps", type=_positive, default=50)
+    m.add_argument("--n", type=positive_int, default=1000)
+    m.add_argument("--steps", type=positive_int, default=50)
     m.add_argument("--seed", type=int, default=1)
     m.add_argument("--out", default=str(EMBEDDED_MODEL_DIR.parent / "pool"))
     m.set_defaults(fn=cmd_make_pool)
 
     b = sub.add_parser("bench", help="censoring benchmark with the simulated labeller and the oracle")
     b.add_argument("--feature", default="watermark")
-    b.add_argument("--budget", type=_positive, default=100, help="images the labeller views per round")
+    b.add_argument("--budget", type=positive_int, default=100, help="images the labeller views per round")
     b.add_argument("--method", default="ensemble", choices=["single", "union", "ensemble", "imitation"])
     b.add_argument("--guidance", default="time", choices=["time", "universal"])
     b.add_argument("--reward", default=None, choices=["ddpm-encoder", "half-unet", "resnet18"])
-    b.add_argument("--members", type=_positive, default=5)
+    b.add_argument("--members", type=positive_int, default=5)
     b.add_argument("--weight", type=float, default=1.0)
     b.add_argument("--alpha", type=float, default=0.1)
-    b.add_argument("--iterations", type=_positive, default=300)
+    b.add_argument("--iterations", type=positive_int, default=300)
     b.add_argument("--backward-steps", type=int, default=0)
     b.add_argument("--backward-lr", type=float, default=0.01)
     b.add_argument("--recurrence", type=int, default=0)
     b.add_argument("--window", type=int, nargs=2, default=[0, 999], metavar=("START", "END"))
-    b.add_argument("--every", type=_positive, default=1,
+    b.add_argument("--every", type=positive_int, default=1,
                    help="time guidance: fresh reward gradient every k-th step, reused in between")
-    b.add_argument("--rounds", type=_positive, default=3, help="imitation rounds")
-    b.add_argument("--n", type=_positive, default=1000,
+    b.add_argument("--rounds", type=positive_int, default=3, help="imitation rounds")
+    b.add_argument("--n", type=positive_int, default=1000,
                    help="censored images in total, split evenly over the labelling seeds; the baseline has n")
-    b.add_argument("--steps", type=_positive, default=50)
-    b.add_argument("--seeds", type=_positive, default=3)
+    b.add_argument("--steps", type=positive_int, default=50)
+    b.add_argument("--seeds", type=positive_int, default=3)
     b.add_argument("--flip-rate", type=float, default=0.0, help="share of labels the labeller gets wrong")
     b.add_argument("--init", default="random", choices=["random", "backbone", "imagenet"])
     b.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
@@ -215,10 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fewshot", help="few-shot accuracy of each reward kind and initialisation")
     f.add_argument("--feature", default="bags")
-    f.add_argument("--budget", type=_positive, default=100)
-    f.add_argument("--iterations", type=_positive, default=300)
+    f.add_argument("--budget", type=positive_int, default=100)
+    f.add_argument("--iterations", type=positive_int, default=300)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--test", type=_positive, default=2000, help="real test images to score on")
+    f.add_argument("--test", type=positive_int, default=2000, help="real test images to score on")
     f.add_argument("--variants", nargs="*", default=None, help="e.g. ddpm-encoder/random resnet18/backbone")
     f.add_argument("--data", default=str(DEFAULT_DATA_DIR))
     f.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
@@ -227,12 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("bench-timing", help="wall time of time guidance vs unguided sampling, interleaved reps")
     g.add_argument("--feature", default="bags")
-    g.add_argument("--budget", type=_positive, default=100)
-    g.add_argument("--n", type=_positive, default=64)
-    g.add_argument("--steps", type=_positive, default=25)
-    g.add_argument("--reps", type=_positive, default=5)
+    g.add_argument("--budget", type=positive_int, default=100)
+    g.add_argument("--n", type=positive_int, default=64)
+    g.add_argument("--steps", type=positive_int, default=25)
+    g.add_argument("--reps", type=positive_int, default=5)
     g.add_argument("--weight", type=float, default=4.0)
-    g.add_argument("--every", type=_positive, nargs="+", default=[1, 2, 4])
+    g.add_argument("--every", type=positive_int, nargs="+", default=[1, 2, 4])
     g.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     g.add_argument("--json", default=None)
     g.set_defaults(fn=cmd_bench_timing)
@@ -245,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: args.fn(args))
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":

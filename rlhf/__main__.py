@@ -5,15 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from censor.cli import run_cli
+from censor.cli import dispatch, positive_int
 from censor.models import EMBEDDED_MODEL_DIR
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def cmd_compare(a) -> None:
@@ -40,15 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compare", help="baseline, censored sampling, RLHF (DDPO), D3PO and D3PO+censored")
     c.add_argument("--feature", default="bags")
-    c.add_argument("--budget", type=_positive, default=100, help="human labels per method")
-    c.add_argument("--seeds", type=_positive, default=3, help="labelling seeds")
-    c.add_argument("--n", type=_positive, default=300, help="gallery images per seed and method")
-    c.add_argument("--steps", type=_positive, default=25, help="sampling steps of the galleries")
-    c.add_argument("--train-steps", type=_positive, default=10, help="DDIM steps of fine-tuning rollouts")
+    c.add_argument("--budget", type=positive_int, default=100, help="human labels per method")
+    c.add_argument("--seeds", type=positive_int, default=3, help="labelling seeds")
+    c.add_argument("--n", type=positive_int, default=300, help="gallery images per seed and method")
+    c.add_argument("--steps", type=positive_int, default=25, help="sampling steps of the galleries")
+    c.add_argument("--train-steps", type=positive_int, default=10, help="DDIM steps of fine-tuning rollouts")
     c.add_argument("--weight", type=float, default=4.0, help="guidance weight of the censored methods")
-    c.add_argument("--epochs", type=_positive, default=6, help="DDPO epochs")
+    c.add_argument("--epochs", type=positive_int, default=6, help="DDPO epochs")
     c.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
-    c.add_argument("--inner-epochs", type=_positive, default=1,
+    c.add_argument("--inner-epochs", type=positive_int, default=1,
                    help="passes over each batch of labelled or rewarded rollouts (costs no labels)")
     c.add_argument("--lora-target", default="attention", choices=("attention", "attention+convs"))
     c.add_argument("--kl-beta", type=float, default=0.0, help="per-step KL penalty of RLHF to the frozen model")
@@ -61,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: args.fn(args))
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":
