@@ -19,6 +19,35 @@ def positive_int(value: str) -> int:
     return n
 
 
+def add_model_args(p: argparse.ArgumentParser, default: str = "embedded") -> None:
+    """--model SOURCE and what a model beyond the embedded one needs: conditioning and GPU switches."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default,
+                   help="'embedded', a model folder (ours or a diffusers pipeline folder) or a hub id owner/name")
+    g.add_argument("--prompt", default=None, help="text-to-image models: the prompt")
+    g.add_argument("--negative-prompt", default="", help="text-to-image models: the unconditional prompt of CFG")
+    g.add_argument("--class-label", default=None, help="class-conditional models: class id or name (DiT: 0 = tench)")
+    g.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default 7.5 text, 4 DiT)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype of the denoiser")
+    g.add_argument("--batch-size", type=positive_int, default=250, help="images per sampler batch (GPU memory)")
+    g.add_argument("--attention-slicing", action="store_true")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="less memory for universal guidance")
+    g.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays on long GPU runs)")
+
+
+def model_from_args(a):
+    """The ``DiffusionModel`` that ``add_model_args`` options describe."""
+    from .runtime import RuntimeOptions
+    from .sources import load_model
+
+    runtime = RuntimeOptions(device=a.device, dtype=a.dtype, batch_size=a.batch_size,
+                             attention_slicing=a.attention_slicing, gradient_checkpointing=a.gradient_checkpointing,
+                             compile=a.compile)
+    return load_model(a.model, prompt=a.prompt, class_label=a.class_label, guidance_scale=a.cfg_scale,
+                      negative_prompt=a.negative_prompt, runtime=runtime)
+
+
 def dispatch(parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse, then run the chosen subcommand's ``fn(args)`` under ``run_cli``."""
     args = parser.parse_args(argv)

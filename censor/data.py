@@ -103,14 +103,16 @@ def load_watermarked(split: str, data_dir: str | Path = DEFAULT_DATA_DIR) -> Lab
 
 
 def to_model_range(images: np.ndarray):
-    """uint8 [N, 28, 28] -> float tensor [N, 1, 28, 28] in [-1, 1]."""
+    """uint8 [N, H, W] (grayscale) or [N, H, W, C] (colour) -> float tensor [N, C, H, W] in [-1, 1]."""
     import torch
 
     x = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32)
-    return (x / 127.5 - 1.0).unsqueeze(1)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x / 127.5 - 1.0
 
 
 def to_uint8(x) -> np.ndarray:
-    """float tensor [N, 1, 28, 28] in [-1, 1] -> uint8 [N, 28, 28] (clamped, rounded)."""
+    """float tensor [N, C, H, W] in [-1, 1] -> uint8 [N, H, W] for C = 1, else [N, H, W, C] (clamped, rounded)."""
     x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
-    return x.squeeze(1).to("cpu").numpy().astype(np.uint8)
+    x = x.squeeze(1) if x.shape[1] == 1 else x.permute(0, 2, 3, 1)
+    return x.to("cpu").numpy().astype(np.uint8)

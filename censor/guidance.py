@@ -7,8 +7,10 @@ calls them in order. The formulas live here and only here:
 - ``shift_eps``: ε̃ = ε - w·sqrt(1-ᾱ_t)·g, with g a gradient of Σ_k log σ(r_k) w.r.t. x_t;
 - ``TimeGuidance``: g = ∇_{x_t} log r(x_t, t) (time-dependent reward, no gradient through the UNet),
   optionally recomputed only every few steps and reused in between;
-- ``UniversalGuidance``: g = ∇_{x_t} log r(x̂0(x_t)) with the gradient through ε_θ;
-- ``BackwardGuidance``: B Adam steps on x0 maximising log r(x0), clamped to [-1, 1], then ε from x0.
+- ``UniversalGuidance``: g = ∇_{x_t} log r(D(x̂0(x_t))) with the gradient through ε_θ (and through
+  the decoder D of a latent model; D is the identity for pixel models);
+- ``BackwardGuidance``: B Adam steps on x0 maximising log r(D(x0)), clamped to [-1, 1] for pixel
+  models, then ε from x0.
 
 Recurrence (re-noise x_{t-1} back to x_t and redo the step) and the timestep window are settings
 of ``Guidance``, applied by the sampler.
@@ -17,6 +19,7 @@ of ``Guidance``, applied by the sampler.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +57,8 @@ class StepContext:
     ab: torch.Tensor  # ᾱ_t as a 0-d tensor
     eps: torch.Tensor | None  # current noise prediction (None before the first piece if it computes its own)
     unguided_eps: torch.Tensor | None = None
+    decode: Callable[[torch.Tensor], torch.Tensor] = lambda x0: x0  # latents -> images, differentiable
+    latent: bool = False  # x lives in a latent space (no [-1, 1] clamp there)
 
     def t_batch(self) -> torch.Tensor:
         return torch.full((len(self.x),), int(self.t), dtype=torch.long, device=self.x.device)
@@ -137,7 +142,7 @@ class UniversalGuidance:
             eps = ctx.unet(x, ctx.t).sample
             x0 = x0_from_eps(x, eps, ctx.ab)
             zeros = torch.zeros(len(x), dtype=torch.long, device=x.device)
-            g = _grad_of_log_reward(self.reward, x0, x, zeros)
+            g = _grad_of_log_reward(self.reward, ctx.decode(x0), x, zeros)
         ctx.unguided_eps = eps.detach()
         return shift_eps(eps.detach(), g, self.weight, ctx.ab)
 
@@ -154,15 +159,17 @@ class BackwardGuidance:
     def __call__(self, ctx: StepContext) -> torch.Tensor:
         zeros = torch.zeros(len(ctx.x), dtype=torch.long, device=ctx.x.device)
         with torch.enable_grad():
-            x0 = x0_from_eps(ctx.x, ctx.eps, ctx.ab).clamp(-1, 1).detach().requires_grad_(True)
+            x0 = x0_from_eps(ctx.x, ctx.eps, ctx.ab)
+            x0 = (x0 if ctx.latent else x0.clamp(-1, 1)).detach().requires_grad_(True)
             opt = torch.optim.Adam([x0], lr=self.lr)
             for _ in range(self.steps):
-                loss = -self.reward.log_prob(x0, zeros).sum()
+                loss = -self.reward.log_prob(ctx.decode(x0), zeros).sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                with torch.no_grad():
-                    x0.clamp_(-1, 1)
+                if not ctx.latent:
+                    with torch.no_grad():
+                        x0.clamp_(-1, 1)
         return eps_from_x0(ctx.x, x0.detach(), ctx.ab)
 
 

@@ -1,8 +1,12 @@
-"""The diffusion model: a diffusers ``UNet2DModel`` plus its ``DDPMScheduler``, stored with save_pretrained.
+"""The diffusion model: a denoising network, its noise schedule and, for latent models, a decoder.
 
-A model folder holds ``unet/`` (config.json + diffusion_pytorch_model.safetensors) and
-``scheduler/`` (scheduler_config.json), the same layout as a diffusers DDPM pipeline on the hub,
-so a hub checkpoint of that shape loads through the same function.
+The embedded model is a pixel-space diffusers ``UNet2DModel`` plus its ``DDPMScheduler``, stored with
+save_pretrained: a folder holds ``unet/`` (config.json + diffusion_pytorch_model.safetensors) and
+``scheduler/`` (scheduler_config.json), the layout of a diffusers DDPM pipeline. Other diffusers
+pipelines (latent diffusion with a VAE or VQ decoder, class-conditional DiT, text-to-image) are
+loaded by ``sources.py`` into the same ``DiffusionModel``: the sampler, guidance and fine-tuning
+only ever see ``denoiser`` (ε_θ(x_t, t) with conditioning already applied), ``sample_shape`` and
+``decode``.
 """
 
 from __future__ import annotations
@@ -46,18 +50,85 @@ def build_scheduler() -> DDPMScheduler:
     return DDPMScheduler(**EMBEDDED_SCHEDULER_CONFIG)
 
 
+def _square(size) -> int:
+    return size if isinstance(size, int) else int(size[0])
+
+
 @dataclass
 class DiffusionModel:
-    """A UNet and the noise schedule it was trained with; everything a sampler needs."""
+    """A denoising network and the noise schedule it was trained with; everything a sampler needs.
 
-    unet: UNet2DModel
+    ``unet`` is the trainable network (a UNet2DModel, UNet2DConditionModel or DiT transformer; the
+    name stays for the embedded case). ``vae`` (AutoencoderKL or VQModel) makes it a latent model:
+    sampling runs on latents of ``sample_shape`` and ``decode`` turns them into images of
+    ``image_shape``. ``conditioning`` (a prompt's embeddings or a class id, with classifier-free
+    guidance) is applied inside ``denoiser``, so nothing downstream needs to know about it.
+    """
+
+    unet: torch.nn.Module
     scheduler: DDPMScheduler
+    vae: torch.nn.Module | None = None
+    conditioning: object | None = None  # a denoisers.Conditioning
+    text: object | None = None  # (tokenizer, text_encoder) of a text-to-image model
+    source: str = "embedded"
+    runtime: object | None = None  # a runtime.RuntimeOptions
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """The shape x_t has during sampling (latents for a latent model)."""
+        c = self.unet.config
+        return (c.in_channels, _square(c.sample_size), _square(c.sample_size))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        c = self.unet.config
-        size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-        return (c.in_channels, size, size)
+        """The shape of the images the model makes (what rewards, the oracle and galleries see)."""
+        if self.vae is None:
+            return self.sample_shape
+        c = self.vae.config
+        factor = 2 ** (len(c.block_out_channels) - 1)
+        return (c.out_channels, self.sample_shape[1] * factor, self.sample_shape[2] * factor)
+
+    @property
+    def latent_scale(self) -> float:
+        """The VAE's scaling factor; VQ models are sampled unscaled, as diffusers' LDMPipeline does."""
+        if self.vae is None or type(self.vae).__name__ == "VQModel":
+            return 1.0
+        return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+
+    @property
+    def denoiser(self):
+        """ε_θ(x_t, t) with conditioning, CFG and the prediction type handled (see denoisers.py)."""
+        return self.denoiser_for(self.unet)
+
+    def denoiser_for(self, net: torch.nn.Module):
+        """The same ε wrapper around another copy of the network (a fine-tuned or reference one)."""
+        from .denoisers import make_denoiser
+
+        return make_denoiser(net, self.scheduler, self.conditioning, self.runtime)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from samples x_0 (identity for pixel models; differentiable)."""
+        if self.vae is None:
+            return x
+        dtype = next(self.vae.parameters()).dtype
+        out = self.vae.decode((x / self.latent_scale).to(dtype))
+        return (out.sample if hasattr(out, "sample") else out[0]).float()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents for images in [-1, 1] (the mean of the posterior for a VAE): what a latent reward reads."""
+        if self.vae is None:
+            return images
+        dtype = next(self.vae.parameters()).dtype
+        out = self.vae.encode(images.to(dtype))
+        if hasattr(out, "latent_dist"):
+            z = out.latent_dist.mean
+        else:
+            z = out.latents if hasattr(out, "latents") else out[0]
+        return z.float() * self.latent_scale
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

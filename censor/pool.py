@@ -30,6 +30,17 @@ def weights_fingerprint(model_dir: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def pool_fingerprint(model: DiffusionModel | None, model_dir: str | Path | None) -> str:
+    """Which model (and conditioning) made a pool: the weights file of a folder in our layout, else
+    a hash of the loaded network's weights plus the prompt or class it samples with."""
+    if model_dir is not None and (Path(model_dir) / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+        return weights_fingerprint(model_dir)
+    from .rewards import model_fingerprint
+
+    label = model.conditioning.label if model.conditioning is not None else ""
+    return "w" + hashlib.sha256((model_fingerprint(model.unet) + "|" + label).encode()).hexdigest()[:15]
+
+
 @dataclass
 class Pool:
     images: np.ndarray  # uint8 [N, 28, 28]
@@ -40,12 +51,13 @@ class Pool:
         return len(self.seeds)
 
 
-def make_pool(model: DiffusionModel, model_dir: str | Path, n: int = 1000, steps: int = 50, seed: int = 1,
+def make_pool(model: DiffusionModel, model_dir: str | Path | None, n: int = 1000, steps: int = 50, seed: int = 1,
               show_bar: bool = True) -> Pool:
     seeds = seeds_for(n, seed)
     images = to_uint8(sample(model, seeds, steps=steps, method="ddim", eta=0.0, show_bar=show_bar))
     meta = dict(n=n, steps=steps, method="ddim", eta=0.0, seed=seed,
-                model_fingerprint=weights_fingerprint(model_dir))
+                model_fingerprint=pool_fingerprint(model, model_dir), source=model.source,
+                image_shape=list(model.image_shape))
     return Pool(images, np.asarray(seeds, dtype=np.int64), meta)
 
 
@@ -57,8 +69,9 @@ def save_pool(pool: Pool, folder: str | Path = POOL_DIR) -> None:
     (folder / "pool.json").write_text(json.dumps(pool.meta, indent=1))
 
 
-def load_pool(folder: str | Path = POOL_DIR, model_dir: str | Path | None = EMBEDDED_MODEL_DIR) -> Pool:
-    """Load the pool; with ``model_dir`` given, refuse a pool made by other weights."""
+def load_pool(folder: str | Path = POOL_DIR, model_dir: str | Path | None = EMBEDDED_MODEL_DIR,
+              model: DiffusionModel | None = None) -> Pool:
+    """Load the pool; with ``model_dir`` (or a loaded ``model``) given, refuse a pool made by other weights."""
     folder = Path(folder)
     try:
         t = load_file(str(folder / "pool.safetensors"))
@@ -66,7 +79,7 @@ def load_pool(folder: str | Path = POOL_DIR, model_dir: str | Path | None = EMBE
     except Exception as e:
         raise CensorError(f"sample pool {folder} is missing or corrupt ({type(e).__name__}); "
                           "rebuild it with python -m censor make-pool") from None
-    if model_dir is not None and meta.get("model_fingerprint") != weights_fingerprint(model_dir):
-        raise CensorError(f"sample pool {folder} was made by other weights than {model_dir}; "
+    if (model_dir is not None or model is not None) and meta.get("model_fingerprint") != pool_fingerprint(model, model_dir):
+        raise CensorError(f"sample pool {folder} was made by other weights than {model_dir or model.source}; "
                           "rebuild it with python -m censor make-pool")
     return Pool(t["images"].numpy(), t["seeds"].numpy(), meta)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from .data import to_model_range
 from .errors import CensorError
-from .rewards import REWARD_KINDS, TIME_DEPENDENT, RewardEnsemble, build_member, model_fingerprint, unet_taps
+from .rewards import (REWARD_KINDS, TIME_DEPENDENT, RewardEnsemble, build_member, model_fingerprint, reward_shape,
+                      unet_taps)
 
 
 def check_labels(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +128,10 @@ def train_reward(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x_all = to_model_range(images)
+    if TIME_DEPENDENT[kind] and diffusion is not None and diffusion.is_latent:
+        # a time-dependent reward of a latent model judges noised latents: train it on encoded images
+        with torch.no_grad():
+            x_all = torch.cat([diffusion.encode(c) for c in x_all.split(32)])
     y_all = torch.as_tensor(labels, dtype=torch.float32)
     subsets = bootstrap_indices(labels, members, rng, bootstrap)
     sched = diffusion.scheduler if TIME_DEPENDENT[kind] else None
@@ -175,6 +180,6 @@ def train_reward(
     )
     if diffusion is not None:
         info["model_fingerprint"] = model_fingerprint(diffusion.unet)
-    ens = RewardEnsemble(kind, trained, tuple(diffusion.image_shape) if diffusion else tuple(x_all.shape[1:]), info)
+    ens = RewardEnsemble(kind, trained, reward_shape(kind, diffusion) if diffusion else tuple(x_all.shape[1:]), info)
     ens.info["_optimizer_states"] = opt_states  # in memory only: for the next imitation round
     return ens.eval()

@@ -162,20 +162,33 @@ class DiffusionEncoderReward(nn.Module):
         return self.head(unet_taps(self.unet[0], x, t))
 
 
-class ResNet18Reward(nn.Module):
-    """Time-independent torchvision ResNet18, one logit, grayscale repeated to 3 channels."""
+RESNET_MAX_SIZE = 224  # larger images are resized to ImageNet's resolution before the ResNet
 
-    def __init__(self, weights=None):
+
+class ResNet18Reward(nn.Module):
+    """Time-independent torchvision ResNet18, one logit, grayscale repeated to 3 channels.
+
+    Small images (≤ 64 px, the embedded 28×28) keep full resolution through a stride-1 stem;
+    larger ones use the stock stride-2 stem, and images above 224 px are resized to 224
+    (differentiably, so universal guidance still gets a gradient at the model's resolution).
+    """
+
+    def __init__(self, weights=None, size: int = 28):
         super().__init__()
         from torchvision.models import resnet18
 
         net = resnet18(weights=weights)
-        net.conv1.stride = (1, 1)  # 28x28 inputs: keep the 7x7 weights, drop the first downsampling
+        if size <= 64:
+            net.conv1.stride = (1, 1)  # small inputs: keep the 7x7 weights, drop the first downsampling
         net.fc = nn.Linear(512, 1)
         self.net = net
+        self.size = size
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
+        if x.shape[-1] > RESNET_MAX_SIZE:
+            x = F.interpolate(x, size=(RESNET_MAX_SIZE, RESNET_MAX_SIZE), mode="bilinear", antialias=True,
+                              align_corners=False)
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
@@ -185,34 +198,56 @@ class ResNet18Reward(nn.Module):
         return self.net.fc(self.features(x)).squeeze(1)
 
 
+def reward_shape(kind: str, diffusion=None) -> tuple[int, int, int]:
+    """What a reward of ``kind`` reads: x_t in the sampler's space (latents for a latent model) for a
+    time-dependent reward, the decoded image for a clean-image one."""
+    if diffusion is None:
+        return (1, 28, 28)
+    return tuple(diffusion.sample_shape if TIME_DEPENDENT[kind] else diffusion.image_shape)
+
+
 def build_member(kind: str, diffusion=None, init: str = "random") -> nn.Module:
+    shape = reward_shape(kind, diffusion) if kind in TIME_DEPENDENT else None
     if kind == "half-unet":
-        return HalfUNetReward()
+        widths = (32, 64, 64) if shape[1] <= 64 else (32, 64, 64, 128)  # one more level for large inputs
+        return HalfUNetReward(in_channels=shape[0], sample_size=shape[1], widths=widths)
     if kind == "ddpm-encoder":
         if diffusion is None:
             raise CensorError("the ddpm-encoder reward needs the diffusion model it reads features from")
+        if type(diffusion.unet).__name__ != "UNet2DModel":
+            raise CensorError(f"the ddpm-encoder reward reads a UNet2DModel's encoder; this model's network is a "
+                              f"{type(diffusion.unet).__name__}: use half-unet or resnet18")
         return DiffusionEncoderReward(diffusion.unet)
     if kind == "resnet18":
-        return _resnet18(init)
+        return _resnet18(init, shape[1])
     raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
 
 
-def _resnet18(init: str) -> ResNet18Reward:
+def _resnet18(init: str, size: int = 28) -> ResNet18Reward:
     if init == "random":
-        return ResNet18Reward()
+        return ResNet18Reward(size=size)
     if init == "imagenet":
         from torchvision.models import ResNet18_Weights
 
         try:
-            return ResNet18Reward(weights=ResNet18_Weights.DEFAULT)
+            return ResNet18Reward(weights=ResNet18_Weights.DEFAULT, size=size)
         except Exception as e:
             raise CensorError(f"ImageNet weights for ResNet18 could not be fetched ({type(e).__name__}); "
                               "use init='backbone' (the shipped self-supervised one) or 'random'") from None
     if init == "backbone":
         from .backbone import load_backbone_into
 
-        return load_backbone_into(ResNet18Reward())
+        return load_backbone_into(ResNet18Reward(size=size))
     raise CensorError(f"unknown ResNet18 init {init!r}; use backbone, imagenet or random")
+
+
+def clean_input(reward, diffusion, x: torch.Tensor) -> torch.Tensor:
+    """What ``reward`` reads for clean images x in [-1, 1]: x itself, or the latents of x when it is a
+    latent model's time-dependent reward (trained on latents, see reward_training)."""
+    if diffusion is not None and diffusion.is_latent and tuple(reward.image_shape) == tuple(diffusion.sample_shape):
+        with torch.no_grad():
+            return torch.cat([diffusion.encode(c) for c in x.split(64)])
+    return x
 
 
 def model_fingerprint(unet) -> str:
@@ -316,8 +351,8 @@ def load_reward(folder: str | Path, diffusion=None) -> RewardEnsemble:
     if kind not in REWARD_KINDS:
         raise CensorError(f"reward folder {folder}: unknown kind {kind!r}")
     shape = tuple(meta.get("image_shape", ()))
-    if diffusion is not None and shape != tuple(diffusion.image_shape):
-        raise CensorError(f"this reward was trained on {shape} images, the model makes {tuple(diffusion.image_shape)}")
+    if diffusion is not None and kind in REWARD_KINDS and shape != reward_shape(kind, diffusion):
+        raise CensorError(f"this reward was trained on {shape} inputs, this model's are {reward_shape(kind, diffusion)}")
     if kind == "ddpm-encoder":
         if diffusion is None:
             raise CensorError("a ddpm-encoder reward can only be loaded together with its diffusion model")

@@ -30,7 +30,8 @@ def make_scheduler(model: DiffusionModel, method: str, steps: int):
     if not 1 <= steps <= T:
         raise CensorError(f"steps must be between 1 and {T}, got {steps}")
     cls = DDIMScheduler if method == "ddim" else DDPMScheduler
-    sched = cls.from_config(model.scheduler.config, timestep_spacing="trailing")
+    # the denoiser always hands back ε (denoisers.py converts v and x0 predictions)
+    sched = cls.from_config(model.scheduler.config, timestep_spacing="trailing", prediction_type="epsilon")
     sched.set_timesteps(steps)
     return sched
 
@@ -51,7 +52,7 @@ def sample(
     steps: int = 50,
     method: str = "ddim",
     eta: float = 0.0,
-    batch_size: int = 250,
+    batch_size: int | None = None,
     progress: Callable[[float], None] | None = None,
     show_bar: bool = False,
     guidance: Guidance | None = None,
@@ -59,12 +60,19 @@ def sample(
     """Images [N, C, H, W] in [-1, 1] for the given per-image seeds.
 
     With ``guidance``, its pieces rewrite ε at every step inside its window (see guidance.py);
-    without it (or with weight 0) this is the plain sampler, image for image.
+    without it (or with weight 0) this is the plain sampler, image for image. A latent model
+    samples latents and decodes each batch at the end; ``batch_size`` (default: the model's
+    runtime setting) bounds the memory one batch takes.
     """
     check_count(len(seeds))
     if eta < 0:
         raise CensorError(f"eta must be >= 0, got {eta}")
     device = next(model.unet.parameters()).device
+    if batch_size is None:
+        batch_size = getattr(model.runtime, "batch_size", 250)
+    if batch_size < 1:
+        raise CensorError(f"batch size must be >= 1, got {batch_size}")
+    denoiser = model.denoiser
     out = []
     batches = [list(seeds[i:i + batch_size]) for i in range(0, len(seeds), batch_size)]
     total = len(batches) * steps
@@ -74,7 +82,7 @@ def sample(
     one = torch.tensor(1.0, device=device)
     for chunk in batches:
         sched = make_scheduler(model, method, steps)
-        x = initial_noise(chunk, model.image_shape).to(device)
+        x = initial_noise(chunk, model.sample_shape).to(device)
         gen = torch.Generator().manual_seed(int(chunk[0]) + 7919)
         # DDIM clamps x̂0 to [-1, 1] (clip_sample); recompute ε from the clamped x̂0 too, or a
         # guided ε whose x̂0 overshoots pushes x_t the opposite way (measured: darker, not brighter)
@@ -88,17 +96,18 @@ def sample(
                 if r > 0:  # recurrence: back to x_t through the forward kernel, then redo the step
                     x = renoise(x_prev, ab, ab_prev, gen)
                 if active:
-                    eps = None if guidance.computes_eps else model.unet(x, t).sample
-                    eps = guidance(StepContext(model.unet, x, t, ab, eps))
+                    eps = None if guidance.computes_eps else denoiser(x, t).sample
+                    eps = guidance(StepContext(denoiser, x, t, ab, eps, decode=model.decode,
+                                               latent=model.is_latent))
                 else:
-                    eps = model.unet(x, t).sample
+                    eps = denoiser(x, t).sample
                 x_prev = sched.step(eps, t, x, generator=gen, **kwargs).prev_sample
             x = x_prev
             done += 1
             bar.update(1)
             if progress is not None:
                 progress(done / total)
-        out.append(x.clamp(-1, 1).cpu())
+        out.append(model.decode(x).clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(out)
 

@@ -98,15 +98,16 @@ class SessionStore:
         self._q("UPDATE sessions SET instructions=? WHERE id=?", (text, self._check(sid)))
 
     def add_items(self, sid: str, images: np.ndarray, seeds, round_: int = 1) -> list[int]:
-        """Append images (uint8 [N, H, W]) with their seeds; returns their item numbers."""
+        """Append images (uint8 [N, H, W], or [N, H, W, 3] for colour) with their seeds; returns their item numbers."""
         self._check(sid)
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(seeds):
-            raise CensorError("items need uint8 [N, H, W] images and one seed each")
+        colour_ok = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)
+        if images.dtype != np.uint8 or not colour_ok or len(images) != len(seeds):
+            raise CensorError("items need uint8 [N, H, W] or [N, H, W, 3] images and one seed each")
         now = time.time()
         with self._lock:
             (start,) = self._db.execute("SELECT COALESCE(MAX(item) + 1, 0) FROM items WHERE session_id=?", (sid,)).fetchone()
-            h, w = images.shape[1:]
+            h, w = images.shape[1:3]
             rows = [(sid, start + i, round_, int(s), np.ascontiguousarray(im).tobytes(), h, w, now)
                     for i, (im, s) in enumerate(zip(images, seeds))]
             self._db.execute("BEGIN")
@@ -167,4 +168,5 @@ class SessionStore:
 
 
 def _decode(blob: bytes, h: int, w: int) -> np.ndarray:
-    return np.frombuffer(blob, dtype=np.uint8).reshape(h, w)
+    channels = len(blob) // (h * w)  # the schema keeps height and width; colour items are 3 times longer
+    return np.frombuffer(blob, dtype=np.uint8).reshape((h, w) if channels == 1 else (h, w, channels))

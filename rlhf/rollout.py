@@ -37,7 +37,9 @@ def make_rollout_scheduler(scheduler_config, steps: int) -> DDIMScheduler:
     T = scheduler_config["num_train_timesteps"]
     if not 1 <= steps <= T:
         raise CensorError(f"steps must be between 1 and {T}, got {steps}")
-    sched = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing", set_alpha_to_one=False)
+    # the policy is a denoiser that always returns ε (censor/denoisers.py converts v and x0)
+    sched = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing", set_alpha_to_one=False,
+                                      prediction_type="epsilon")
     sched.set_timesteps(steps)
     return sched
 
@@ -146,12 +148,16 @@ def rollout(
     generator: torch.Generator | None = None,
     batch_size: int = 64,
     use_clipped_model_output: bool = False,
+    shape: tuple[int, int, int] | None = None,
+    decode=None,
 ) -> Trajectory:
     """Sample ``group_size`` images per initial noise (from ``seeds`` or given ``noise``) and record them.
 
     Images of a group share x_T and differ only through the step noise (eta > 0), which is what
     makes D3PO's "same start, different outcome" comparisons possible. Step noise comes from
-    ``generator``, so a seeded generator makes the whole rollout repeatable.
+    ``generator``, so a seeded generator makes the whole rollout repeatable. ``unet`` may be any
+    ε interface (``DiffusionModel.denoiser``); a latent model passes its ``shape`` and ``decode``,
+    and the trajectory then records latents while ``images`` holds the decoded pictures.
     """
     if (seeds is None) == (noise is None):
         raise CensorError("give either seeds or noise for the rollout")
@@ -161,9 +167,11 @@ def rollout(
     if noise is None:
         if len(seeds) == 0:
             raise CensorError("the number of images must be positive, got 0")
-        c = unet.config
-        size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-        noise = initial_noise(seeds, (c.in_channels, size, size))
+        if shape is None:
+            c = unet.config
+            size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+            shape = (c.in_channels, size, size)
+        noise = initial_noise(seeds, shape)
     noise = noise.float().repeat_interleave(group_size, dim=0)
     group_ids = torch.arange(len(noise) // group_size).repeat_interleave(group_size)
     sched = make_rollout_scheduler(scheduler_config, steps)
@@ -180,5 +188,8 @@ def rollout(
         xs_all.append(torch.stack(xs, dim=1))
         lps_all.append(torch.stack(lps, dim=1))
     xs = torch.cat(xs_all)
+    final = xs[:, -1]
+    if decode is not None:
+        final = torch.cat([decode(c.to(device)).cpu() for c in final.split(batch_size)])
     return Trajectory(xs=xs, timesteps=sched.timesteps.clone().long(), log_probs=torch.cat(lps_all),
-                      images=xs[:, -1].clamp(-1, 1), group_ids=group_ids, eta=float(eta))
+                      images=final.clamp(-1, 1), group_ids=group_ids, eta=float(eta))

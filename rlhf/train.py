@@ -139,6 +139,9 @@ class _Run:
         self.params = params
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.unet, self.opt = self.acc.prepare(unet.to(self.acc.device), opt)
+        # the policy is ε of the (adapted) network with the model's conditioning (a prompt, a class)
+        self.policy = model.denoiser_for(self.unet)
+        self.ref_policy = model.denoiser_for(self.ref) if self.ref is not None else None
         self.sched = make_rollout_scheduler(model.scheduler.config, cfg.steps)
         self.total, self.done = total, 0
         self.bar = tqdm(total=total, desc=desc, disable=not (show_bar and self.acc.is_main_process))
@@ -149,8 +152,10 @@ class _Run:
         seed = self.cfg.seed + 1009 * epoch + 7919 * self.acc.process_index  # different per process
         gen = torch.Generator().manual_seed(seed)
         unet = self.acc.unwrap_model(self.unet).eval()  # no gradients: skip the DDP wrapper
-        traj = rollout(unet, self.model.scheduler.config, seeds=seeds_for(n, seed), steps=self.cfg.steps,
-                       eta=self.cfg.eta, group_size=group_size, generator=gen, batch_size=self.cfg.rollout_batch)
+        decode = self.model.decode if self.model.is_latent else None
+        traj = rollout(self.model.denoiser_for(unet), self.model.scheduler.config, seeds=seeds_for(n, seed),
+                       steps=self.cfg.steps, eta=self.cfg.eta, group_size=group_size, generator=gen,
+                       batch_size=self.cfg.rollout_batch, shape=self.model.sample_shape, decode=decode)
         self.unet.train()
         self.tick(1)
         return traj
@@ -162,7 +167,7 @@ class _Run:
         with torch.no_grad():
             for rows in torch.arange(len(traj)).split(self.cfg.rollout_batch):
                 for j, t in enumerate(traj.timesteps):
-                    out[rows, j] = step_log_prob(self.ref, self.sched, traj.xs[rows, j].to(dev), t,
+                    out[rows, j] = step_log_prob(self.ref_policy, self.sched, traj.xs[rows, j].to(dev), t,
                                                  traj.xs[rows, j + 1].to(dev), traj.eta).cpu()
         return out
 
@@ -238,7 +243,7 @@ def train_d3po(
             l = torch.tensor([local[int(i)] for i in mine[:, 1]], dtype=torch.long)
 
             def step_loss(j: int) -> torch.Tensor:
-                lp = step_log_prob(run.unet, run.sched, traj.xs[rows, j].to(dev), traj.timesteps[j],
+                lp = step_log_prob(run.policy, run.sched, traj.xs[rows, j].to(dev), traj.timesteps[j],
                                    traj.xs[rows, j + 1].to(dev), cfg.eta)
                 if len(w) == 0:  # keeps data-parallel processes in step; contributes nothing
                     return lp.sum() * 0.0
@@ -284,11 +289,11 @@ def train_ddpo(
             def step_loss(j: int) -> torch.Tensor:
                 x_t, x_prev = traj.xs[rows, j].to(dev), traj.xs[rows, j + 1].to(dev)
                 t = traj.timesteps[j]
-                lp = step_log_prob(run.unet, run.sched, x_t, t, x_prev, cfg.eta)
+                lp = step_log_prob(run.policy, run.sched, x_t, t, x_prev, cfg.eta)
                 lp_ref = None
                 if run.ref is not None:
                     with torch.no_grad():
-                        lp_ref = step_log_prob(run.ref, run.sched, x_t, t, x_prev, cfg.eta)
+                        lp_ref = step_log_prob(run.ref_policy, run.sched, x_t, t, x_prev, cfg.eta)
                 loss, info = ddpo_loss(lp, traj.log_probs[rows, j].to(dev), a, cfg.clip_range,
                                        lp_ref, cfg.kl_beta)
                 fractions.append(info["clipfrac"])
