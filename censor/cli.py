@@ -36,16 +36,21 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "embedded") -> Non
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays on long GPU runs)")
 
 
+def runtime_from_args(a):
+    """The ``RuntimeOptions`` of ``add_model_args``' GPU switches."""
+    from .runtime import RuntimeOptions
+
+    return RuntimeOptions(device=a.device, dtype=a.dtype, batch_size=a.batch_size,
+                          attention_slicing=a.attention_slicing, gradient_checkpointing=a.gradient_checkpointing,
+                          compile=a.compile)
+
+
 def model_from_args(a):
     """The ``DiffusionModel`` that ``add_model_args`` options describe."""
-    from .runtime import RuntimeOptions
     from .sources import load_model
 
-    runtime = RuntimeOptions(device=a.device, dtype=a.dtype, batch_size=a.batch_size,
-                             attention_slicing=a.attention_slicing, gradient_checkpointing=a.gradient_checkpointing,
-                             compile=a.compile)
     return load_model(a.model, prompt=a.prompt, class_label=a.class_label, guidance_scale=a.cfg_scale,
-                      negative_prompt=a.negative_prompt, runtime=runtime)
+                      negative_prompt=a.negative_prompt, runtime=runtime_from_args(a))
 
 
 def dispatch(parser: argparse.ArgumentParser, argv=None) -> int:

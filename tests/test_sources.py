@@ -254,3 +254,18 @@ def test_random_architectures_match_the_published_sizes():
     ddpm = random_arch("ddpm-256")  # google/ddpm-church-256: 113.7M parameters
     assert ddpm.image_shape == (3, 256, 256)
     assert abs(sum(p.numel() for p in ddpm.unet.parameters()) / 1e6 - 113.67) < 0.1
+
+
+def test_cli_bench_throughput_writes_json_and_markdown(folders, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "tp.json"
+    proc = subprocess.run([sys.executable, "-m", "censor", "bench-throughput", "--model", str(folders["pixel-rgb64"]),
+                           "--n", "1", "--steps", "1", "--reps", "1", "--modes", "unguided,time", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [r["mode"] for r in result["rows"]] == ["unguided", "time"] and result["device"] == "cpu"
+    assert "| time |" in out.with_suffix(".md").read_text()
