@@ -13,6 +13,7 @@ import numpy as np
 
 from censor.errors import CensorError
 from censor.evaluate import load_features
+from censor.sources import options_from_env
 from censor.studio import LIMITS, PAGE_SIZE, Studio, display
 from rlhf.compare import METHODS as COMPARE_METHODS
 from rlhf.studio import COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
@@ -78,7 +79,9 @@ HELP = ("Click an image to mark it **malign** (red); click again for **unsure** 
 
 
 def build_app(studio: Studio | None = None) -> gr.Blocks:
-    studio = studio or Studio(os.environ.get("CENSOR_MODEL_DIR"))
+    if studio is None:
+        source, options = options_from_env(os.environ)  # CENSOR_MODEL, CENSOR_PROMPT, ... (censor/sources.py)
+        studio = Studio(source, model_options=options, pool_dir=os.environ.get("CENSOR_POOL_DIR"))
     features = ["(none)"] + sorted(load_features())
 
     def grid_value(sid, page):
@@ -116,15 +119,18 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                    if acc is not None else " (Too few labels for a held-out check.)"))
 
     def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, source,
-                  progress=gr.Progress()):
+                  strict=False, strict_p=0.0, progress=gr.Progress()):
         try:
             tuned = None if source == "base model" else (source, adapted_model(studio, sid, source))
             r = studio.censored_gallery(sid, guidance, weight, backward, recurrence, steps, int(seed), int(count),
                                         None if feature == "(none)" else feature,
-                                        progress=lambda f: progress(f, desc="sampling"), tuned=tuned)
+                                        progress=lambda f: progress(f, desc="sampling"), tuned=tuned,
+                                        strict=bool(strict), strict_p=float(strict_p) if strict_p else None)
         except CensorError as e:
             raise gr.Error(str(e))
         lines = [f"Censored side drawn from the {source}" + (" adapter." if tuned else ".")]
+        if r.get("strict"):
+            lines.append(f"Strict: {r['strict']['summary']}, {r['strict']['source']} threshold.")
         if r["reward_malign"]:
             lines.append(f"Reward's estimate of malign images: baseline {100 * r['reward_malign']['baseline']:.0f}% → "
                          f"censored {100 * r['reward_malign']['censored']:.0f}%.")
@@ -148,10 +154,13 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         if not last:
             raise gr.Error("render a censored gallery first")
         rnd = studio.send_to_labelling(sid, np.asarray(last["censored"], dtype=np.uint8), last["seeds"])
-        first = studio.store.counts(sid).total - len(last["seeds"])
-        page = first // PAGE_SIZE
+        page = studio.first_page_of_round(sid, rnd)
         return (f"Added {len(last['seeds'])} censored images as labelling round {rnd} (from page {page + 1}).",
                 *turn(sid, page, 0))
+
+    def on_informative(sid, on):
+        studio.set_informative_first(sid, on)
+        return turn(sid, studio.store.counts(sid).viewed // PAGE_SIZE if on else 0, 0)
 
     def on_share(sid, last):
         if not last:
@@ -209,6 +218,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("1 · Label"):
                 gr.Markdown(HELP)
+                informative = gr.Checkbox(False, label="show most informative first", elem_id="informative-first",
+                                          info="uncertain, disputed and not-yet-covered images first (issue 8)")
                 counts = gr.Markdown(elem_id="counts")
                 grid = gr.HTML({"items": []}, html_template=GRID_TEMPLATE, css_template=GRID_CSS, js_on_load=GRID_JS,
                                elem_id="label-grid")
@@ -239,6 +250,12 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                     feature = gr.Dropdown(features, value="(none)", label="oracle feature (if known)")
                     source = gr.Dropdown(["base model"], value="base model", label="model for the censored side",
                                          elem_id="censor-model")
+                with gr.Row():
+                    strict = gr.Checkbox(False, label="strict: also reject what the reward still doubts",
+                                         elem_id="censor-strict",
+                                         info="after guidance, drop images the reward calls malign and draw more")
+                    strict_p = gr.Slider(0.0, 0.99, value=0.0, step=0.01, elem_id="censor-strict-p",
+                                         label="strict threshold P(benign) (0 = automatic: 99% held-out malign recall)")
                 censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
                 censor_out = gr.Markdown(elem_id="censor-result")
                 with gr.Row():
@@ -291,7 +308,9 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             return studio.fresh_gallery(int(n), int(steps_), int(seed_),
                                         progress=lambda f: progress(f, desc="sampling"))
 
-        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion, source])
+        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion, source]
+                  ).then(studio.informative_first, inputs=sid, outputs=informative)
+        informative.input(on_informative, inputs=[sid, informative], outputs=[page, grid, counts, page_info])
         # every press counts: the default trigger_mode="once" drops clicks made while one is in flight
         grid.click(on_click, inputs=[sid, page], outputs=[grid, counts, suggestion], api_name=False,
                    trigger_mode="multiple")
@@ -300,7 +319,7 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         prev_btn.click(lambda s, p: turn(s, p, -1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
         train_btn.click(on_train, inputs=[sid, method, kind, members, iterations, alpha], outputs=train_out)
         censor_btn.click(on_censor, inputs=[sid, guidance, weight, backward, recurrence, steps, seed, count, feature,
-                                            source], outputs=[base_gallery, cens_gallery, censor_out, last])
+                                            source, strict, strict_p], outputs=[base_gallery, cens_gallery, censor_out, last])
         # its own queue slot: a comparison takes minutes and must not hold up labelling or galleries
         cmp_run = cmp_btn.click(on_compare, inputs=[sid, cmp_feature, cmp_methods, cmp_budget, cmp_seeds, cmp_n],
                                 outputs=[cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1)
@@ -311,7 +330,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         session_btn.click(on_session_download, inputs=sid, outputs=share_files)
         bundle_in.upload(on_bundle_upload, inputs=bundle_in, outputs=[shared_gallery, share_out])
         session_in.upload(on_session_upload, inputs=session_in,
-                          outputs=[saved_sid, sid, page, grid, counts, page_info, share_out])
+                          outputs=[saved_sid, sid, page, grid, counts, page_info, share_out]
+                          ).then(studio.informative_first, inputs=sid, outputs=informative)
         demo.load(on_permalink, inputs=None, outputs=[shared_gallery, share_out, tabs])
     return demo
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import dispatch, positive_int
+from .cli import add_model_args, dispatch, positive_int
 from .errors import CensorError
 from .data import DEFAULT_DATA_DIR
 from .models import EMBEDDED_MODEL_DIR
@@ -20,20 +20,27 @@ from .models import EMBEDDED_MODEL_DIR
 
 
 def cmd_sample(a) -> None:
+    from .cli import model_from_args
     from .data import to_uint8
     from .gallery import save_grid
-    from .models import load_diffusion
+    from .guidance import build_guidance
+    from .rewards import load_reward
     from .sampling import sample, seeds_for
 
     out = Path(a.out)
     if not out.parent.exists():
         raise CensorError(f"output folder {out.parent} does not exist")
-    model = load_diffusion(a.model)
+    model = model_from_args(a)
+    guidance = None
+    if a.reward:
+        reward = load_reward(a.reward, model)
+        guidance = build_guidance(reward, a.guidance, a.weight, a.backward_steps, recurrence=a.recurrence)
     t0 = time.time()
     images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,
-                             show_bar=True))
+                             show_bar=True, guidance=guidance))
     save_grid(images, out, nrow=a.nrow)
-    print(f"wrote {a.n} samples ({a.steps} {a.scheduler} steps, {time.time() - t0:.1f}s) to {out}")
+    what = f"censored with {a.reward}" if a.reward else "unguided"
+    print(f"wrote {a.n} {what} samples ({a.steps} {a.scheduler} steps, {time.time() - t0:.1f}s) to {out}")
 
 
 def cmd_evaluate_model(a) -> None:
@@ -70,10 +77,12 @@ def cmd_evaluate_model(a) -> None:
 
 
 def cmd_make_pool(a) -> None:
-    from .models import load_diffusion
+    from .cli import model_from_args
     from .pool import make_pool, save_pool
 
-    pool = make_pool(load_diffusion(a.model), a.model, n=a.n, steps=a.steps, seed=a.seed)
+    model = model_from_args(a)
+    folder = EMBEDDED_MODEL_DIR if a.model == "embedded" else Path(a.model)
+    pool = make_pool(model, folder if folder.is_dir() else None, n=a.n, steps=a.steps, seed=a.seed)
     save_pool(pool, a.out)
     print(f"wrote a pool of {len(pool)} images to {a.out}")
 
@@ -144,6 +153,44 @@ def cmd_fewshot(a) -> None:
     print(save(rows, a.feature, a.out).read_text(), end="")
 
 
+def cmd_bench_active(a) -> None:
+    from .bench_active import ActiveBenchConfig, run_active_bench, summarize
+
+    if a.summary:
+        summarize(a.out)
+        return
+    from .models import load_diffusion
+    from .oracle import load_oracle, load_reference
+    from .pool import load_pool
+
+    cfg = ActiveBenchConfig(features=tuple(a.features), strategies=tuple(a.strategies), seeds=a.seeds,
+                            budgets=tuple(a.budgets), batch=a.batch, n=a.n, steps=a.steps, weight=a.weight,
+                            candidates=a.candidates)
+    model = load_diffusion(a.model)
+    run_active_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
+                     cache_dir=a.cache)
+
+
+def cmd_bench_throughput(a) -> None:
+    from .cli import model_from_args, runtime_from_args
+    from .runtime import apply_runtime
+    from .throughput import markdown, measure_throughput, random_arch
+
+    if a.arch:
+        model = apply_runtime(random_arch(a.arch), runtime_from_args(a))
+    else:
+        model = model_from_args(a)
+    result = measure_throughput(model, n=a.n, steps=a.steps, reps=a.reps, modes=a.modes.split(","))
+    text = markdown(result)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        if not out.parent.exists():
+            raise CensorError(f"output folder {out.parent} does not exist")
+        out.write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(text + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m censor", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -153,10 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=positive_int, default=50)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="grid.png")
-    s.add_argument("--model", default=str(EMBEDDED_MODEL_DIR), help="diffusers model folder (unet/, scheduler/)")
+    add_model_args(s)
     s.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
     s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
     s.add_argument("--nrow", type=positive_int, default=None)
+    s.add_argument("--reward", default=None, help="a saved reward folder: sample censored with it")
+    s.add_argument("--guidance", default="universal", choices=["time", "universal"])
+    s.add_argument("--weight", type=float, default=4.0)
+    s.add_argument("--backward-steps", type=int, default=0)
+    s.add_argument("--recurrence", type=int, default=0)
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("evaluate-model", help="judge a diffusion model with the oracle (quality bar)")
@@ -169,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate_model)
 
     m = sub.add_parser("make-pool", help="pre-generate the baseline pool a labelling session starts from")
-    m.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    add_model_args(m, default=str(EMBEDDED_MODEL_DIR))
     m.add_argument("--n", type=positive_int, default=1000)
     m.add_argument("--steps", type=positive_int, default=50)
     m.add_argument("--seed", type=int, default=1)
@@ -228,10 +280,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", default=None)
     g.set_defaults(fn=cmd_bench_timing)
 
+    tp = sub.add_parser("bench-throughput", help="images/s and peak GPU memory, unguided vs each guidance kind")
+    add_model_args(tp)
+    tp.add_argument("--arch", default=None, choices=["ddpm-256", "dit-xl-2-256", "sd15-unet"],
+                    help="a random model with this hub architecture instead of --model (cost does not depend on weights)")
+    tp.add_argument("--n", type=positive_int, default=8)
+    tp.add_argument("--steps", type=positive_int, default=25)
+    tp.add_argument("--reps", type=positive_int, default=3)
+    tp.add_argument("--modes", default="unguided,time,universal,universal+backward,universal+recurrence")
+    tp.add_argument("--out", default=None, help="JSON path (a .md beside it)")
+    tp.set_defaults(fn=cmd_bench_throughput)
+
     t = sub.add_parser("bench-table", help="one markdown table of every saved bench result in a folder")
     t.add_argument("--out", default="docs/bench")
     t.add_argument("--link", default="bench", help="relative folder the grid links point to")
     t.set_defaults(fn=cmd_bench_table)
+
+    from .bench_reject import add_parser as add_reject_parser  # rejection vs guidance (bench_reject.py)
+
+    add_reject_parser(sub)
+
+    ab = sub.add_parser("bench-active", help="active vs random labelling: labels needed to reach <= 1%% malign")
+    ab.add_argument("--features", nargs="+", default=["bags", "watermark", "not-footwear"])
+    ab.add_argument("--strategies", nargs="+", default=["random", "active"], choices=["random", "active"])
+    ab.add_argument("--seeds", type=positive_int, default=3)
+    ab.add_argument("--budgets", type=positive_int, nargs="+", default=[20, 40, 60, 100])
+    ab.add_argument("--batch", type=positive_int, default=20, help="labels added between rankings")
+    ab.add_argument("--n", type=positive_int, default=300, help="censored images judged per budget")
+    ab.add_argument("--steps", type=positive_int, default=25)
+    ab.add_argument("--weight", type=float, default=4.0)
+    ab.add_argument("--candidates", type=positive_int, default=60, help="imitation: censored images per round")
+    ab.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    ab.add_argument("--out", default="docs/bench/active")
+    ab.add_argument("--cache", default="runs/bench_cache")
+    ab.add_argument("--summary", action="store_true", help="only rebuild the table and plot from saved cells")
+    ab.set_defaults(fn=cmd_bench_active)
     return p
 
 

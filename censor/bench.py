@@ -111,6 +111,7 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
         images = np.concatenate([images, gallery])
         labels = np.concatenate([labels, labeller.label(gallery)])
         reward = _train(cfg, model, images, labels, seed, resume=reward)
+    reward.info["_labelled"] = (images, labels)  # in memory only: bench_reject cross-fits its threshold on them
     return reward, labels, labeller.viewed
 
 

@@ -352,7 +352,8 @@ def load_reward(folder: str | Path, diffusion=None) -> RewardEnsemble:
         raise CensorError(f"reward folder {folder}: unknown kind {kind!r}")
     shape = tuple(meta.get("image_shape", ()))
     if diffusion is not None and kind in REWARD_KINDS and shape != reward_shape(kind, diffusion):
-        raise CensorError(f"this reward was trained on {shape} inputs, this model's are {reward_shape(kind, diffusion)}")
+        raise CensorError(f"this reward was trained on {shape} images (or latents); this model's {kind} reward reads "
+                          f"{reward_shape(kind, diffusion)}")
     if kind == "ddpm-encoder":
         if diffusion is None:
             raise CensorError("a ddpm-encoder reward can only be loaded together with its diffusion model")

@@ -22,10 +22,10 @@ from .data import to_model_range, to_uint8
 from .errors import CensorError
 from .evaluate import load_features, malign_fraction
 from .guidance import Guidance, build_guidance
-from .models import EMBEDDED_MODEL_DIR, DiffusionModel, load_diffusion
+from .models import EMBEDDED_MODEL_DIR, DiffusionModel
 from .reward_training import train_reward
 from .bundles import sha256
-from .rewards import TIME_DEPENDENT, load_reward, model_fingerprint
+from .rewards import TIME_DEPENDENT, clean_input, load_reward, model_fingerprint
 from .sampling import sample, seeds_for
 from .sessions import STATE_NAMES, SessionStore
 
@@ -77,17 +77,29 @@ def display(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(im).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST) for im in images]
 
 
+def conditioning_info(model: DiffusionModel) -> dict | None:
+    """The prompt or class (and CFG scale) a gallery was sampled with: part of what reproduces it."""
+    c = model.conditioning
+    return None if c is None else dict(kind=c.kind, label=c.label, scale=c.scale)
+
+
 class Studio:
     """One running app: the model, the labelling pool and every person's session store."""
 
     def __init__(self, model_dir: str | Path | None = None, model: DiffusionModel | None = None,
-                 data_dir: str | Path | None = None, pool=None):
+                 data_dir: str | Path | None = None, pool=None, model_options: dict | None = None,
+                 pool_dir: str | Path | None = None):
+        # model_dir: our folder, a diffusers pipeline folder or a hub id (sources.load_model), with
+        # model_options (prompt, class_label, guidance_scale, runtime) for conditional models
         self.model_dir = Path(model_dir) if model_dir else EMBEDDED_MODEL_DIR
+        self.model_options = dict(model_options or {})
+        self.pool_dir = Path(pool_dir) if pool_dir else None
         self._model = model
         self._pool = pool
         self._data_dir = Path(data_dir or DEFAULT_DATA_DIR)
         self._store = None
         self._oracle = None
+        self._ranker = None  # active labelling (censor/active.py), made on first use
 
     @property
     def data_dir(self) -> Path:
@@ -102,7 +114,9 @@ class Studio:
     @property
     def model(self) -> DiffusionModel:
         if self._model is None:
-            self._model = load_diffusion(self.model_dir)
+            from .sources import load_model
+
+            self._model = load_model(self.model_dir, **self.model_options)
         return self._model
 
     @property
@@ -110,7 +124,13 @@ class Studio:
         if self._pool is None:
             from .pool import load_pool
 
-            self._pool = load_pool(model_dir=self.model_dir)
+            if self.pool_dir is None and self.model_dir == EMBEDDED_MODEL_DIR:
+                self._pool = load_pool(model_dir=self.model_dir)
+            elif self.pool_dir is None:
+                raise CensorError(f"no sample pool for {self.model_dir}: make one with python -m censor make-pool "
+                                  "--model ... --out DIR and start the studio with CENSOR_POOL_DIR=DIR")
+            else:  # a pool made for this model: checked against its weights (and prompt or class)
+                self._pool = load_pool(self.pool_dir, model_dir=self.model_dir, model=self.model)
         return self._pool
 
     @property
@@ -143,7 +163,12 @@ class Studio:
 
     def page(self, sid: str, page: int, round_: int | None = None) -> list[dict]:
         """One page of the label grid; showing it counts its images as viewed."""
-        items = self.store.items(sid, offset=page * PAGE_SIZE, limit=PAGE_SIZE, round_=round_)
+        if round_ is None and self.informative_first(sid):
+            ids = self.label_order(sid, upto=(page + 1) * PAGE_SIZE)[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+            by_id = {it["item"]: it for it in self.store.items(sid, limit=1_000_000)}
+            items = [by_id[i] for i in ids]
+        else:
+            items = self.store.items(sid, offset=page * PAGE_SIZE, limit=PAGE_SIZE, round_=round_)
         self.store.mark_viewed(sid, [it["item"] for it in items])
         return [dict(id=it["item"], src=png_data_uri(it["image"]), state=STATE_NAMES[it["state"]]) for it in items]
 
@@ -213,12 +238,19 @@ class Studio:
     def censored_gallery(self, sid: str, guidance: str, weight: float, backward: int, recurrence: int,
                          steps: int, seed: int, count: int, feature: str | None = None,
                          progress: Callable[[float], None] | None = None,
-                         tuned: tuple[str, DiffusionModel] | None = None) -> dict:
+                         tuned: tuple[str, DiffusionModel] | None = None, strict: bool = False,
+                         strict_p: float | None = None) -> dict:
         """Baseline and censored galleries from the same seeds.
 
         ``tuned`` = (name, model): draw the censored side from a fine-tuned model instead (an RLHF
         or D3PO adapter), guided by the session's reward when ω > 0, unguided when ω = 0.
+        ``strict``: reject what the reward still doubts after guidance (rejection.py), drawing on from
+        the gallery's seeds; threshold ``strict_p`` or, when None, the cross-fitted held-out one.
         """
+        if strict and strict_p is not None:
+            from .rejection import check_probability
+
+            strict_p = check_probability(strict_p)
         weight = float(check_range("weight", weight))
         backward, recurrence = int(check_range("backward", backward)), int(check_range("recurrence", recurrence))
         steps, count = int(check_range("steps", steps)), int(check_range("count", count))
@@ -237,19 +269,48 @@ class Studio:
         half = (lambda f: progress(0.5 * f)) if progress else None
         rest = (lambda f: progress(0.5 + 0.5 * f)) if progress else None
         base = to_uint8(sample(self.model, seeds, steps=steps, progress=half))
-        cens = to_uint8(sample(tuned[1] if tuned else self.model, seeds, steps=steps, guidance=g, progress=rest))
-        zeros = torch.zeros(count, dtype=torch.long)
+        strict_info, cens_seeds = None, seeds
+        if strict:  # the censored side keeps only images the reward passes: its seeds are the kept ones
+            cens, strict_info = self._strict_side(sid, reward, tuned[1] if tuned else self.model, g, steps, seed,
+                                                  count, strict_p, rest)
+            cens_seeds = strict_info.pop("seeds")
+            settings.update(count=len(cens_seeds), strict=dict(threshold=strict_info["threshold"],
+                                                               source=strict_info["source"], requested=count))
+        else:
+            cens = to_uint8(sample(tuned[1] if tuned else self.model, seeds, steps=steps, guidance=g, progress=rest))
         est = None
         if reward is not None:
-            est = {name: float((reward.benign_prob(to_model_range(imgs), zeros) < 0.5).float().mean())
+            est = {name: float((reward.benign_prob(clean_input(reward, self.model, to_model_range(imgs)),
+                                                   torch.zeros(len(imgs), dtype=torch.long))
+                                < 0.5).float().mean())
                    for name, imgs in (("baseline", base), ("censored", cens))}
-        result = dict(baseline=base, censored=cens, seeds=seeds, reward_malign=est, settings=settings,
+        result = dict(baseline=base, censored=cens, seeds=cens_seeds, baseline_seeds=seeds, strict=strict_info,
+                      reward_malign=est, settings=settings,
                       reward_sha256=sha256(self.reward_dir(sid) / "reward.safetensors") if reward else None,
                       fallbacks=g.stats["nonfinite_fallbacks"] if g else 0, oracle=None)
-        if feature and feature in load_features():
+        if feature and feature in load_features() and tuple(self.model.image_shape) == (1, 28, 28):  # a Fashion-MNIST oracle
             result["oracle"] = {name: malign_fraction(self.oracle.judge(imgs), feature)
                                 for name, imgs in (("baseline", base), ("censored", cens))}
         return result
+
+    def _strict_side(self, sid, reward, model, g, steps, seed, count, strict_p, progress) -> tuple[np.ndarray, dict]:
+        """Strict mode: draw from the gallery's seeds on (guided by ``g``) and keep what the reward passes."""
+        from .rejection import reject_sample, session_threshold
+
+        if reward is None:
+            raise CensorError("strict mode filters with the session's reward: train one first (Train tab)")
+        if strict_p is None:  # cross-fitted on the session's labels once per reward, then cached beside it
+            images, labels = self.store.training_data(sid)
+            th = session_threshold(self.reward_dir(sid), reward, images, labels, self.model,
+                                   progress=(lambda f: progress(0.4 * f)) if progress else None)
+            p, source = th["threshold"], "held-out"
+            rest = (lambda f: progress(0.4 + 0.6 * f)) if progress else None
+        else:
+            p, source, rest = strict_p, "user", progress
+        r = reject_sample(model, reward, count, seed, p, guidance=g, steps=steps, progress=rest)
+        if r.kept == 0:
+            raise CensorError(f"strict mode kept no image: {r.summary()}; lower the threshold")
+        return r.images, dict(r.as_dict(), seeds=r.seeds, source=source, summary=r.summary())
 
     @staticmethod
     def _guidance(reward, settings: dict) -> Guidance:
@@ -275,6 +336,7 @@ class Studio:
         grid(both, nrow=len(result["censored"]) if len(result["censored"]) <= 16 else 16).save(png)
         c = self.store.counts(sid)
         manifest = dict(model=str(self.model_dir), model_fingerprint=model_fingerprint(self.model.unet),
+                        conditioning=conditioning_info(self.model),
                         settings=result["settings"], seeds=list(map(int, result["seeds"])),
                         labels=dict(viewed=c.viewed, malign=c.malign, benign=c.benign, unsure=c.unsure),
                         reward_info={k: v for k, v in load_reward(rdir, self.model).info.items() if not k.startswith("_")},
@@ -305,6 +367,9 @@ class Studio:
         m = bundle["manifest"]
         if m.get("model_fingerprint") != model_fingerprint(self.model.unet):
             raise CensorError("this bundle was made with another diffusion model than the one loaded here")
+        if m.get("conditioning") != conditioning_info(self.model):
+            raise CensorError(f"this bundle was sampled with {m.get('conditioning') or 'no prompt or class'}; this studio "
+                              f"samples with {conditioning_info(self.model) or 'no prompt or class'}")
         settings = m["settings"]
         # every number in the uploader's manifest is held to the same bounds as the UI's
         if not isinstance(settings, dict) or settings.get("guidance") not in ("time", "universal"):
@@ -377,7 +442,41 @@ class Studio:
         return sid
 
     def send_to_labelling(self, sid: str, images: np.ndarray, seeds) -> int:
-        """Imitation learning: a censored gallery becomes the next round to label."""
+        """Imitation learning: a censored gallery becomes the next round to label (most informative
+        first when the session shows the most informative first)."""
         next_round = 1 + max((it["round"] for it in self.store.items(sid, limit=100_000)), default=0)
+        if self.informative_first(sid) and len(seeds):
+            viewed, _ = self.store.training_data(sid)
+            order = self.ranker.rank_gallery(self.model, viewed, np.asarray(images, np.uint8), self.reward_dir(sid), sid)
+            images, seeds = np.asarray(images)[order], [seeds[i] for i in order]
         self.store.add_items(sid, images, seeds, round_=next_round)
         return next_round
+
+    # ---- active labelling (censor/active.py) -----------------------------------------------
+    @property
+    def ranker(self):
+        if self._ranker is None:
+            from .active import SessionRanker
+
+            self._ranker = SessionRanker()
+        return self._ranker
+
+    def informative_first(self, sid: str) -> bool:
+        return self.store.exists(sid) and self.ranker.enabled(self.store.folder(sid))
+
+    def set_informative_first(self, sid: str, on: bool) -> None:
+        """The Label tab's "show most informative first" toggle (kept in the session folder)."""
+        self.store.info(sid)  # unknown session -> CensorError
+        self.ranker.set_enabled(self.store.folder(sid), on)
+
+    def label_order(self, sid: str, upto: int = 0) -> list[int]:
+        """The Label grid's item order when showing the most informative first (every item once)."""
+        return self.ranker.order(self.model, self.store, sid, self.reward_dir(sid), upto=upto)
+
+    def first_page_of_round(self, sid: str, round_: int) -> int:
+        """The grid page on which a labelling round's first image appears, in the current order."""
+        items = self.store.items(sid, limit=1_000_000)
+        in_round = {it["item"] for it in items if it["round"] == round_}
+        order = self.label_order(sid) if self.informative_first(sid) else [it["item"] for it in items]
+        first = next((k for k, i in enumerate(order) if i in in_round), 0)
+        return first // PAGE_SIZE

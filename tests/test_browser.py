@@ -123,10 +123,8 @@ def _set_slider(page, elem_id, value):
     box.press("Enter")
 
 
-def test_train_censor_and_download_a_bundle(server, browser, tmp_path):
-    url, _ = server
-    page = browser.new_page(viewport={"width": 1200, "height": 1100}, accept_downloads=True)
-    page.goto(url)
+def _label_two_and_train(page) -> None:
+    """Mark two pool images malign, then train a small reward (2 members, 20 iterations) in the Train tab."""
     cells = page.locator("#label-grid .cell")
     cells.first.wait_for(timeout=15_000)
     for i in (1, 3):
@@ -137,6 +135,13 @@ def test_train_censor_and_download_a_bundle(server, browser, tmp_path):
     _set_slider(page, "iterations", 20)
     page.locator("#train-btn").click()
     page.wait_for_function("document.querySelector('#train-result').innerText.includes('Trained a')", timeout=120_000)
+
+
+def test_train_censor_and_download_a_bundle(server, browser, tmp_path):
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1200, "height": 1100}, accept_downloads=True)
+    page.goto(url)
+    _label_two_and_train(page)
     _shot(page, "train")
     page.get_by_role("tab", name="3 · Censored gallery").click()
     _set_slider(page, "censor-steps", 5)

@@ -232,6 +232,15 @@ def test_studio_runs_on_a_pipeline_folder_with_its_own_pool(folders, tmp_path):
     assert gallery[0].mode == "RGB"
     with pytest.raises(CensorError, match="make-pool"):
         Studio(folders["dit"], model_options=dict(class_label=0), data_dir=tmp_path / "d2").pool
+    # a shared gallery records its class: another class's studio refuses to "reproduce" it
+    from censor.rewards import model_fingerprint
+    from censor.studio import conditioning_info
+
+    other = Studio(folders["dit"], model_options=dict(class_label=3), data_dir=tmp_path / "d3")
+    manifest = dict(model_fingerprint=model_fingerprint(other.model.unet), conditioning=conditioning_info(studio.model))
+    assert manifest["conditioning"] == dict(kind="class", label="0", scale=4.0)
+    with pytest.raises(CensorError, match="sampled with"):
+        other.reproduce(dict(manifest=manifest))
 
 
 def test_throughput_rows_for_every_guidance_kind(folders):
@@ -269,3 +278,18 @@ def test_cli_bench_throughput_writes_json_and_markdown(folders, tmp_path):
     result = json.loads(out.read_text())
     assert [r["mode"] for r in result["rows"]] == ["unguided", "time"] and result["device"] == "cpu"
     assert "| time |" in out.with_suffix(".md").read_text()
+
+
+def test_rejection_scores_a_latent_models_time_dependent_reward_on_latents(folders):
+    import numpy as np
+
+    from censor.rejection import reject_sample
+    from censor.reward_training import train_reward
+
+    model = load(folders, "latent-vq")
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (8, *model.image_shape[1:], 3), dtype=np.uint8)
+    reward = train_reward(images, np.array([0, 1] * 4), kind="half-unet", diffusion=model, members=1, iterations=2,
+                          batch_size=4)
+    result = reject_sample(model, reward, 2, 0, 0.0, steps=2)  # every image passes p > 0: no shape error on the way
+    assert result.kept == 2 and result.images.shape == (2, *model.image_shape[1:], 3)

@@ -1,0 +1,322 @@
+"""Rejection vs guidance vs both, on the same reward, in one run (issue 9).
+
+``python -m censor bench-reject --feature bags --budget 100 --method ensemble --weight 4 --n 1000 --steps 25 --seeds 3``
+
+Per labelling seed the simulated labeller labels, one reward is trained (bench.collect_labels_and_train,
+so imitation works as in ``bench``), and its threshold is cross-fitted on the same labels
+(rejection.heldout_threshold; or ``--threshold P``). Then, for n / seeds gallery images:
+
+- ``reject``: unguided draws from the gallery seeds on, kept when the reward passes them;
+- ``guide``: guided sampling of the gallery seeds (what ``bench`` measures);
+- ``guide+reject``: guided draws, the same filter (its first batch *is* the ``guide`` gallery).
+
+Unguided draws do not depend on the reward, so they are sampled once per model and steps, kept in
+the cache folder and shared by seeds and features; every draw is charged the sampling time it took
+when it was made (for the cached baseline prefix: this run's measured unguided time per image), so
+"seconds per accepted image" counts sampling and scoring of every drawn image. The oracle only judges.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bench import GALLERY_SEED, BenchConfig, cached_baseline, collect_labels_and_train, machine, make_guidance
+from .cli import positive_int
+from .data import to_uint8
+from .errors import CensorError
+from .evaluate import feature_spec, is_malign, knn_precision_recall, malign_fraction, wilson_interval
+from .gallery import grid
+from .rejection import DEFAULT_CAP_FACTOR, DEFAULT_FOLDS, DEFAULT_RECALL, heldout_threshold, reject_sample
+from .rewards import model_fingerprint
+from .sampling import sample, seeds_for
+
+MODES = ("reject", "guide", "guide+reject")
+
+
+class DrawStore:
+    """Images for a growing prefix of ``seeds_for(·, GALLERY_SEED)``, each with the seconds it cost."""
+
+    def __init__(self, model, steps: int, guidance=None, images=None, cost=None):
+        self.model, self.steps, self.guidance = model, steps, guidance
+        self.images = np.zeros((0, *model.image_shape[1:]), dtype=np.uint8) if images is None else images
+        self.cost = np.zeros(len(self.images)) if cost is None else np.asarray(cost, dtype=float)
+        self.charged_s = 0.0
+
+    def __call__(self, seeds) -> np.ndarray:
+        start = int(seeds[0]) - GALLERY_SEED * 100_003
+        end = start + len(seeds)
+        if end > len(self.images):
+            new = seeds_for(end, GALLERY_SEED)[len(self.images):]
+            t0 = time.perf_counter()
+            imgs = to_uint8(sample(self.model, new, steps=self.steps, guidance=self.guidance))
+            dt = time.perf_counter() - t0
+            self.images = np.concatenate([self.images, imgs])
+            self.cost = np.concatenate([self.cost, np.full(len(new), dt / len(new))])
+        self.charged_s += float(self.cost[start:end].sum())
+        return self.images[start:end]
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"images": torch.from_numpy(np.ascontiguousarray(self.images)),
+                   "cost": torch.from_numpy(self.cost)}, str(path))
+
+
+def _unguided_store(model, steps, baseline_all, unguided_rate, cache_dir) -> tuple[DrawStore, Path | None]:
+    from safetensors.torch import load_file
+
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"reject_draws_{model_fingerprint(model.unet)}_s{steps}.safetensors"
+        if path.is_file():
+            t = load_file(str(path))
+            if len(t["images"]) >= len(baseline_all):
+                return DrawStore(model, steps, None, t["images"].numpy(), t["cost"].numpy()), path
+    return DrawStore(model, steps, None, baseline_all.copy(), np.full(len(baseline_all), unguided_rate)), path
+
+
+def _judge(oracle, feature, images, real, base_r):
+    if len(images) == 0:
+        return dict(malign=0, n=0, recall=None, recall_ratio=None, confident=None), None
+    j = oracle.judge(images)
+    rate = malign_fraction(j, feature)
+    _, r = knn_precision_recall(real, j.features)
+    return dict(malign=rate.malign, n=rate.n, recall=r, recall_ratio=r / base_r if base_r > 0 else None,
+                confident=float(j.confident.mean())), j
+
+
+def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir=None, cache_dir=None,
+                     threshold: float | None = None, recall: float = DEFAULT_RECALL, folds: int = DEFAULT_FOLDS,
+                     cap_factor: float = DEFAULT_CAP_FACTOR, log=print) -> dict:
+    per_seed = -(-cfg.n // cfg.seeds)
+    gallery_seeds = seeds_for(per_seed, GALLERY_SEED)
+    baseline_all = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
+    baseline = baseline_all[:per_seed]
+    timing_n = min(per_seed, 100)
+    t0 = time.perf_counter()
+    sample(model, gallery_seeds[:timing_n], steps=cfg.steps)
+    unguided_rate = (time.perf_counter() - t0) / timing_n
+    unguided, store_path = _unguided_store(model, cfg.steps, baseline_all, unguided_rate, cache_dir)
+    spec = feature_spec(cfg.feature)
+    benign_real = ~reference["test_watermark"].astype(bool) if spec["rule"] == "watermark" else \
+        ~np.isin(reference["test_labels"], spec["malign_classes"])
+    real = reference["test_features"][benign_real][:per_seed]
+    jb_all, jb = oracle.judge(baseline_all), oracle.judge(baseline)
+    base_rate = malign_fraction(jb_all, cfg.feature)
+    _, base_r = knn_precision_recall(real, jb.features)
+    log(f"baseline {base_rate}, recall {base_r:.3f} on {per_seed}; unguided {unguided_rate:.3f} s/image")
+    cap = math.ceil(cap_factor * per_seed)
+    runs = []
+    for seed in range(cfg.seeds):
+        reward, labels, viewed = collect_labels_and_train(cfg, model, oracle, pool, seed, log)
+        if reward is None:
+            raise CensorError(f"labelling seed {seed}: the {viewed} viewed images hold one class only; raise --budget")
+        images, labels = reward.info["_labelled"]
+        if threshold is None:
+            th = heldout_threshold(images, labels, kind=cfg.reward, diffusion=model, members=len(reward.members),
+                                   alpha=cfg.alpha, iterations=cfg.iterations, folds=folds,
+                                   recall=recall, seed=seed)
+        else:
+            th = dict(threshold=float(threshold), user=True, seconds=0.0)
+        log(f"  seed {seed}: threshold p={th['threshold']:.4f} (held-out benign pass "
+            f"{th.get('heldout_benign_pass', float('nan')):.2f}, {th['seconds']:.0f}s)")
+        run = dict(seed=seed, labels=int(len(labels)), malign_labels=int((labels == 0).sum()),
+                   reward_train_s=reward.info["train_seconds"],
+                   threshold={k: v for k, v in th.items()}, modes={})
+        unguided.charged_s = 0.0
+        rj = reject_sample(model, reward, per_seed, GALLERY_SEED, th["threshold"], steps=cfg.steps, cap=cap,
+                           sampler=unguided)
+        run["modes"]["reject"] = dict(rj.as_dict(), charged_sampling_s=round(unguided.charged_s, 2),
+                                      s_per_accepted=(unguided.charged_s + rj.scoring_s) / max(rj.kept, 1))
+        t1 = time.perf_counter()
+        guided_imgs = to_uint8(sample(model, gallery_seeds, steps=cfg.steps, guidance=make_guidance(cfg, reward)))
+        guide_s = time.perf_counter() - t1
+        run["modes"]["guide"] = dict(kept=per_seed, drawn=per_seed, dropped=0, sampled=per_seed, capped=False,
+                                     charged_sampling_s=round(guide_s, 2), s_per_accepted=guide_s / per_seed)
+        guided = DrawStore(model, cfg.steps, make_guidance(cfg, reward), guided_imgs, np.full(per_seed, guide_s / per_seed))
+        gr = reject_sample(model, reward, per_seed, GALLERY_SEED, th["threshold"], steps=cfg.steps, cap=cap,
+                           sampler=guided)
+        run["modes"]["guide+reject"] = dict(gr.as_dict(), charged_sampling_s=round(guided.charged_s, 2),
+                                            s_per_accepted=(guided.charged_s + gr.scoring_s) / max(gr.kept, 1))
+        kept_images = {"reject": rj.images, "guide": guided_imgs, "guide+reject": gr.images}
+        judged = {}
+        for mode in MODES:
+            m, judged[mode] = _judge(oracle, cfg.feature, kept_images[mode], real, base_r)
+            run["modes"][mode].update(m)
+            log(f"    {mode:13s} malign {m['malign']}/{m['n']}  recall {m['recall_ratio'] or float('nan'):.2f}x  "
+                f"drawn {run['modes'][mode]['drawn']}  {run['modes'][mode]['s_per_accepted']:.3f} s/accepted")
+        runs.append(run)
+        if seed == 0 and out_dir is not None:
+            _save_grid(out_dir, _name(cfg, threshold, cap_factor), cfg.feature, baseline, jb, kept_images, judged)
+    if store_path is not None:
+        unguided.save(store_path)
+    result = dict(kind="reject-bench", name=_name(cfg, threshold, cap_factor), config=dict(vars(cfg)),
+                  reject=dict(threshold=threshold, recall=recall, folds=folds, cap_factor=cap_factor, cap_per_seed=cap),
+                  machine=machine(), model_fingerprint=model_fingerprint(model.unet),
+                  baseline=dict(malign_pct=100 * base_rate.fraction, ci_pct=[100 * base_rate.low, 100 * base_rate.high],
+                                n=base_rate.n, recall=base_r, confident=float(jb_all.confident.mean()),
+                                s_per_image=unguided_rate),
+                  modes={mode: _pool(runs, mode) for mode in MODES}, runs=runs)
+    result["config"]["window"] = list(cfg.window)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{result['name']}.json").write_text(json.dumps(result, indent=1, default=float))
+        (out / f"{result['name']}.md").write_text(markdown_table(result))
+    return result
+
+
+def _pool(runs, mode) -> dict:
+    rows = [r["modes"][mode] for r in runs]
+    k, n = sum(r["malign"] for r in rows), sum(r["n"] for r in rows)
+    lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
+    ratios = [r["recall_ratio"] for r in rows if r["recall_ratio"] is not None]
+    conf = [r["confident"] for r in rows if r["confident"] is not None]
+    seconds = sum(r["charged_sampling_s"] + r.get("scoring_s", 0.0) for r in rows)
+    kept = sum(r["kept"] for r in rows)
+    return dict(malign_pct=100 * k / n if n else None, ci_pct=[100 * lo, 100 * hi], n=n, malign=k,
+                recall_ratio=float(np.mean(ratios)) if ratios else None, confident=float(np.mean(conf)) if conf else None,
+                drawn=sum(r["drawn"] for r in rows), dropped=sum(r["dropped"] for r in rows),
+                sampled=sum(r["sampled"] for r in rows), kept=kept, requested=sum(r.get("requested", r["kept"]) for r in rows),
+                capped_seeds=sum(bool(r["capped"]) for r in rows),
+                s_per_accepted=seconds / kept if kept else None, seconds=round(seconds, 1),
+                reward_train_s=float(np.median([r["reward_train_s"] for r in runs])),
+                threshold_s=float(np.median([r["threshold"]["seconds"] for r in runs])),
+                thresholds=[round(r["threshold"]["threshold"], 4) for r in runs])
+
+
+def _name(cfg: BenchConfig, threshold, cap_factor) -> str:
+    extra = "" if threshold is None else f"_p{threshold:g}"
+    extra += "" if cap_factor == DEFAULT_CAP_FACTOR else f"_cap{cap_factor:g}"
+    return f"reject_{cfg.name}{extra}"
+
+
+def _save_grid(out_dir, name, feature, baseline, jb, kept, judged) -> None:
+    """Rows of 10: baseline, reject, guide, guide+reject (2 rows each; malign framed red)."""
+    blocks, marks = [baseline[:20]], [is_malign(jb, feature)[:20]]
+    for mode in MODES:
+        imgs = kept[mode][:20]
+        pad = 20 - len(imgs)
+        blocks.append(np.concatenate([imgs, np.zeros((pad, *baseline.shape[1:]), np.uint8)]) if pad else imgs)
+        m = is_malign(judged[mode], feature)[:20] if judged[mode] is not None else np.zeros(0, bool)
+        marks.append(np.concatenate([m, np.zeros(pad, bool)]))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    grid(np.concatenate(blocks), nrow=10, marks=np.concatenate(marks)).save(out / f"{name}.png")
+
+
+def _per_kept(m: dict) -> str:
+    return f"{m['drawn'] / m['kept']:.2f}×" if m["kept"] else "none kept"
+
+
+def _f(x, fmt="{:.2f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def markdown_table(result: dict, link: str | None = None) -> str:
+    b = result["baseline"]
+    name = f"[{result['name']}]({link}/{result['name']}.png)" if link else result["name"]
+    lines = [f"**{result['config']['feature']}** ({name}; {result['machine']}):", "",
+             "| mode | malign % [95% CI] | recall vs baseline | confident | drawn / kept (draws per kept) | dropped | "
+             "capped seeds | s per accepted image | thresholds p |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| baseline (unguided) | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] (n={b['n']}) | "
+             f"1.00× | {b['confident']:.2f} | – | – | – | {b['s_per_image']:.3f} | – |"]
+    for mode, m in result["modes"].items():
+        ci = (f"{_f(m['malign_pct'])} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})"
+              if m["n"] else "– (none kept)")
+        lines.append(f"| {mode} | {ci} | {_f(m['recall_ratio'], '{:.2f}×')} | {_f(m['confident'])} | "
+                     f"{m['drawn']} / {m['kept']} ({_per_kept(m)}) | {m['dropped']} | "
+                     f"{m['capped_seeds']} | {_f(m['s_per_accepted'], '{:.3f}')} | "
+                     f"{' / '.join(f'{t:.3f}' for t in m['thresholds']) if mode != 'guide' else '–'} |")
+    m = result["modes"]["reject"]
+    lines += ["", f"Reward training {m['reward_train_s']:.0f} s and threshold cross-fitting {m['threshold_s']:.0f} s "
+                  "per labelling seed (median), not included in the per-image times."]
+    return "\n".join(lines) + "\n"
+
+
+# ---- command line -----------------------------------------------------------------------------
+def add_parser(sub) -> None:
+    """``python -m censor bench-reject``: registered by censor/__main__.py."""
+    from .models import EMBEDDED_MODEL_DIR
+
+    r = sub.add_parser("bench-reject", help="rejection vs guidance vs guidance + rejection on the same reward")
+    r.add_argument("--feature", default="bags")
+    r.add_argument("--budget", type=positive_int, default=100)
+    r.add_argument("--method", default="ensemble", choices=["single", "union", "ensemble", "imitation"])
+    r.add_argument("--members", type=positive_int, default=5)
+    r.add_argument("--weight", type=float, default=4.0)
+    r.add_argument("--alpha", type=float, default=0.1)
+    r.add_argument("--iterations", type=positive_int, default=300)
+    r.add_argument("--every", type=positive_int, default=1)
+    r.add_argument("--rounds", type=positive_int, default=3, help="imitation rounds")
+    r.add_argument("--n", type=positive_int, default=1000, help="gallery images in total over the labelling seeds")
+    r.add_argument("--steps", type=positive_int, default=25)
+    r.add_argument("--seeds", type=positive_int, default=3)
+    r.add_argument("--threshold", type=float, default=None,
+                   help="keep images with P(benign) above this (default: cross-fitted, held-out malign recall >= --recall)")
+    r.add_argument("--recall", type=float, default=DEFAULT_RECALL)
+    r.add_argument("--folds", type=positive_int, default=DEFAULT_FOLDS)
+    r.add_argument("--cap-factor", type=float, default=DEFAULT_CAP_FACTOR, help="cap on draws, x the requested count")
+    r.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    r.add_argument("--out", default="docs/bench")
+    r.add_argument("--cache", default="runs/bench_cache")
+    r.set_defaults(fn=cmd_bench_reject)
+
+
+def cmd_bench_reject(a) -> None:
+    from .models import load_diffusion
+    from .oracle import load_oracle, load_reference
+    from .pool import load_pool
+
+    if a.cap_factor < 1:
+        raise CensorError("--cap-factor must be >= 1")
+    cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, members=a.members, weight=a.weight,
+                      alpha=a.alpha, iterations=a.iterations, every=a.every, rounds=a.rounds, n=a.n, steps=a.steps,
+                      seeds=a.seeds)
+    model = load_diffusion(a.model)
+    result = run_reject_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(),
+                              out_dir=a.out, cache_dir=a.cache, threshold=a.threshold, recall=a.recall,
+                              folds=a.folds, cap_factor=a.cap_factor)
+    print(markdown_table(result, link="bench"), end="")
+
+
+def normalised_s_per_accepted(result: dict, mode: str) -> float | None:
+    """Seconds per accepted image at the run's own per-image rates (unguided: the timing at the start;
+    guided: the ``guide`` galleries), times images sampled per kept, plus scoring: the same cost with
+    the load of a shared machine taken out of the individual batches."""
+    m = result["modes"][mode]
+    if not m["kept"]:
+        return None
+    guide = result["modes"]["guide"]
+    rate = result["baseline"]["s_per_image"] if mode == "reject" else guide["seconds"] / guide["kept"]
+    if mode == "guide":
+        return rate
+    scoring = sum(r["modes"][mode].get("scoring_s", 0.0) for r in result["runs"])
+    return (m["sampled"] * rate + scoring) / m["kept"]
+
+
+def combined_table(results: list[dict], link: str = "bench") -> str:
+    """One table over features: the three modes next to the unguided baseline (docs/benchmarks.md)."""
+    lines = ["| feature (labelling seeds × images) | mode | malign % [95% CI] | recall vs baseline | confident | "
+             "drawn / kept (per kept) | capped seeds | s per accepted image, measured | at the run's per-image rates |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        b, c = r["baseline"], r["config"]
+        feat = f"[{c['feature']}]({link}/{r['name']}.png) ({c['seeds']} × {-(-c['n'] // c['seeds'])})"
+        lines.append(f"| {feat} | baseline | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] "
+                     f"(n={b['n']}) | 1.00× | {b['confident']:.2f} | – | – | {b['s_per_image']:.3f} | {b['s_per_image']:.3f} |")
+        for mode, m in r["modes"].items():
+            ci = (f"{m['malign_pct']:.2f} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})" if m["n"]
+                  else "– (none kept)")
+            lines.append(f"| | {mode} | {ci} | {_f(m['recall_ratio'], '{:.2f}×')} | {_f(m['confident'])} | "
+                         f"{m['drawn']} / {m['kept']} ({_per_kept(m)}) | {m['capped_seeds']} | "
+                         f"{_f(m['s_per_accepted'], '{:.3f}')} | {_f(normalised_s_per_accepted(r, mode), '{:.3f}')} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,175 @@
+"""Active labelling (issue 8): the ranking's terms, its guarantees, and the studio toggle."""
+
+import numpy as np
+import pytest
+import torch
+
+from censor.active import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
+from censor.bench_active import labels_to_target, summary_table
+from censor.pool import Pool
+from censor.studio import PAGE_SIZE, Studio
+
+
+def _clusters(sizes=(50, 30, 20), seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    z = np.concatenate([c + rng.normal(size=(n, 2)) for c, n in zip(centres, sizes)]).astype(np.float32)
+    which = np.repeat(np.arange(len(sizes)), sizes)
+    return z, which
+
+
+def test_informativeness_formula_on_a_known_reward():
+    # two members; p = geometric mean; uncertainty 1 - |2p - 1|; disagreement 2 * std over members
+    probs = np.array([[0.5, 0.9, 0.1, 0.8],
+                      [0.5, 0.9, 0.1, 0.2]])
+    u, d = informativeness(probs)
+    p = np.sqrt(probs[0] * probs[1])
+    assert np.allclose(u, 1 - np.abs(2 * p - 1))
+    assert np.allclose(d, [0.0, 0.0, 0.0, 0.6])
+    assert u[0] == pytest.approx(1.0) and u[1] == pytest.approx(0.2)
+
+
+def test_uncertainty_weight_alone_picks_the_most_uncertain_first():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(40, 8)).astype(np.float32)
+    p = rng.random(40)
+    order = rank(z, np.zeros(40, bool), p[None, :], ActiveWeights(uncertainty=1, disagreement=0, coverage=0))
+    assert list(order) == list(np.argsort(np.abs(2 * p - 1), kind="stable"))
+    # disagreement alone: the members that disagree most come first
+    probs = np.stack([p, 1 - p])
+    order = rank(z, np.zeros(40, bool), probs, ActiveWeights(uncertainty=0, disagreement=1, coverage=0), k=5)
+    assert set(order) == set(np.argsort(-np.abs(p - (1 - p)))[:5])
+
+
+def test_coverage_spreads_picks_over_all_clusters():
+    z, which = _clusters()
+    # no labels, no reward: pure coverage; the first three picks are one per cluster
+    first = rank(z, np.zeros(len(z), bool), None, k=3)
+    assert set(which[first]) == {0, 1, 2}
+    # the reward is unsure only inside cluster 0: uncertainty alone would stay there ...
+    p = np.where(which == 0, 0.5, 0.99)[None, :]
+    only_u = rank(z, np.zeros(len(z), bool), p, ActiveWeights(1, 0, 0), k=6)
+    assert set(which[only_u]) == {0}
+    # ... the mix still visits every cluster within a page-sized batch
+    mixed = rank(z, np.zeros(len(z), bool), p, ActiveWeights(1, 1, 1), k=6)
+    assert set(which[mixed]) == {0, 1, 2}
+    assert (which[mixed] == 0).sum() >= 2  # and leans to where the reward is unsure
+
+
+def test_coverage_goes_where_the_labels_are_not():
+    z, which = _clusters()
+    labelled = which != 2  # clusters 0 and 1 fully labelled
+    labelled[np.where(which == 2)[0][:2]] = False
+    order = rank(z, labelled, None, k=5)
+    assert set(which[order]) == {2}
+
+
+def test_never_returns_labelled_items_and_ranks_every_other_once():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(60, 4)).astype(np.float32)
+    labelled = rng.random(60) < 0.4
+    probs = rng.random((3, 60))
+    order = rank(z, labelled, probs)
+    assert sorted(order) == sorted(np.where(~labelled)[0])
+    assert not labelled[order].any()
+    # indices instead of a mask, and k larger than what is left
+    idx = np.where(labelled)[0]
+    assert list(rank(z, idx, probs, k=1000)) == list(order)
+    assert len(rank(z, np.ones(60, bool), probs)) == 0
+
+
+def test_deterministic_for_a_seed_and_works_with_zero_labels():
+    z = np.random.default_rng(3).normal(size=(50, 6)).astype(np.float32)
+    a = rank(z, np.zeros(50, bool), None, seed=7)
+    b = rank(z, np.zeros(50, bool), None, seed=7)
+    assert list(a) == list(b) and sorted(a) == list(range(50))
+    # exact ties (identical features, no reward) are broken by the seed, reproducibly
+    flat = np.zeros((30, 3), np.float32)
+    assert list(rank(flat, [], None, seed=1)) == list(rank(flat, [], None, seed=1))
+    assert sorted(rank(flat, [], None, seed=1)) == list(range(30))
+
+
+def test_member_probs_from_cached_taps_match_the_reward(tiny_model, fixture_images):
+    from censor.data import to_model_range
+    from censor.reward_training import train_reward
+
+    images = fixture_images["images"][:40]
+    labels = (np.arange(40) % 4 != 0).astype(int)
+    reward = train_reward(images[:12], labels[:12], kind="ddpm-encoder", diffusion=tiny_model, members=2,
+                          iterations=5, batch_size=8)
+    feats = EncoderFeatures(tiny_model, images)
+    assert feats.embedding.shape[0] == 40 and np.isfinite(feats.embedding).all()
+    cached = member_probs(reward, features=feats)
+    x = to_model_range(images)
+    direct = torch.sigmoid(reward.logits(x, torch.zeros(40, dtype=torch.long))).numpy()
+    assert cached.shape == (2, 40)
+    assert np.allclose(cached, direct, atol=2e-3)  # the cache keeps taps in float16
+    order = rank(feats.embedding, np.arange(12), cached, k=10)
+    assert len(order) == 10 and (order >= 12).all()
+
+
+def test_labels_to_target_and_summary():
+    pts = [dict(budget=b, malign_pct=m, malign_labels=b // 10, recall_ratio=0.9)
+           for b, m in ((20, 5.0), (40, 0.5), (60, 1.5), (100, 0.0))]
+    assert labels_to_target(pts) == 40
+    assert labels_to_target(pts[:1]) is None
+    cells = [dict(settings=dict(feature="bags"), strategy=s, seed=k, complete=True,
+                  points=[dict(p, malign_pct=p["malign_pct"] + k) for p in pts]) for s in ("random", "active") for k in (0, 1, 2)]
+    table = summary_table(cells)
+    assert "| bags | random | 3 |" in table
+    assert "40 / 100 / –" in table  # seed 2: 7, 2.5, 3.5, 2 -> never <= 1
+    assert "| 100 | 2 / 4 / 6 / 10 | 0.90× |" in table  # median over seeds: 40, 100, never -> 100
+
+
+@pytest.fixture
+def studio(tmp_path, tiny_model, fixture_images):
+    pool = Pool(fixture_images["images"][:60], np.arange(60), {})
+    return Studio(model=tiny_model, data_dir=tmp_path / "data", pool=pool)
+
+
+def _all_pages(studio, sid, total):
+    ids = []
+    for p in range(-(-total // PAGE_SIZE)):
+        ids += [it["id"] for it in studio.page(sid, p)]
+    return ids
+
+
+def test_studio_toggle_reorders_pages_and_keeps_every_item_once(studio):
+    import time
+
+    sid = studio.open_session(None)
+    total = studio.store.counts(sid).total
+    plain = [it["item"] for it in studio.store.items(sid, limit=1000)]
+    assert not studio.informative_first(sid)
+    studio.set_informative_first(sid, True)
+    assert studio.informative_first(sid)
+    t0 = time.time()
+    first = [it["id"] for it in studio.page(sid, 0)]
+    assert time.time() - t0 < 5.0  # the first ranked page is quick
+    assert first != plain[:PAGE_SIZE]
+    assert studio.store.counts(sid).viewed == PAGE_SIZE
+    studio.click(sid, first[0])  # a label between pages: the rest is ranked afresh
+    ranked = _all_pages(studio, sid, total)
+    assert sorted(ranked) == sorted(plain) and len(ranked) == total  # every item exactly once
+    assert ranked[:PAGE_SIZE] == first  # pages already shown stay put
+    assert [it["id"] for it in studio.page(sid, 1)] == ranked[PAGE_SIZE:2 * PAGE_SIZE]
+    studio.set_informative_first(sid, False)
+    assert _all_pages(studio, sid, total) == plain
+
+
+def test_studio_ranks_the_gallery_sent_back_for_labelling(studio):
+    sid = studio.open_session(None)
+    studio.set_informative_first(sid, True)
+    studio.page(sid, 0)
+    for it in studio.page(sid, 0)[:3]:
+        studio.click(sid, it["id"])
+    studio.train(sid, "ensemble", "ddpm-encoder", members=2, iterations=10, alpha=0.5)
+    gallery = studio.pool.images[:12]
+    rnd = studio.send_to_labelling(sid, gallery, list(range(100, 112)))
+    items = [it for it in studio.store.items(sid, limit=1000) if it["round"] == rnd]
+    assert sorted(it["seed"] for it in items) == list(range(100, 112))  # all of it, reordered
+    order = studio.label_order(sid)
+    assert sorted(order) == sorted(it["item"] for it in studio.store.items(sid, limit=1000))
+    page = studio.first_page_of_round(sid, rnd)
+    assert page == 1  # right after the viewed first page: the newest round is ranked first
+    assert {it["id"] for it in studio.page(sid, page)} >= {it["item"] for it in items}

@@ -1,0 +1,232 @@
+"""Rejection filtering (issue 9): threshold selection, the cap, reproducibility, the studio's strict
+mode and a miniature rejection benchmark, on tiny models and real fixture images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import censor.rejection as rejection
+from censor.data import to_uint8
+from censor.errors import CensorError
+from censor.rejection import (benign_scores, heldout_threshold, reject_sample, stratified_folds,
+                              threshold_from_scores)
+from censor.sampling import sample, seeds_for
+from test_browser import browser, server  # noqa: F401  (fixtures of the strict-mode browser test)
+
+
+class BrightnessReward:
+    """P(benign) = sigmoid(scale · mean pixel): a reward whose verdicts are known exactly."""
+
+    time_dependent = False
+    kind = "fake"
+    members = [None]
+
+    def __init__(self, scale=10.0):
+        self.scale = scale
+
+    def benign_prob(self, x, t=None):
+        return torch.sigmoid(self.scale * x.flatten(1).mean(1))
+
+
+def test_threshold_formula_on_known_scores():
+    # few malign scores: the highest one (keep = strictly above it)
+    assert threshold_from_scores([0.1, 0.5, 0.3]) == 0.5
+    # 200 scores 0, 0.005, ..., 0.995: 99% recall needs 198 of them at or below τ → the 198th
+    scores = np.arange(200) / 200
+    tau = threshold_from_scores(scores, 0.99)
+    assert tau == pytest.approx(197 / 200) and (scores <= tau).mean() >= 0.99 and (scores < tau).mean() < 0.99
+    assert threshold_from_scores([4, 1, 3, 2], recall=0.5) == 2
+    with pytest.raises(CensorError):
+        threshold_from_scores([])
+
+
+def test_folds_are_stratified_and_partition_the_labels():
+    labels = np.array([0] * 7 + [1] * 30)
+    folds = stratified_folds(labels, 5, seed=3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(37))
+    assert all((labels[f] == 0).sum() >= 1 and (labels[f] == 1).sum() >= 1 for f in folds)
+
+
+def test_heldout_threshold_scores_every_label_out_of_fold(monkeypatch):
+    """Each fold's reward is trained without the fold; the threshold is the top held-out malign score."""
+    images = np.repeat(np.linspace(0, 255, 40).astype(np.uint8)[:, None, None], 28, 1).repeat(28, 2)
+    labels = np.array([0] * 8 + [1] * 32)  # malign = the 8 darkest images
+    seen = []
+
+    def fake_train(imgs, labs, **kw):
+        seen.append(len(labs))
+        return BrightnessReward()
+
+    monkeypatch.setattr(rejection, "train_reward", fake_train)
+    th = heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4)
+    assert th["folds"] == 4 and seen == [30, 30, 30, 30]  # every fold held out 10 images
+    scores = benign_scores(BrightnessReward(), images)
+    assert th["threshold"] == pytest.approx(scores[:8].max())
+    assert th["heldout_malign_recall"] == 1.0 and th["heldout_benign_pass"] == 1.0
+    with pytest.raises(CensorError, match="at least 2 malign"):
+        heldout_threshold(images, np.array([0] + [1] * 39), kind="resnet18", diffusion=None)
+
+
+def test_reject_sample_keeps_only_passing_images_and_is_reproducible(tiny_model):
+    reward = BrightnessReward()
+    probe = benign_scores(reward, to_uint8(sample(tiny_model, seeds_for(8, 5), steps=2)))
+    p = float(np.median(probe))  # about half the draws fail
+    seen = []
+    a = reject_sample(tiny_model, reward, 4, seed=5, threshold=p, steps=2, cap=40, progress=seen.append)
+    b = reject_sample(tiny_model, reward, 4, seed=5, threshold=p, steps=2, cap=40)
+    assert a.kept == 4 and not a.capped and a.dropped > 0
+    assert a.drawn == a.kept + a.dropped and a.sampled >= a.drawn and sum(a.batches) == a.sampled
+    assert a.seeds == b.seeds and np.array_equal(a.images, b.images)
+    assert (a.scores > p).all() and (benign_scores(reward, a.images) > p).all()
+    # seeds continue from the gallery's: kept ones are the passing draws in seed order
+    drawn_seeds = seeds_for(a.drawn, 5)
+    all_scores = benign_scores(reward, to_uint8(sample(tiny_model, drawn_seeds, steps=2)))
+    assert a.seeds == [s for s, sc in zip(drawn_seeds, all_scores) if sc > p]
+    assert a.seeds[-1] == drawn_seeds[-1]  # the last drawn image is the one that filled the gallery
+    # a kept image is reproduced by its seed alone
+    alone = to_uint8(sample(tiny_model, a.seeds, steps=2))
+    assert np.abs(alone.astype(int) - a.images.astype(int)).max() <= 1
+    assert seen and seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
+    assert "drew" in a.summary() and "dropped" in a.summary()
+
+
+def test_an_impossible_threshold_stops_at_the_cap_and_reports_it(tiny_model):
+    r = reject_sample(tiny_model, BrightnessReward(), 3, seed=1, threshold=0.999999, steps=2, cap=7)
+    assert r.capped and r.kept == 0 and r.drawn == r.sampled == 7 and r.dropped == 7
+    assert r.images.shape[0] == 0 and "cap of 7" in r.summary()
+    with pytest.raises(CensorError, match="probability"):
+        reject_sample(tiny_model, BrightnessReward(), 3, seed=1, threshold=1.5, steps=2)
+    with pytest.raises(CensorError, match="below the requested"):
+        reject_sample(tiny_model, BrightnessReward(), 3, seed=1, threshold=0.5, steps=2, cap=2)
+
+
+@pytest.fixture
+def studio(tmp_path, tiny_model, fixture_images):
+    from censor.pool import Pool
+    from censor.studio import Studio
+
+    pool = Pool(fixture_images["images"][:60], np.arange(60), {})
+    return Studio(model=tiny_model, data_dir=tmp_path / "data", pool=pool)
+
+
+def test_studio_strict_mode_fills_the_gallery_with_passing_images(studio):
+    from censor.rewards import load_reward
+
+    sid = studio.open_session(None)
+    items = studio.page(sid, 0)
+    for it in items[:4]:
+        studio.click(sid, it["id"])  # 4 malign, 21 benign
+    studio.train(sid, "ensemble", "half-unet", members=2, iterations=10, alpha=0.5)
+    reward = load_reward(studio.reward_dir(sid), studio.model)
+    plain = studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=6)
+    p = float(np.median(benign_scores(reward, plain["censored"])))
+    seen = []
+    r = studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=6, strict=True, strict_p=p,
+                                progress=seen.append)
+    s = r["strict"]
+    assert len(r["censored"]) == 6 and s["kept"] == 6 and not s["capped"]
+    assert s["drawn"] == s["kept"] + s["dropped"] and s["dropped"] > 0 and s["threshold"] == p
+    assert (benign_scores(reward, r["censored"]) > p).all()
+    assert len(r["seeds"]) == 6 and r["settings"]["count"] == 6 and r["settings"]["strict"]["threshold"] == p
+    assert f"drew {s['drawn']}, dropped {s['dropped']}" in s["summary"]
+    # a strict gallery shares and re-imports like any other: its manifest lists the kept seeds
+    _, bundle = studio.export_gallery(sid, r)
+    back = studio.import_gallery(bundle)
+    assert len(back["censored"]) == 6 and back["max_pixel_diff"] <= 1
+    assert seen and max(seen) <= 1.0 and seen[-1] == pytest.approx(1.0)
+    # the kept images are the guided images of their seeds: the plain gallery's survivors come first
+    assert r["seeds"][0] in seeds_for(100, 3)
+    # automatic threshold: read from beside the reward while the reward is unchanged (computed below)
+    from censor.bundles import sha256
+
+    digest = sha256(studio.reward_dir(sid) / "reward.safetensors")
+    (studio.reward_dir(sid) / rejection.STRICT_FILE).write_text(json.dumps({"reward_sha256": digest, "threshold": p}))
+    auto = studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=6, strict=True)
+    assert auto["strict"]["threshold"] == p and auto["strict"]["source"] == "held-out"
+    assert auto["seeds"] == r["seeds"] and np.array_equal(auto["censored"], r["censored"])
+    with pytest.raises(CensorError, match="probability"):
+        studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=3, strict=True, strict_p=2.0)
+    with pytest.raises(CensorError, match="kept no image"):
+        studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=1, strict=True, strict_p=0.999999)
+
+
+def test_session_threshold_is_cross_fitted_once_per_reward(tmp_path, monkeypatch):
+    images = np.repeat(np.linspace(0, 255, 30).astype(np.uint8)[:, None, None], 28, 1).repeat(28, 2)
+    labels = np.array([0] * 6 + [1] * 24)
+    calls = []
+    monkeypatch.setattr(rejection, "train_reward", lambda imgs, labs, **kw: calls.append(kw) or BrightnessReward())
+    reward = BrightnessReward()
+    reward.info = dict(alpha=0.2, iterations=40, seed=0)
+    (tmp_path / "reward.safetensors").write_bytes(b"v1")
+    th = rejection.session_threshold(tmp_path, reward, images, labels, diffusion=None)
+    assert len(calls) == 5 and calls[0]["iterations"] == 40 and calls[0]["alpha"] == 0.2
+    assert th["threshold"] == pytest.approx(benign_scores(reward, images[:6]).max())
+    assert rejection.session_threshold(tmp_path, reward, images, labels, diffusion=None) == th
+    assert len(calls) == 5  # cached
+    (tmp_path / "reward.safetensors").write_bytes(b"v2")  # retrained: computed again
+    rejection.session_threshold(tmp_path, reward, images, labels, diffusion=None)
+    assert len(calls) == 10
+
+
+def test_miniature_rejection_bench_reports_three_modes(tmp_path, fixture_images, tiny_model):
+    from censor.bench import BenchConfig
+    from censor.bench_reject import MODES, markdown_table, run_reject_bench
+    from censor.oracle import load_oracle, load_reference
+    from censor.pool import Pool
+
+    bags = np.where(fixture_images["labels"] == 8)[0][:20]
+    rest = np.where(fixture_images["labels"] != 8)[0][:100]
+    idx = np.concatenate([bags, rest])
+    pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})
+    cfg = BenchConfig(feature="bags", budget=40, method="ensemble", members=2, iterations=3, batch_size=8,
+                      n=8, steps=2, seeds=1, weight=0.5)
+    result = run_reject_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
+                              cache_dir=tmp_path / "cache", folds=2, cap_factor=3, log=lambda *_: None)
+    assert set(result["modes"]) == set(MODES)
+    for mode, m in result["modes"].items():
+        assert m["kept"] <= 8 and m["drawn"] >= m["kept"] and m["n"] == m["kept"]
+        assert m["drawn"] <= 24 and (m["kept"] == 8 or m["capped_seeds"] == 1)
+        if m["n"]:
+            assert m["ci_pct"][0] <= m["malign_pct"] <= m["ci_pct"][1]
+    assert result["modes"]["guide"]["drawn"] == 8
+    saved = json.loads((tmp_path / f"{result['name']}.json").read_text())
+    assert saved["name"].startswith("reject_bags_ensemble") and (tmp_path / f"{result['name']}.png").is_file()
+    assert "guide+reject" in markdown_table(result)
+    from censor.bench_reject import combined_table, normalised_s_per_accepted
+
+    g = result["modes"]["guide"]
+    assert normalised_s_per_accepted(result, "guide") == pytest.approx(g["seconds"] / g["kept"])
+    assert combined_table([result]).count("\n| |") == 3
+    # the unguided draws are kept for the next run
+    assert list((tmp_path / "cache").glob("reject_draws_*.safetensors"))
+
+
+
+def test_strict_toggle_in_the_browser_reports_draws_and_shows_progress(server, browser):
+    """The Censored gallery tab's strict toggle end to end (real app and model; skipped without chromium)."""
+    from test_browser import _label_two_and_train, _set_slider
+
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1200, "height": 1100})
+    page.goto(url)
+    _label_two_and_train(page)
+    page.get_by_role("tab", name="3 · Censored gallery").click()
+    _set_slider(page, "censor-steps", 5)
+    _set_slider(page, "censor-count", 6)
+    _set_slider(page, "censor-strict-p", 0.3)
+    page.locator("#censor-strict input[type=checkbox]").check()
+    page.locator("#censor-btn").click()
+    # Gradio's progress bar, labelled by the studio's progress callback, shows while the gallery is drawn
+    page.wait_for_function("Array.from(document.querySelectorAll('.progress-level, .progress-text'))"
+                           ".some(e => e.innerText.includes('sampling'))", timeout=60_000)
+    page.wait_for_function("document.querySelector('#censor-result').innerText.includes('Strict: drew')",
+                           timeout=120_000)
+    text = page.locator("#censor-result").inner_text()
+    assert "threshold p=0.3" in text and "user threshold" in text, text
+    drawn = int(text.split("Strict: drew ")[1].split(",")[0])
+    dropped = int(text.split("dropped ")[1].split(" ")[0])
+    kept = 6 if "cap of" not in text else int(text.split(" with ")[1].split(" of ")[0])
+    assert drawn - dropped == kept
+    page.wait_for_function(f"document.querySelectorAll('#censored img').length === {kept}", timeout=10_000)
