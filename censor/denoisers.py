@@ -47,7 +47,7 @@ class Conditioning:
         return self.scale != 1
 
 
-def _takes(net: nn.Module) -> str:
+def network_kind(net: nn.Module) -> str:
     """How the network is called: 'dit' (class_labels, tensor timesteps), 'text' or 'plain'."""
     name = type(net).__name__
     if "Transformer" in name or "DiT" in name:
@@ -66,7 +66,7 @@ class Denoiser(nn.Module):
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise CensorError(f"unsupported prediction type {prediction_type!r}")
         self.net = net
-        self.takes = _takes(net)
+        self.takes = network_kind(net)
         if self.takes == "text" and (conditioning is None or conditioning.kind != "text"):
             raise CensorError("this is a text-to-image model: give a prompt")
         self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone(), persistent=False)
@@ -98,12 +98,9 @@ class Denoiser(nn.Module):
             c = cond.cond.expand(n, *cond.cond.shape[1:])
         if c is not None:
             c = c.to(x.device)
-        device_type = x.device.type
-        if self.autocast_dtype is not None:
-            with torch.autocast(device_type, dtype=self.autocast_dtype):
-                out = self._call(x, t, c)
-        else:
-            out = self._call(x, t, c.to(next(self.net.parameters()).dtype) if c is not None and c.is_floating_point() else c)
+        # weights stay fp32 (sources.py, runtime.py); half precision only ever comes from autocast
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self._call(x, t, c)
         out = out.float()[:, : x.shape[1]]  # learned variance: only the first C channels are the prediction
         if cond is not None and cond.uses_cfg:
             u, k = out.chunk(2)
@@ -112,8 +109,7 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t) -> SimpleNamespace:
         t = torch.as_tensor(t, device=x.device).reshape(-1).long().expand(len(x))
-        dtype = self.autocast_dtype if self.autocast_dtype is not None else next(self.net.parameters()).dtype
-        out = self._net_output(x.to(dtype) if self.autocast_dtype is None else x, t)
+        out = self._net_output(x, t)
         if self.prediction_type != "epsilon":
             ab = self.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)
             if self.prediction_type == "v_prediction":
@@ -127,7 +123,7 @@ def make_denoiser(net: nn.Module, scheduler, conditioning: Conditioning | None =
     """The ε interface for ``net``: the network itself when it already is one, else a ``Denoiser``."""
     prediction = scheduler.config.get("prediction_type", "epsilon")
     autocast = getattr(runtime, "autocast_dtype", None)
-    plain = _takes(net) == "plain" and conditioning is None and prediction == "epsilon"
+    plain = network_kind(net) == "plain" and conditioning is None and prediction == "epsilon"
     learned_var = getattr(net.config, "out_channels", None) not in (None, getattr(net.config, "in_channels", None))
     if plain and not learned_var and autocast is None:
         return net

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from .denoisers import Conditioning
+from .denoisers import Conditioning, network_kind
 from .errors import CensorError
 from .models import EMBEDDED_MODEL_DIR, DiffusionModel, load_diffusion
 from .runtime import RuntimeOptions, apply_runtime
@@ -132,7 +132,7 @@ def conditioning_for(pipe, net, prompt: str | None, class_label, guidance_scale:
         raise CensorError(f"this is a class-conditional model ({classes} classes): give a class")
     cid = _class_id(pipe, net, class_label)
     # DiT learns a "null" class (index = number of classes) for classifier-free guidance
-    has_null = "Transformer" in type(net).__name__ or "DiT" in type(net).__name__
+    has_null = network_kind(net) == "dit"
     scale = (4.0 if has_null else 1.0) if guidance_scale is None else float(guidance_scale)
     if scale != 1 and not has_null:
         raise CensorError("this class-conditional model has no null class, so classifier-free guidance is not available")

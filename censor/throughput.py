@@ -20,7 +20,7 @@ from .denoisers import Conditioning
 from .errors import CensorError
 from .guidance import build_guidance
 from .models import DiffusionModel
-from .rewards import RewardEnsemble, build_member
+from .rewards import RewardEnsemble, build_member, reward_shape
 from .sampling import sample, seeds_for
 
 MODES = ("unguided", "time", "universal", "universal+backward", "universal+recurrence")
@@ -65,8 +65,6 @@ ARCHS = ("ddpm-256", "dit-xl-2-256", "sd15-unet")
 
 
 def _reward(kind: str, model: DiffusionModel) -> RewardEnsemble:
-    from .rewards import reward_shape
-
     torch.manual_seed(0)
     member = build_member(kind, model).to(next(model.unet.parameters()).device)
     return RewardEnsemble(kind, [member], reward_shape(kind, model)).eval()
