@@ -219,7 +219,7 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             with gr.Tab("1 · Label"):
                 gr.Markdown(HELP)
                 informative = gr.Checkbox(False, label="show most informative first", elem_id="informative-first",
-                                          info="uncertain, disputed and not-yet-covered images first (issue 8)")
+                                          info="likely-malign, uncertain, disputed and not-yet-covered images first")
                 counts = gr.Markdown(elem_id="counts")
                 grid = gr.HTML({"items": []}, html_template=GRID_TEMPLATE, css_template=GRID_CSS, js_on_load=GRID_JS,
                                elem_id="label-grid")

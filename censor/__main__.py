@@ -165,7 +165,8 @@ def cmd_bench_active(a) -> None:
 
     cfg = ActiveBenchConfig(features=tuple(a.features), strategies=tuple(a.strategies), seeds=a.seeds,
                             budgets=tuple(a.budgets), batch=a.batch, n=a.n, steps=a.steps, weight=a.weight,
-                            candidates=a.candidates)
+                            candidates=a.candidates, iterations=a.iterations,
+                            weights=dict(ActiveBenchConfig().weights, malign=a.malign_weight))
     model = load_diffusion(a.model)
     run_active_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
                      cache_dir=a.cache)
@@ -310,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--steps", type=positive_int, default=25)
     ab.add_argument("--weight", type=float, default=4.0)
     ab.add_argument("--candidates", type=positive_int, default=60, help="imitation: censored images per round")
+    ab.add_argument("--iterations", type=positive_int, default=300, help="reward training iterations per member")
+    ab.add_argument("--malign-weight", type=float, default=1.0,
+                    help="weight of the ranking's likely-malign term (0: uncertainty, disagreement and coverage "
+                         "only, as in the first issue-8 runs)")
     ab.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     ab.add_argument("--out", default="docs/bench/active")
     ab.add_argument("--cache", default="runs/bench_cache")

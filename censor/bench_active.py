@@ -38,7 +38,8 @@ from .active import ActiveWeights, EncoderFeatures, member_probs, rank
 from .bench import GALLERY_SEED, cached_baseline, machine
 from .data import to_uint8
 from .errors import CensorError
-from .evaluate import feature_spec, knn_precision_recall, malign_fraction
+from .evaluate import feature_spec, is_malign, knn_precision_recall, malign_fraction
+from .gallery import grid
 from .guidance import build_guidance
 from .labeller import SimulatedLabeller
 from .reward_training import train_reward
@@ -75,14 +76,16 @@ class ActiveBenchConfig:
             raise CensorError("seeds, batch, n, steps, members, iterations and budgets must be positive")
         if any(b % self.batch for b in self.budgets):
             raise CensorError(f"every budget must be a multiple of the batch ({self.batch})")
-        if self.candidates < self.batch:
-            raise CensorError("candidates must be at least the batch")
+        if self.candidates < self.batch and any(method_for(f) == "imitation" for f in self.features):
+            raise CensorError("candidates (the censored gallery of an imitation round) must be at least the batch")
 
     def cell_settings(self, feature: str) -> dict:
         """What a finished cell must have been run with to be reused."""
         return dict(feature=feature, method=method_for(feature), budgets=list(self.budgets), batch=self.batch, n=self.n,
                     steps=self.steps, members=self.members, weight=self.weight, alpha=self.alpha,
-                    iterations=self.iterations, candidates=self.candidates, weights=dict(self.weights))
+                    iterations=self.iterations, candidates=self.candidates,
+                    # cells run before the likely-malign term existed (weight 0) stay reusable
+                    weights={k: v for k, v in self.weights.items() if not (k == "malign" and v == 0)})
 
 
 def method_for(feature: str) -> str:
@@ -135,8 +138,9 @@ def _evaluate(cfg, ctx, feature, reward) -> dict:
     j = ctx.oracle.judge(censored)
     rate = malign_fraction(j, feature)
     _, r = knn_precision_recall(ctx.real_benign(feature), j.features)
-    return dict(malign=rate.malign, n=rate.n, malign_pct=100 * rate.fraction, ci_pct=[100 * rate.low, 100 * rate.high],
-                recall=r, sample_s=round(seconds, 1), no_reward=reward is None)
+    ev = dict(malign=rate.malign, n=rate.n, malign_pct=100 * rate.fraction, ci_pct=[100 * rate.low, 100 * rate.high],
+              recall=r, confident=float(j.confident.mean()), sample_s=round(seconds, 1), no_reward=reward is None)
+    return ev, censored, is_malign(j, feature)
 
 
 def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, seed: int,
@@ -157,7 +161,9 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
                 points=points, complete=False)
     for budget in range(cfg.batch, cfg.budgets[-1] + 1, cfg.batch):
         t0 = time.time()
-        if method == "ensemble" or budget == cfg.batch:  # from the pool
+        # from the pool: every ensemble batch, and an imitation session's first (or any round
+        # before the labels hold both classes, when there is no reward to censor a gallery with)
+        if method == "ensemble" or budget == cfg.batch or reward is None:
             if strategy == "random":
                 pick = perm[~labelled[perm]][: cfg.batch]
             else:
@@ -184,7 +190,7 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
             reward = _train(cfg, ctx, images, labels, seed, resume=reward if method == "imitation" else None)
             train_s += time.time() - t1
         if budget in cfg.budgets:
-            ev = _evaluate(cfg, ctx, feature, reward)
+            ev, censored, marks = _evaluate(cfg, ctx, feature, reward)
             base_r = cell["baseline"]["recall"]
             points.append(dict(budget=budget, viewed=labeller.viewed, malign_labels=int((labels == 0).sum()),
                                recall_ratio=ev["recall"] / base_r if base_r > 0 else None,
@@ -194,18 +200,41 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
                 f"{int((labels == 0).sum())} malign labels, recall {points[-1]['recall_ratio'] or 0:.2f}x, "
                 f"train {train_s:.0f}s, sampling {ev['sample_s']:.0f}s, select {select_s:.1f}s")
             if save:
-                save(cell)
+                save(cell, censored, marks)
     cell["complete"] = True
     cell["labels_to_target"] = labels_to_target(points)
+    cell["labels_to_target_kept"] = labels_to_target(points, kept=True)
     if save:
         save(cell)
     return cell
 
 
-def labels_to_target(points: list[dict], target: float = TARGET_PCT) -> int | None:
-    """The smallest budget whose censored malign % is ≤ target (None: not reached in the grid)."""
-    hits = [p["budget"] for p in points if p["malign_pct"] <= target]
-    return min(hits) if hits else None
+def save_cell(path: Path, ctx: Context, cell: dict, censored=None, marks=None) -> None:
+    """The cell's JSON, and with a newly judged gallery its grid: five rows of the unguided baseline
+    over five rows of the censored gallery at the latest budget (malign images framed red)."""
+    path.write_text(json.dumps(cell, indent=1))
+    if censored is not None:
+        feature = cell["settings"]["feature"]
+        both = np.concatenate([ctx.baseline[:50], censored[:50]])
+        frames = np.concatenate([is_malign(ctx.judged_baseline, feature)[:50], marks[:50]])
+        grid(both, nrow=10, marks=frames).save(path.with_suffix(".png"))
+
+
+def labels_to_target(points: list[dict], target: float = TARGET_PCT, kept: bool = False) -> int | None:
+    """The smallest budget whose censored malign % is ≤ target (None: not reached in the grid).
+
+    ``kept``: the smallest budget from which *every* later budget of the grid stays ≤ target. With
+    150 judged images one lucky gallery (0 or 1 malign) reaches 1% at a true rate of 2-3%, and a
+    grid of several budgets gives several chances, so the first hit alone flatters the noisier curve.
+    """
+    points = sorted(points, key=lambda p: p["budget"])
+    if not kept:
+        hits = [p["budget"] for p in points if p["malign_pct"] <= target]
+        return min(hits) if hits else None
+    first = None
+    for p in points:
+        first = (first or p["budget"]) if p["malign_pct"] <= target else None
+    return first
 
 
 def cell_path(out: Path, feature: str, strategy: str, seed: int) -> Path:
@@ -233,9 +262,9 @@ def run_active_bench(cfg: ActiveBenchConfig, model, oracle, pool, reference, out
                 log(f"{feature} / {strategy} / seed {seed}")
                 t0 = time.time()
                 cell = run_cell(cfg, ctx, feature, strategy, seed,
-                                save=lambda c, p=path: p.write_text(json.dumps(c, indent=1)))
+                                save=lambda c, *gallery, p=path: save_cell(p, ctx, c, *gallery))
                 cell["wall_s"] = round(time.time() - t0, 1)
-                path.write_text(json.dumps(cell, indent=1))
+                save_cell(path, ctx, cell)
                 log(f"  cell done in {cell['wall_s']:.0f}s; labels to ≤{TARGET_PCT:g}%: {cell['labels_to_target']}")
                 cells.append(cell)
     summarize(out, log=log)
@@ -262,8 +291,10 @@ def summary_table(cells: list[dict]) -> str:
         return "(no cells yet)\n"
     budgets = sorted({p["budget"] for c in cells for p in c["points"]})
     head = ("| feature | strategy | seeds | " + " | ".join(f"malign % at {b}" for b in budgets)
-            + f" | labels to ≤ {TARGET_PCT:g}% per seed | median | malign labels at {', '.join(map(str, budgets))} "
-            f"(median) | recall vs baseline at {budgets[-1]} (median) |\n|" + "---|" * (len(budgets) + 7) + "\n")
+            + f" | labels to ≤ {TARGET_PCT:g}% per seed (first hit) | median | ≤ {TARGET_PCT:g}% reached and kept per seed "
+            f"| median | malign labels at {', '.join(map(str, budgets))} "
+            f"(median) | recall vs baseline at {budgets[-1]} (median) | oracle-confident at {budgets[-1]} (median) |\n|"
+            + "---|" * (len(budgets) + 10) + "\n")
     rows = []
     for (feature, strategy), group in sorted(_group(cells).items(), key=lambda kv: (kv[0][0], STRATEGIES.index(kv[0][1]))):
         group = sorted(group, key=lambda c: c["seed"])
@@ -272,15 +303,18 @@ def summary_table(cells: list[dict]) -> str:
             vals = [p["malign_pct"] for c in group for p in c["points"] if p["budget"] == b]
             cols.append(f"{np.median(vals):.2f} [{min(vals):.2f}–{max(vals):.2f}]" if vals else "–")
         done = [c for c in group if c.get("complete")]
-        per_seed = [labels_to_target(c["points"]) for c in done]
-        text = " / ".join("–" if v is None else str(v) for v in per_seed) or "–"
-        med = _median_labels(per_seed, budgets[-1]) if per_seed else "–"
+        reach = []
+        for kept in (False, True):
+            per_seed = [labels_to_target(c["points"], kept=kept) for c in done]
+            reach += [" / ".join("–" if v is None else str(v) for v in per_seed) or "–",
+                      _median_labels(per_seed, budgets[-1]) if per_seed else "–"]
         mal = [np.median([p["malign_labels"] for c in group for p in c["points"] if p["budget"] == b] or [np.nan])
                for b in budgets]
         rec = [p["recall_ratio"] for c in group for p in c["points"] if p["budget"] == budgets[-1] and p["recall_ratio"]]
+        conf = [p["confident"] for c in group for p in c["points"] if p["budget"] == budgets[-1] and "confident" in p]
         rows.append(f"| {feature} | {strategy} | {len(group)}{'' if len(done) == len(group) else f' ({len(done)} complete)'} | "
-                    + " | ".join(cols) + f" | {text} | {med} | " + " / ".join(f"{m:g}" for m in mal)
-                    + f" | {f'{np.median(rec):.2f}×' if rec else '–'} |")
+                    + " | ".join(cols) + f" | {' | '.join(reach)} | " + " / ".join(f"{m:g}" for m in mal)
+                    + f" | {f'{np.median(rec):.2f}×' if rec else '–'} | {f'{np.median(conf):.2f}' if conf else '–'} |")
     return head + "\n".join(rows) + "\n"
 
 

@@ -6,6 +6,7 @@ import torch
 
 from censor.active import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
 from censor.bench_active import labels_to_target, summary_table
+from censor.errors import CensorError
 from censor.pool import Pool
 from censor.studio import PAGE_SIZE, Studio
 
@@ -33,12 +34,27 @@ def test_uncertainty_weight_alone_picks_the_most_uncertain_first():
     rng = np.random.default_rng(1)
     z = rng.normal(size=(40, 8)).astype(np.float32)
     p = rng.random(40)
-    order = rank(z, np.zeros(40, bool), p[None, :], ActiveWeights(uncertainty=1, disagreement=0, coverage=0))
+    order = rank(z, np.zeros(40, bool), p[None, :], ActiveWeights(uncertainty=1, disagreement=0, coverage=0, malign=0))
     assert list(order) == list(np.argsort(np.abs(2 * p - 1), kind="stable"))
     # disagreement alone: the members that disagree most come first
     probs = np.stack([p, 1 - p])
-    order = rank(z, np.zeros(40, bool), probs, ActiveWeights(uncertainty=0, disagreement=1, coverage=0), k=5)
+    order = rank(z, np.zeros(40, bool), probs, ActiveWeights(uncertainty=0, disagreement=1, coverage=0, malign=0), k=5)
     assert set(order) == set(np.argsort(-np.abs(p - (1 - p)))[:5])
+
+
+def test_likely_malign_term_searches_for_the_rare_class():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(40, 8)).astype(np.float32)
+    probs = rng.random((3, 40))
+    p = np.exp(np.log(probs).mean(0))  # the ensemble's P(benign): geometric mean of its members
+    order = rank(z, np.zeros(40, bool), probs, ActiveWeights(0, 0, 0, malign=1), k=6)
+    assert list(order) == list(np.argsort(p, kind="stable")[:6])
+    confident_malign = np.full((1, 40), 0.5)
+    confident_malign[0, 7] = 0.001  # sure it is malign: not uncertain at all
+    assert rank(z, np.zeros(40, bool), confident_malign, ActiveWeights(1, 0, 0, 0), k=1)[0] != 7
+    assert rank(z, np.zeros(40, bool), confident_malign, ActiveWeights(1, 0, 0, malign=3), k=1)[0] == 7
+    with pytest.raises(CensorError, match=">= 0"):
+        ActiveWeights(malign=-1)
 
 
 def test_coverage_spreads_picks_over_all_clusters():
@@ -48,10 +64,10 @@ def test_coverage_spreads_picks_over_all_clusters():
     assert set(which[first]) == {0, 1, 2}
     # the reward is unsure only inside cluster 0: uncertainty alone would stay there ...
     p = np.where(which == 0, 0.5, 0.99)[None, :]
-    only_u = rank(z, np.zeros(len(z), bool), p, ActiveWeights(1, 0, 0), k=6)
+    only_u = rank(z, np.zeros(len(z), bool), p, ActiveWeights(1, 0, 0, 0), k=6)
     assert set(which[only_u]) == {0}
     # ... the mix still visits every cluster within a page-sized batch
-    mixed = rank(z, np.zeros(len(z), bool), p, ActiveWeights(1, 1, 1), k=6)
+    mixed = rank(z, np.zeros(len(z), bool), p, ActiveWeights(1, 1, 1, 0), k=6)
     assert set(which[mixed]) == {0, 1, 2}
     assert (which[mixed] == 0).sum() >= 2  # and leans to where the reward is unsure
 
@@ -113,12 +129,18 @@ def test_labels_to_target_and_summary():
            for b, m in ((20, 5.0), (40, 0.5), (60, 1.5), (100, 0.0))]
     assert labels_to_target(pts) == 40
     assert labels_to_target(pts[:1]) is None
+    # reached and kept: 40 is a dip (60 is back above 1%), so only from 100 on
+    assert labels_to_target(pts, kept=True) == 100
+    assert labels_to_target(pts[:3], kept=True) is None
+    assert labels_to_target(list(reversed(pts)), kept=True) == 100  # order of the points does not matter
     cells = [dict(settings=dict(feature="bags"), strategy=s, seed=k, complete=True,
                   points=[dict(p, malign_pct=p["malign_pct"] + k) for p in pts]) for s in ("random", "active") for k in (0, 1, 2)]
     table = summary_table(cells)
     assert "| bags | random | 3 |" in table
-    assert "40 / 100 / –" in table  # seed 2: 7, 2.5, 3.5, 2 -> never <= 1
-    assert "| 100 | 2 / 4 / 6 / 10 | 0.90× |" in table  # median over seeds: 40, 100, never -> 100
+    # first hit: seed 0 at 40, seed 1 (6, 1.5, 2.5, 1) at 100, seed 2 (7, 2.5, 3.5, 2) never; median 100
+    assert "| 40 / 100 / – | 100 |" in table
+    # reached and kept: 100 / 100 / never; median 100
+    assert "| 100 / 100 / – | 100 | 2 / 4 / 6 / 10 | 0.90× | – |" in table
 
 
 @pytest.fixture
@@ -173,3 +195,40 @@ def test_studio_ranks_the_gallery_sent_back_for_labelling(studio):
     page = studio.first_page_of_round(sid, rnd)
     assert page == 1  # right after the viewed first page: the newest round is ranked first
     assert {it["id"] for it in studio.page(sid, page)} >= {it["item"] for it in items}
+
+
+@pytest.mark.parametrize("feature", ["bags", "not-footwear"])
+def test_miniature_active_bench_counts_views_and_resumes(tmp_path, fixture_images, tiny_model, feature):
+    """Both strategies label exactly the budget, every budget is judged, and a rerun reuses finished cells."""
+    import json
+
+    from censor.bench_active import ActiveBenchConfig, run_active_bench
+    from censor.oracle import load_oracle, load_reference
+
+    idx = np.concatenate([np.where(fixture_images["labels"] == 8)[0][:20], np.where(fixture_images["labels"] != 8)[0][:100]])
+    pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})
+    cfg = ActiveBenchConfig(features=(feature,), seeds=1, budgets=(5, 10), batch=5, n=8, steps=2, members=2,
+                            iterations=3, candidates=6, weights=dict(ActiveBenchConfig().weights, malign=1.0))
+    log: list[str] = []
+    cells = run_active_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
+                             cache_dir=tmp_path / "cache", log=log.append)
+    assert [c["strategy"] for c in cells] == ["random", "active"]
+    for c in cells:
+        assert c["complete"] and c["settings"]["weights"]["malign"] == 1.0
+        assert [p["budget"] for p in c["points"]] == [5, 10] == [p["viewed"] for p in c["points"]]
+        assert all(p["n"] == 8 and p["ci_pct"][0] <= p["malign_pct"] <= p["ci_pct"][1] for p in c["points"])
+        assert all(0 <= p["confident"] <= 1 for p in c["points"])
+        saved = json.loads((tmp_path / f"{feature}_{c['strategy']}_s0.json").read_text())
+        assert saved["points"] == c["points"]
+        from PIL import Image
+
+        with Image.open(tmp_path / f"{feature}_{c['strategy']}_s0.png") as im:  # 5 + 5 rows over the 8 images
+            assert im.size[0] > im.size[1] > 0
+    assert (tmp_path / "summary.md").read_text().count(f"| {feature} |") == 2
+    log.clear()
+    again = run_active_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
+                             cache_dir=tmp_path / "cache", log=log.append)
+    assert sum("done, skipped" in line for line in log) == 2 and again == json.loads(json.dumps(cells))
+    # cells from before the likely-malign term (weight 0) keep their settings key, so they stay reusable
+    old = ActiveBenchConfig(weights=dict(ActiveBenchConfig().weights, malign=0.0))
+    assert "malign" not in old.cell_settings("bags")["weights"]
