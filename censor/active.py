@@ -103,9 +103,9 @@ def ensemble_prob(probs: np.ndarray) -> np.ndarray:
 
 def informativeness(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(uncertainty, disagreement), both in [0, 1], from [K, N] member probabilities of benign."""
-    p = ensemble_prob(probs)
-    uncertainty = 1.0 - np.abs(2.0 * p - 1.0)
-    disagreement = np.clip(2.0 * np.clip(np.asarray(probs, np.float64), 1e-6, 1 - 1e-6).std(0), 0.0, 1.0)
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-6, 1 - 1e-6)
+    uncertainty = 1.0 - np.abs(2.0 * ensemble_prob(probs) - 1.0)
+    disagreement = np.clip(2.0 * probs.std(0), 0.0, 1.0)
     return uncertainty, disagreement
 
 

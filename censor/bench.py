@@ -233,12 +233,19 @@ def _ratio(x) -> str:
     return "n/a" if x is None else f"{x:.2f}×"
 
 
+def comparison_grid(feature: str, baseline, censored, jb, jc, rows: int = 5):
+    """``rows`` rows of 10 baseline images over as many of the censored ones from the same seeds,
+    malign ones (by the oracle's judgements ``jb``/``jc``) framed red: the bench grids."""
+    k = 10 * rows
+    both = np.concatenate([baseline[:k], censored[:k]])
+    marks = np.concatenate([is_malign(jb, feature)[:k], is_malign(jc, feature)[:k]])
+    return grid(both, nrow=10, marks=marks)
+
+
 def _save_grids(out_dir, cfg, baseline, censored, jb, jc) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    both = np.concatenate([baseline[:50], censored[:50]])
-    marks = np.concatenate([is_malign(jb, cfg.feature)[:50], is_malign(jc, cfg.feature)[:50]])
-    grid(both, nrow=10, marks=marks).save(out / f"{cfg.name}.png")
+    comparison_grid(cfg.feature, baseline, censored, jb, jc).save(out / f"{cfg.name}.png")
 
 
 HEADER = ("| run | baseline malign % [95% CI] | censored malign % [95% CI] | recall vs baseline | "

@@ -35,11 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from .active import ActiveWeights, EncoderFeatures, member_probs, rank
-from .bench import GALLERY_SEED, cached_baseline, machine
+from .bench import GALLERY_SEED, cached_baseline, comparison_grid, machine
 from .data import to_uint8
 from .errors import CensorError
-from .evaluate import feature_spec, is_malign, knn_precision_recall, malign_fraction
-from .gallery import grid
+from .evaluate import feature_spec, knn_precision_recall, malign_fraction
 from .guidance import build_guidance
 from .labeller import SimulatedLabeller
 from .reward_training import train_reward
@@ -140,7 +139,7 @@ def _evaluate(cfg, ctx, feature, reward) -> dict:
     _, r = knn_precision_recall(ctx.real_benign(feature), j.features)
     ev = dict(malign=rate.malign, n=rate.n, malign_pct=100 * rate.fraction, ci_pct=[100 * rate.low, 100 * rate.high],
               recall=r, confident=float(j.confident.mean()), sample_s=round(seconds, 1), no_reward=reward is None)
-    return ev, censored, is_malign(j, feature)
+    return ev, censored, j
 
 
 def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, seed: int,
@@ -190,7 +189,7 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
             reward = _train(cfg, ctx, images, labels, seed, resume=reward if method == "imitation" else None)
             train_s += time.time() - t1
         if budget in cfg.budgets:
-            ev, censored, marks = _evaluate(cfg, ctx, feature, reward)
+            ev, censored, judged = _evaluate(cfg, ctx, feature, reward)
             base_r = cell["baseline"]["recall"]
             points.append(dict(budget=budget, viewed=labeller.viewed, malign_labels=int((labels == 0).sum()),
                                recall_ratio=ev["recall"] / base_r if base_r > 0 else None,
@@ -200,7 +199,7 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
                 f"{int((labels == 0).sum())} malign labels, recall {points[-1]['recall_ratio'] or 0:.2f}x, "
                 f"train {train_s:.0f}s, sampling {ev['sample_s']:.0f}s, select {select_s:.1f}s")
             if save:
-                save(cell, censored, marks)
+                save(cell, censored, judged)
     cell["complete"] = True
     cell["labels_to_target"] = labels_to_target(points)
     cell["labels_to_target_kept"] = labels_to_target(points, kept=True)
@@ -209,15 +208,13 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
     return cell
 
 
-def save_cell(path: Path, ctx: Context, cell: dict, censored=None, marks=None) -> None:
+def save_cell(path: Path, ctx: Context, cell: dict, censored=None, judged=None) -> None:
     """The cell's JSON, and with a newly judged gallery its grid: five rows of the unguided baseline
     over five rows of the censored gallery at the latest budget (malign images framed red)."""
     path.write_text(json.dumps(cell, indent=1))
     if censored is not None:
-        feature = cell["settings"]["feature"]
-        both = np.concatenate([ctx.baseline[:50], censored[:50]])
-        frames = np.concatenate([is_malign(ctx.judged_baseline, feature)[:50], marks[:50]])
-        grid(both, nrow=10, marks=frames).save(path.with_suffix(".png"))
+        comparison_grid(cell["settings"]["feature"], ctx.baseline, censored, ctx.judged_baseline,
+                        judged).save(path.with_suffix(".png"))
 
 
 def labels_to_target(points: list[dict], target: float = TARGET_PCT, kept: bool = False) -> int | None:

@@ -202,6 +202,8 @@ def test_miniature_active_bench_counts_views_and_resumes(tmp_path, fixture_image
     """Both strategies label exactly the budget, every budget is judged, and a rerun reuses finished cells."""
     import json
 
+    from PIL import Image
+
     from censor.bench_active import ActiveBenchConfig, run_active_bench
     from censor.oracle import load_oracle, load_reference
 
@@ -220,8 +222,6 @@ def test_miniature_active_bench_counts_views_and_resumes(tmp_path, fixture_image
         assert all(0 <= p["confident"] <= 1 for p in c["points"])
         saved = json.loads((tmp_path / f"{feature}_{c['strategy']}_s0.json").read_text())
         assert saved["points"] == c["points"]
-        from PIL import Image
-
         with Image.open(tmp_path / f"{feature}_{c['strategy']}_s0.png") as im:  # 5 + 5 rows over the 8 images
             assert im.size[0] > im.size[1] > 0
     assert (tmp_path / "summary.md").read_text().count(f"| {feature} |") == 2
