@@ -11,7 +11,9 @@ import os
 import gradio as gr
 import numpy as np
 
+from censor.defaults import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, REWARD_KIND, STEPS
 from censor.errors import CensorError
+from censor.fidelity import DRIFT_MESSAGE
 from censor.evaluate import load_features
 from censor.sources import options_from_env
 from censor.studio import LIMITS, PAGE_SIZE, Studio, display
@@ -119,16 +121,21 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                    if acc is not None else " (Too few labels for a held-out check.)"))
 
     def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, source,
-                  strict=False, strict_p=0.0, progress=gr.Progress()):
+                  strict=False, strict_p=0.0, auto=False, progress=gr.Progress()):
         try:
             tuned = None if source == "base model" else (source, adapted_model(studio, sid, source))
             r = studio.censored_gallery(sid, guidance, weight, backward, recurrence, steps, int(seed), int(count),
                                         None if feature == "(none)" else feature,
                                         progress=lambda f: progress(f, desc="sampling"), tuned=tuned,
-                                        strict=bool(strict), strict_p=float(strict_p) if strict_p else None)
+                                        strict=bool(strict), strict_p=float(strict_p) if strict_p else None,
+                                        auto=bool(auto))
         except CensorError as e:
             raise gr.Error(str(e))
         lines = [f"Censored side drawn from the {source}" + (" adapter." if tuned else ".")]
+        if r["settings"].get("auto"):
+            a = r["settings"]["auto"]
+            lines.append(f"Automatic strength: ω = {a['weight']:g} ({a['reason']}).")
+        lines.extend(drift_lines(r.get("drift")))
         if r.get("strict"):
             lines.append(f"Strict: {r['strict']['summary']}, {r['strict']['source']} threshold.")
         if r["reward_malign"]:
@@ -139,6 +146,18 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         if r["fallbacks"]:
             lines.append(f"⚠ {r['fallbacks']} image-steps fell back to unguided (the weight is too large).")
         return display(r["baseline"]), display(r["censored"]), "\n\n".join(lines), r
+
+    def drift_lines(drift):
+        """The oracle-free fidelity figure and, when it is beyond chance, the plain warning."""
+        if not drift:
+            return []
+        c, b = drift["censored"], drift["baseline"]
+        out = [f"Fidelity (no oracle): drift of the censored gallery from the baseline reweighted by the reward "
+               f"{c['tv']:.2f} (baseline itself {b['tv']:.2f}; chance alone reaches {c['chance']:.2f} with "
+               f"{c['n']} images)."]
+        if c["drifted"]:
+            out.append("⚠ " + DRIFT_MESSAGE[0].upper() + DRIFT_MESSAGE[1:] + ".")
+        return out
 
     def on_compare(sid, feature, methods, budget, seeds_, n_, progress=gr.Progress()):
         try:
@@ -230,21 +249,25 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             with gr.Tab("2 · Train"):
                 suggestion = gr.Markdown()
                 method = gr.Radio(["ensemble", "imitation", "single"], value="ensemble", label="method")
-                kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value="ddpm-encoder", label="reward")
+                kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value=REWARD_KIND, label="reward")
                 with gr.Row():
-                    members = gr.Slider(*LIMITS["members"], value=5, step=1, label="ensemble size K", elem_id="members")
-                    iterations = gr.Slider(*LIMITS["iterations"], value=300, step=10, label="iterations", elem_id="iterations")
-                    alpha = gr.Slider(*LIMITS["alpha"], value=0.1, step=0.01, label="α (benign class weight)")
+                    members = gr.Slider(*LIMITS["members"], value=MEMBERS, step=1, label="ensemble size K", elem_id="members")
+                    iterations = gr.Slider(*LIMITS["iterations"], value=ITERATIONS, step=10, label="iterations",
+                                           elem_id="iterations")
+                    alpha = gr.Slider(*LIMITS["alpha"], value=ALPHA, step=0.01, label="α (benign class weight)")
                 train_btn = gr.Button("Train reward", variant="primary", elem_id="train-btn")
                 train_out = gr.Markdown(elem_id="train-result")
             with gr.Tab("3 · Censored gallery"):
                 with gr.Row():
-                    guidance = gr.Radio(["time", "universal"], value="time", label="guidance")
-                    weight = gr.Slider(*LIMITS["weight"], value=4.0, step=0.1, label="weight ω")
+                    guidance = gr.Radio(["time", "universal"], value=DEFAULT_GUIDANCE.kind, label="guidance")
+                    auto = gr.Checkbox(True, label="automatic strength", elem_id="censor-auto",
+                                       info="picks ω on a small probe: strongest push that does not drift")
+                    weight = gr.Slider(*LIMITS["weight"], value=DEFAULT_GUIDANCE.weight, step=0.1,
+                                       label="weight ω (used when automatic strength is off)")
                     backward = gr.Slider(*LIMITS["backward"], value=0, step=1, label="backward steps")
                     recurrence = gr.Slider(*LIMITS["recurrence"], value=0, step=1, label="recurrence")
                 with gr.Row():
-                    steps = gr.Slider(*LIMITS["steps"], value=30, step=1, label="steps", elem_id="censor-steps")
+                    steps = gr.Slider(*LIMITS["steps"], value=STEPS, step=1, label="steps", elem_id="censor-steps")
                     seed = gr.Number(0, precision=0, label="seed")
                     count = gr.Slider(*LIMITS["count"], value=32, step=1, label="images", elem_id="censor-count")
                     feature = gr.Dropdown(features, value="(none)", label="oracle feature (if known)")
@@ -319,7 +342,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         prev_btn.click(lambda s, p: turn(s, p, -1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
         train_btn.click(on_train, inputs=[sid, method, kind, members, iterations, alpha], outputs=train_out)
         censor_btn.click(on_censor, inputs=[sid, guidance, weight, backward, recurrence, steps, seed, count, feature,
-                                            source, strict, strict_p], outputs=[base_gallery, cens_gallery, censor_out, last])
+                                            source, strict, strict_p, auto],
+                         outputs=[base_gallery, cens_gallery, censor_out, last])
         # its own queue slot: a comparison takes minutes and must not hold up labelling or galleries
         cmp_run = cmp_btn.click(on_compare, inputs=[sid, cmp_feature, cmp_methods, cmp_budget, cmp_seeds, cmp_n],
                                 outputs=[cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1)

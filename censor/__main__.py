@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_model_args, dispatch, positive_int
+from .cli import add_guidance_args, add_model_args, dispatch, guidance_from_args, positive_int
 from .errors import CensorError
 from .data import DEFAULT_DATA_DIR
+from .defaults import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
 from .models import EMBEDDED_MODEL_DIR
 
 
@@ -23,7 +24,6 @@ def cmd_sample(a) -> None:
     from .cli import model_from_args
     from .data import to_uint8
     from .gallery import save_grid
-    from .guidance import build_guidance
     from .rewards import load_reward
     from .sampling import sample, seeds_for
 
@@ -34,7 +34,10 @@ def cmd_sample(a) -> None:
     guidance = None
     if a.reward:
         reward = load_reward(a.reward, model)
-        guidance = build_guidance(reward, a.guidance, a.weight, a.backward_steps, recurrence=a.recurrence)
+        settings = guidance_from_args(a)
+        if not reward.time_dependent and settings.kind in ("time", "particles"):
+            raise CensorError(f"a {reward.kind} reward scores clean images: use --guidance universal or manifold")
+        guidance = settings.build(reward)
     t0 = time.time()
     images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,
                              show_bar=True, guidance=guidance))
@@ -93,11 +96,13 @@ def cmd_bench(a) -> None:
     from .oracle import load_oracle, load_reference
     from .pool import load_pool
 
-    cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, guidance=a.guidance, reward=a.reward,
-                      members=a.members, weight=a.weight, alpha=a.alpha, iterations=a.iterations,
-                      backward_steps=a.backward_steps, backward_lr=a.backward_lr, recurrence=a.recurrence,
-                      window=tuple(a.window), every=a.every, rounds=a.rounds, n=a.n, steps=a.steps, seeds=a.seeds,
-                      flip_rate=a.flip_rate, init=a.init)
+    g = guidance_from_args(a)
+    cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, guidance=g.kind, reward=a.reward,
+                      members=a.members, weight=g.weight, alpha=a.alpha, iterations=a.iterations,
+                      backward_steps=g.backward_steps, backward_lr=g.backward_lr, recurrence=g.recurrence,
+                      window=g.window, every=g.every, combine=g.combine, threshold=g.threshold, spread=g.spread,
+                      max_ratio=g.max_ratio, particles=g.particles, rounds=a.rounds, n=a.n, steps=a.steps,
+                      seeds=a.seeds, flip_rate=a.flip_rate, init=a.init, auto=a.auto)
     model = load_diffusion(a.model)
     result = run_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
                        cache_dir=a.cache)
@@ -117,8 +122,8 @@ def cmd_bench_timing(a) -> None:
     reward, _, _ = collect_labels_and_train(cfg, model, load_oracle(), load_pool(model_dir=a.model), seed=0)
     if reward is None:
         raise CensorError(f"the {a.budget} viewed images hold one class only; raise --budget")
-    result = time_guidance(model, reward, n=a.n, steps=a.steps, reps=a.reps, weight=a.weight,
-                           everies=tuple(a.every))
+    result = time_guidance(model, reward, n=a.n, steps=a.steps, reps=a.reps,
+                           settings=guidance_from_args(a).with_(every=1), everies=tuple(a.every_list))
     result["feature"] = a.feature
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
@@ -206,10 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
     s.add_argument("--nrow", type=positive_int, default=None)
     s.add_argument("--reward", default=None, help="a saved reward folder: sample censored with it")
-    s.add_argument("--guidance", default="universal", choices=["time", "universal"])
-    s.add_argument("--weight", type=float, default=4.0)
-    s.add_argument("--backward-steps", type=int, default=0)
-    s.add_argument("--recurrence", type=int, default=0)
+    add_guidance_args(s)
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("evaluate-model", help="judge a diffusion model with the oracle (quality bar)")
@@ -233,18 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--feature", default="watermark")
     b.add_argument("--budget", type=positive_int, default=100, help="images the labeller views per round")
     b.add_argument("--method", default="ensemble", choices=["single", "union", "ensemble", "imitation"])
-    b.add_argument("--guidance", default="time", choices=["time", "universal"])
     b.add_argument("--reward", default=None, choices=["ddpm-encoder", "half-unet", "resnet18"])
-    b.add_argument("--members", type=positive_int, default=5)
-    b.add_argument("--weight", type=float, default=1.0)
-    b.add_argument("--alpha", type=float, default=0.1)
-    b.add_argument("--iterations", type=positive_int, default=300)
-    b.add_argument("--backward-steps", type=int, default=0)
-    b.add_argument("--backward-lr", type=float, default=0.01)
-    b.add_argument("--recurrence", type=int, default=0)
-    b.add_argument("--window", type=int, nargs=2, default=[0, 999], metavar=("START", "END"))
-    b.add_argument("--every", type=positive_int, default=1,
-                   help="time guidance: fresh reward gradient every k-th step, reused in between")
+    b.add_argument("--members", type=positive_int, default=MEMBERS)
+    b.add_argument("--alpha", type=float, default=ALPHA)
+    b.add_argument("--iterations", type=positive_int, default=ITERATIONS)
+    add_guidance_args(b)
+    b.add_argument("--auto", action="store_true", help="automatic strength per reward (the studio's default), from --weight up")
     b.add_argument("--rounds", type=positive_int, default=3, help="imitation rounds")
     b.add_argument("--n", type=positive_int, default=1000,
                    help="censored images in total, split evenly over the labelling seeds; the baseline has n")
@@ -275,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=positive_int, default=64)
     g.add_argument("--steps", type=positive_int, default=25)
     g.add_argument("--reps", type=positive_int, default=5)
-    g.add_argument("--weight", type=float, default=4.0)
-    g.add_argument("--every", type=positive_int, nargs="+", default=[1, 2, 4])
+    g.add_argument("--every-list", type=positive_int, nargs="+", default=[1, 2, 4],
+                   help="time guidance: also time the gradient reused every k-th step")
+    add_guidance_args(g)
     g.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     g.add_argument("--json", default=None)
     g.set_defaults(fn=cmd_bench_timing)
@@ -300,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench_reject import add_parser as add_reject_parser  # rejection vs guidance (bench_reject.py)
 
     add_reject_parser(sub)
+    from .sweep import add_parser as add_sweep_parser  # every feature, one set of settings (sweep.py)
+
+    add_sweep_parser(sub)
 
     ab = sub.add_parser("bench-active", help="active vs random labelling: labels needed to reach <= 1%% malign")
     ab.add_argument("--features", nargs="+", default=["bags", "watermark", "not-footwear"])
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--batch", type=positive_int, default=20, help="labels added between rankings")
     ab.add_argument("--n", type=positive_int, default=300, help="censored images judged per budget")
     ab.add_argument("--steps", type=positive_int, default=25)
-    ab.add_argument("--weight", type=float, default=4.0)
+    ab.add_argument("--weight", type=float, default=DEFAULT_GUIDANCE.weight, help="ω of the default guidance (censor/defaults.py)")
     ab.add_argument("--candidates", type=positive_int, default=60, help="imitation: censored images per round")
     ab.add_argument("--iterations", type=positive_int, default=300, help="reward training iterations per member")
     ab.add_argument("--malign-weight", type=float, default=1.0,

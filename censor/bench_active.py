@@ -18,7 +18,9 @@ draw every batch from the 1,000-image pool. Malign-dominant ones (``imitation``)
 from the pool, and every later batch from a censored gallery of ``candidates`` images guided by the
 current reward (an imitation round of ``batch`` labels, training resumed): ``random`` labels the
 first ``batch`` of that gallery, ``active`` the ``batch`` it ranks highest. Only the labelled images
-count as viewed. The oracle judges galleries and drives the simulated labeller, nothing else.
+count as viewed. The oracle judges galleries (through the benchmarks' shared ``evaluate.GalleryJudge``:
+malign %, tv against the baseline's benign class histogram with its floor, recall, confident) and
+drives the simulated labeller, nothing else.
 
 Each cell's JSON goes to ``out/`` after every budget, and a finished cell is skipped on a rerun with
 the same settings, so the run is resumable; ``--summary`` rebuilds the table (``summary.md``) and the plot
@@ -35,11 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from .active import ActiveWeights, EncoderFeatures, member_probs, rank
-from .bench import GALLERY_SEED, cached_baseline, comparison_grid, machine
+from .bench import FLOOR_SEED, GALLERY_SEED, cached_baseline, comparison_grid, machine
 from .data import to_uint8
 from .errors import CensorError
-from .evaluate import feature_spec, knn_precision_recall, malign_fraction
-from .guidance import build_guidance
+from .evaluate import GalleryJudge, feature_spec
+from .defaults import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
 from .labeller import SimulatedLabeller
 from .reward_training import train_reward
 from .rewards import model_fingerprint
@@ -58,10 +60,10 @@ class ActiveBenchConfig:
     batch: int = 20
     n: int = 300
     steps: int = 25
-    members: int = 5
-    weight: float = 4.0
-    alpha: float = 0.1
-    iterations: int = 300
+    members: int = MEMBERS
+    weight: float = DEFAULT_GUIDANCE.weight
+    alpha: float = ALPHA
+    iterations: int = ITERATIONS
     candidates: int = 60  # imitation: censored gallery per round, of which `batch` are labelled
     weights: dict = field(default_factory=lambda: asdict(ActiveWeights()))
 
@@ -101,22 +103,24 @@ class Context:
         log(f"pool encoder features: {len(pool)} images in {time.time() - t0:.1f}s")
         self.gallery_seeds = seeds_for(cfg.n, GALLERY_SEED)
         self.baseline = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
+        self.second = cached_baseline(model, cfg.n, cfg.steps, cache_dir, seed=FLOOR_SEED)  # the tv floor
         self.judged_baseline = oracle.judge(self.baseline)
-        self._real = {}
+        # wall-time reference for time_ratio: unguided sampling of the gallery seeds, measured here
+        timing_n = min(cfg.n, 100)
+        t0 = time.time()
+        sample(model, self.gallery_seeds[:timing_n], steps=cfg.steps)
+        self.unguided_s = (time.time() - t0) * cfg.n / timing_n
+        self._judges = {}
 
-    def real_benign(self, feature: str) -> np.ndarray:
-        if feature not in self._real:
-            spec, ref = feature_spec(feature), self.reference
-            benign = ~ref["test_watermark"].astype(bool) if spec["rule"] == "watermark" else \
-                ~np.isin(ref["test_labels"], spec["malign_classes"])
-            self._real[feature] = ref["test_features"][benign][: self.cfg.n]
-        return self._real[feature]
+    def judge(self, feature: str) -> GalleryJudge:
+        """The shared judge of ``feature``'s galleries (recall against its first n real benign test images)."""
+        if feature not in self._judges:
+            self._judges[feature] = GalleryJudge(self.oracle, feature, self.reference, self.baseline, self.second,
+                                                 n_real=self.cfg.n)
+        return self._judges[feature]
 
     def baseline_row(self, feature: str) -> dict:
-        rate = malign_fraction(self.judged_baseline, feature)
-        _, r = knn_precision_recall(self.real_benign(feature), self.judged_baseline.features)
-        return dict(malign=rate.malign, n=rate.n, malign_pct=100 * rate.fraction,
-                    ci_pct=[100 * rate.low, 100 * rate.high], recall=r)
+        return dict(self.judge(feature).baseline_row(), unguided_s=round(self.unguided_s, 2))
 
 
 def _train(cfg, ctx, images, labels, seed, resume=None):
@@ -131,14 +135,16 @@ def _evaluate(cfg, ctx, feature, reward) -> dict:
     if reward is None:
         censored = ctx.baseline
     else:
-        guidance = build_guidance(reward, "time", cfg.weight)
+        guidance = DEFAULT_GUIDANCE.with_(weight=cfg.weight).build(reward)
         censored = to_uint8(sample(ctx.model, ctx.gallery_seeds, steps=cfg.steps, guidance=guidance))
     seconds = time.time() - t0
     j = ctx.oracle.judge(censored)
-    rate = malign_fraction(j, feature)
-    _, r = knn_precision_recall(ctx.real_benign(feature), j.features)
-    ev = dict(malign=rate.malign, n=rate.n, malign_pct=100 * rate.fraction, ci_pct=[100 * rate.low, 100 * rate.high],
-              recall=r, confident=float(j.confident.mean()), sample_s=round(seconds, 1), no_reward=reward is None)
+    judge = ctx.judge(feature)
+    ev = judge(censored, j)
+    ev["class_recall_ratio"] = {str(c): v for c, v in ev["class_recall_ratio"].items()}  # as the cell's JSON keeps them
+    # no reward: the gallery *is* the unguided baseline, so it costs what unguided sampling costs
+    ratio = 1.0 if reward is None else (seconds / ctx.unguided_s if ctx.unguided_s > 0 else None)
+    ev.update(tv_floor=judge.floor, sample_s=round(seconds, 1), time_ratio=ratio, no_reward=reward is None)
     return ev, censored, j
 
 
@@ -155,7 +161,8 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
     images = np.zeros((0, *pool.images.shape[1:]), np.uint8)
     labels = np.zeros(0, np.int64)
     reward, points, select_s, train_s = None, [], 0.0, 0.0
-    cell = dict(settings=cfg.cell_settings(feature), strategy=strategy, seed=seed, machine=machine(),
+    cell = dict(settings=cfg.cell_settings(feature), feature=feature, dominance=feature_spec(feature)["dominance"],
+                strategy=strategy, seed=seed, machine=machine(),
                 model_fingerprint=model_fingerprint(ctx.model.unet), baseline=ctx.baseline_row(feature),
                 points=points, complete=False)
     for budget in range(cfg.batch, cfg.budgets[-1] + 1, cfg.batch):
@@ -172,7 +179,7 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
             new = pool.images[pick]
         else:  # imitation round: a censored gallery from the current reward, `batch` of it labelled
             gallery = to_uint8(sample(ctx.model, seeds_for(cfg.candidates, 20_000 + 100 * seed + budget),
-                                      steps=cfg.steps, guidance=build_guidance(reward, "time", cfg.weight)))
+                                      steps=cfg.steps, guidance=DEFAULT_GUIDANCE.with_(weight=cfg.weight).build(reward)))
             if strategy == "random":
                 new = gallery[: cfg.batch]
             else:
@@ -190,12 +197,12 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
             train_s += time.time() - t1
         if budget in cfg.budgets:
             ev, censored, judged = _evaluate(cfg, ctx, feature, reward)
-            base_r = cell["baseline"]["recall"]
             points.append(dict(budget=budget, viewed=labeller.viewed, malign_labels=int((labels == 0).sum()),
-                               recall_ratio=ev["recall"] / base_r if base_r > 0 else None,
+                               recall_ratio=ev.pop("recall_ratio"),
                                train_s=round(train_s, 1), select_s=round(select_s, 2), **ev))
             log(f"  {feature} {strategy} seed {seed} budget {budget}: {ev['malign_pct']:.2f}% "
-                f"[{ev['ci_pct'][0]:.2f}, {ev['ci_pct'][1]:.2f}] ({ev['malign']}/{ev['n']}), "
+                f"[{ev['ci_pct'][0]:.2f}, {ev['ci_pct'][1]:.2f}] ({ev['malign']}/{ev['n']}), tv {ev['tv']:.3f} "
+                f"(floor {ev['tv_floor']:.3f}), "
                 f"{int((labels == 0).sum())} malign labels, recall {points[-1]['recall_ratio'] or 0:.2f}x, "
                 f"train {train_s:.0f}s, sampling {ev['sample_s']:.0f}s, select {select_s:.1f}s")
             if save:
@@ -288,10 +295,11 @@ def summary_table(cells: list[dict]) -> str:
         return "(no cells yet)\n"
     budgets = sorted({p["budget"] for c in cells for p in c["points"]})
     head = ("| feature | strategy | seeds | " + " | ".join(f"malign % at {b}" for b in budgets)
+            + f" | tv (floor) at {budgets[-1]} (median)"
             + f" | labels to ≤ {TARGET_PCT:g}% per seed (first hit) | median | ≤ {TARGET_PCT:g}% reached and kept per seed "
             f"| median | malign labels at {', '.join(map(str, budgets))} "
             f"(median) | recall vs baseline at {budgets[-1]} (median) | oracle-confident at {budgets[-1]} (median) |\n|"
-            + "---|" * (len(budgets) + 10) + "\n")
+            + "---|" * (len(budgets) + 11) + "\n")
     rows = []
     for (feature, strategy), group in sorted(_group(cells).items(), key=lambda kv: (kv[0][0], STRATEGIES.index(kv[0][1]))):
         group = sorted(group, key=lambda c: c["seed"])
@@ -299,6 +307,7 @@ def summary_table(cells: list[dict]) -> str:
         for b in budgets:
             vals = [p["malign_pct"] for c in group for p in c["points"] if p["budget"] == b]
             cols.append(f"{np.median(vals):.2f} [{min(vals):.2f}–{max(vals):.2f}]" if vals else "–")
+        cols.append(_tv_cell(group, budgets[-1]))
         done = [c for c in group if c.get("complete")]
         reach = []
         for kept in (False, True):
@@ -313,6 +322,17 @@ def summary_table(cells: list[dict]) -> str:
                     + " | ".join(cols) + f" | {' | '.join(reach)} | " + " / ".join(f"{m:g}" for m in mal)
                     + f" | {f'{np.median(rec):.2f}×' if rec else '–'} | {f'{np.median(conf):.2f}' if conf else '–'} |")
     return head + "\n".join(rows) + "\n"
+
+
+def _tv_cell(group: list[dict], budget: int) -> str:
+    """Median tv over seeds at ``budget`` with the baseline's floor; "n/a" for cells saved before tv."""
+    tvs = [p["tv"] for c in group for p in c["points"] if p["budget"] == budget and p.get("tv") is not None]
+    if not tvs:
+        return "n/a"
+    floors = [c.get("baseline", {}).get("tv_floor") for c in group]
+    floors += [p.get("tv_floor") for c in group for p in c["points"]]
+    floors = [f for f in floors if f is not None]
+    return f"{np.median(tvs):.3f}" + (f" ({floors[0]:.3f})" if floors else "")
 
 
 def _median_labels(per_seed: list, top: int) -> str:

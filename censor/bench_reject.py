@@ -13,7 +13,10 @@ so imitation works as in ``bench``), and its threshold is cross-fitted on the sa
 Unguided draws do not depend on the reward, so they are sampled once per model and steps, kept in
 the cache folder and shared by seeds and features; every draw is charged the sampling time it took
 when it was made (for the cached baseline prefix: this run's measured unguided time per image), so
-"seconds per accepted image" counts sampling and scoring of every drawn image. The oracle only judges.
+"seconds per accepted image" counts sampling and scoring of every drawn image. The oracle only judges,
+through the benchmarks' shared ``evaluate.GalleryJudge``: malign % (Wilson), tv of the kept images'
+class histogram against the baseline's benign one (its floor from a second unguided gallery, ``FLOOR_SEED``),
+recall against the real benign test images and the oracle-confident fraction.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench import GALLERY_SEED, BenchConfig, cached_baseline, collect_labels_and_train, machine, make_guidance
+from .bench import (FLOOR_SEED, GALLERY_SEED, BenchConfig, cached_baseline, collect_labels_and_train, machine,
+                    make_guidance)
 from .cli import positive_int
 from .data import to_uint8
 from .errors import CensorError
-from .evaluate import feature_spec, is_malign, knn_precision_recall, malign_fraction, wilson_interval
+from .evaluate import GalleryJudge, class_histogram, feature_spec, is_malign, pooled_rate
 from .gallery import grid
 from .rejection import DEFAULT_CAP_FACTOR, DEFAULT_FOLDS, DEFAULT_RECALL, heldout_threshold, reject_sample
 from .rewards import model_fingerprint
@@ -82,14 +86,27 @@ def _unguided_store(model, steps, baseline_all, unguided_rate, cache_dir) -> tup
     return DrawStore(model, steps, None, baseline_all.copy(), np.full(len(baseline_all), unguided_rate)), path
 
 
-def _judge(oracle, feature, images, real, base_r):
+KNN_K = 3  # k of the shared k-NN recall (evaluate.knn_precision_recall): it needs more than k images
+
+
+def _judge(judge: GalleryJudge, judge_all: GalleryJudge, images):
+    """One mode's kept images through the shared judge (recall on the per-seed baseline, tv against the
+    whole baseline, as in ``bench``). Adapter for what a rejection mode can keep and a plain gallery
+    cannot: nothing at all, or too few images for k-NN recall (then only counts, tv and confidence)."""
     if len(images) == 0:
-        return dict(malign=0, n=0, recall=None, recall_ratio=None, confident=None), None
-    j = oracle.judge(images)
-    rate = malign_fraction(j, feature)
-    _, r = knn_precision_recall(real, j.features)
-    return dict(malign=rate.malign, n=rate.n, recall=r, recall_ratio=r / base_r if base_r > 0 else None,
-                confident=float(j.confident.mean())), j
+        return dict(malign=0, n=0, recall=None, recall_ratio=None, confident=None, tv=None, class_shares=None), None
+    j = judge.oracle.judge(images)
+    if len(images) > KNN_K:
+        row = judge(images, j)
+    else:
+        bad = is_malign(j, judge.feature)
+        row = dict(pooled_rate(int(bad.sum()), len(bad)), precision=None, recall=None, recall_ratio=None,
+                   class_recall_ratio={}, confident=float(j.confident.mean()),
+                   class_shares=[round(float(x), 4) for x in class_histogram(j)],
+                   watermark_share=float(j.watermarked.mean()))
+    row["tv"] = judge_all.tv(j)
+    row["class_recall_ratio"] = {str(c): v for c, v in row["class_recall_ratio"].items()}  # as JSON keeps them
+    return row, j
 
 
 def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir=None, cache_dir=None,
@@ -98,20 +115,20 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
     per_seed = -(-cfg.n // cfg.seeds)
     gallery_seeds = seeds_for(per_seed, GALLERY_SEED)
     baseline_all = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
+    second = cached_baseline(model, cfg.n, cfg.steps, cache_dir, seed=FLOOR_SEED)  # the tv floor
     baseline = baseline_all[:per_seed]
     timing_n = min(per_seed, 100)
     t0 = time.perf_counter()
     sample(model, gallery_seeds[:timing_n], steps=cfg.steps)
     unguided_rate = (time.perf_counter() - t0) / timing_n
     unguided, store_path = _unguided_store(model, cfg.steps, baseline_all, unguided_rate, cache_dir)
-    spec = feature_spec(cfg.feature)
-    benign_real = ~reference["test_watermark"].astype(bool) if spec["rule"] == "watermark" else \
-        ~np.isin(reference["test_labels"], spec["malign_classes"])
-    real = reference["test_features"][benign_real][:per_seed]
-    jb_all, jb = oracle.judge(baseline_all), oracle.judge(baseline)
-    base_rate = malign_fraction(jb_all, cfg.feature)
-    _, base_r = knn_precision_recall(real, jb.features)
-    log(f"baseline {base_rate}, recall {base_r:.3f} on {per_seed}; unguided {unguided_rate:.3f} s/image")
+    judge_all = GalleryJudge(oracle, cfg.feature, reference, baseline_all, second, n_real=per_seed)
+    judge = GalleryJudge(oracle, cfg.feature, reference, baseline, n_real=per_seed)  # recall on the same n
+    jb = judge.base
+    base = judge_all.baseline_row()
+    base.update(precision=judge.base_precision, recall=judge.base_recall, s_per_image=unguided_rate)
+    log(f"baseline {judge_all.base_rate}, recall {judge.base_recall:.3f} on {per_seed}, tv floor "
+        f"{judge_all.floor:.3f}; unguided {unguided_rate:.3f} s/image")
     cap = math.ceil(cap_factor * per_seed)
     runs = []
     for seed in range(cfg.seeds):
@@ -148,9 +165,12 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
         kept_images = {"reject": rj.images, "guide": guided_imgs, "guide+reject": gr.images}
         judged = {}
         for mode in MODES:
-            m, judged[mode] = _judge(oracle, cfg.feature, kept_images[mode], real, base_r)
+            m, judged[mode] = _judge(judge, judge_all, kept_images[mode])
             run["modes"][mode].update(m)
-            log(f"    {mode:13s} malign {m['malign']}/{m['n']}  recall {m['recall_ratio'] or float('nan'):.2f}x  "
+            run["modes"][mode]["time_ratio"] = (run["modes"][mode]["s_per_accepted"] / unguided_rate
+                                                if unguided_rate > 0 else None)
+            log(f"    {mode:13s} malign {m['malign']}/{m['n']}  tv {_f(m['tv'], '{:.3f}')}  "
+                f"recall {m['recall_ratio'] or float('nan'):.2f}x  "
                 f"drawn {run['modes'][mode]['drawn']}  {run['modes'][mode]['s_per_accepted']:.3f} s/accepted")
         runs.append(run)
         if seed == 0 and out_dir is not None:
@@ -158,12 +178,11 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
     if store_path is not None:
         unguided.save(store_path)
     result = dict(kind="reject-bench", name=_name(cfg, threshold, cap_factor), config=dict(vars(cfg)),
+                  feature=cfg.feature, dominance=feature_spec(cfg.feature)["dominance"],
                   reject=dict(threshold=threshold, recall=recall, folds=folds, cap_factor=cap_factor, cap_per_seed=cap),
                   machine=machine(), model_fingerprint=model_fingerprint(model.unet),
-                  baseline=dict(malign_pct=100 * base_rate.fraction, ci_pct=[100 * base_rate.low, 100 * base_rate.high],
-                                n=base_rate.n, recall=base_r, confident=float(jb_all.confident.mean()),
-                                s_per_image=unguided_rate),
-                  modes={mode: _pool(runs, mode) for mode in MODES}, runs=runs)
+                  baseline=base, modes={mode: _pool(runs, mode, judge_all, unguided_rate) for mode in MODES},
+                  runs=runs)
     result["config"]["window"] = list(cfg.window)
     if out_dir is not None:
         out = Path(out_dir)
@@ -173,23 +192,28 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
     return result
 
 
-def _pool(runs, mode) -> dict:
+def _pool(runs, mode, judge_all: GalleryJudge, unguided_rate: float) -> dict:
+    """One mode over the labelling seeds: the shared judge's pooling (Wilson counts, tv of the pooled
+    histogram and its floor) over the seeds that kept images, plus the draw and time accounting."""
     rows = [r["modes"][mode] for r in runs]
-    k, n = sum(r["malign"] for r in rows), sum(r["n"] for r in rows)
-    lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
-    ratios = [r["recall_ratio"] for r in rows if r["recall_ratio"] is not None]
-    conf = [r["confident"] for r in rows if r["confident"] is not None]
+    judged = [r for r in rows if r["n"]]
+    if judged:
+        out = judge_all.pool(judged)
+    else:  # no seed kept an image: nothing to judge (the Wilson interval of 0/0 is all of [0, 100])
+        out = dict(malign=0, n=0, malign_pct=None, ci_pct=[0.0, 100.0], tv=None, tv_floor=judge_all.floor,
+                   recall_ratio=None, confident=None)
     seconds = sum(r["charged_sampling_s"] + r.get("scoring_s", 0.0) for r in rows)
     kept = sum(r["kept"] for r in rows)
-    return dict(malign_pct=100 * k / n if n else None, ci_pct=[100 * lo, 100 * hi], n=n, malign=k,
-                recall_ratio=float(np.mean(ratios)) if ratios else None, confident=float(np.mean(conf)) if conf else None,
-                drawn=sum(r["drawn"] for r in rows), dropped=sum(r["dropped"] for r in rows),
-                sampled=sum(r["sampled"] for r in rows), kept=kept, requested=sum(r.get("requested", r["kept"]) for r in rows),
-                capped_seeds=sum(bool(r["capped"]) for r in rows),
-                s_per_accepted=seconds / kept if kept else None, seconds=round(seconds, 1),
-                reward_train_s=float(np.median([r["reward_train_s"] for r in runs])),
-                threshold_s=float(np.median([r["threshold"]["seconds"] for r in runs])),
-                thresholds=[round(r["threshold"]["threshold"], 4) for r in runs])
+    s_per_accepted = seconds / kept if kept else None
+    out.update(drawn=sum(r["drawn"] for r in rows), dropped=sum(r["dropped"] for r in rows),
+               sampled=sum(r["sampled"] for r in rows), kept=kept, requested=sum(r.get("requested", r["kept"]) for r in rows),
+               capped_seeds=sum(bool(r["capped"]) for r in rows),
+               s_per_accepted=s_per_accepted, seconds=round(seconds, 1),
+               time_ratio=s_per_accepted / unguided_rate if s_per_accepted is not None and unguided_rate > 0 else None,
+               reward_train_s=float(np.median([r["reward_train_s"] for r in runs])),
+               threshold_s=float(np.median([r["threshold"]["seconds"] for r in runs])),
+               thresholds=[round(r["threshold"]["threshold"], 4) for r in runs])
+    return out
 
 
 def _name(cfg: BenchConfig, threshold, cap_factor) -> str:
@@ -220,19 +244,31 @@ def _f(x, fmt="{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
+def _tv(m: dict, b: dict) -> str:
+    """``tv (floor)`` of a mode; "n/a" for rows saved before tv was measured (or with nothing kept)."""
+    if m.get("tv") is None:
+        return "n/a"
+    floor = m.get("tv_floor", b.get("tv_floor"))
+    return f"{m['tv']:.3f}" + ("" if floor is None else f" ({floor:.3f})")
+
+
+def _floor(b: dict) -> str:
+    return "–" if b.get("tv_floor") is None else f"– ({b['tv_floor']:.3f})"
+
+
 def markdown_table(result: dict, link: str | None = None) -> str:
     b = result["baseline"]
     name = f"[{result['name']}]({link}/{result['name']}.png)" if link else result["name"]
     lines = [f"**{result['config']['feature']}** ({name}; {result['machine']}):", "",
-             "| mode | malign % [95% CI] | recall vs baseline | confident | drawn / kept (draws per kept) | dropped | "
-             "capped seeds | s per accepted image | thresholds p |",
-             "|---|---|---|---|---|---|---|---|---|",
+             "| mode | malign % [95% CI] | tv (floor) | recall vs baseline | confident | drawn / kept (draws per kept) | "
+             "dropped | capped seeds | s per accepted image | thresholds p |",
+             "|---|---|---|---|---|---|---|---|---|---|",
              f"| baseline (unguided) | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] (n={b['n']}) | "
-             f"1.00× | {b['confident']:.2f} | – | – | – | {b['s_per_image']:.3f} | – |"]
+             f"{_floor(b)} | 1.00× | {b['confident']:.2f} | – | – | – | {b['s_per_image']:.3f} | – |"]
     for mode, m in result["modes"].items():
         ci = (f"{_f(m['malign_pct'])} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})"
               if m["n"] else "– (none kept)")
-        lines.append(f"| {mode} | {ci} | {_f(m['recall_ratio'], '{:.2f}×')} | {_f(m['confident'])} | "
+        lines.append(f"| {mode} | {ci} | {_tv(m, b)} | {_f(m['recall_ratio'], '{:.2f}×')} | {_f(m['confident'])} | "
                      f"{m['drawn']} / {m['kept']} ({_per_kept(m)}) | {m['dropped']} | "
                      f"{m['capped_seeds']} | {_f(m['s_per_accepted'], '{:.3f}')} | "
                      f"{' / '.join(f'{t:.3f}' for t in m['thresholds']) if mode != 'guide' else '–'} |")
@@ -245,16 +281,17 @@ def markdown_table(result: dict, link: str | None = None) -> str:
 # ---- command line -----------------------------------------------------------------------------
 def add_parser(sub) -> None:
     """``python -m censor bench-reject``: registered by censor/__main__.py."""
+    from .defaults import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
     from .models import EMBEDDED_MODEL_DIR
 
     r = sub.add_parser("bench-reject", help="rejection vs guidance vs guidance + rejection on the same reward")
     r.add_argument("--feature", default="bags")
     r.add_argument("--budget", type=positive_int, default=100)
     r.add_argument("--method", default="ensemble", choices=["single", "union", "ensemble", "imitation"])
-    r.add_argument("--members", type=positive_int, default=5)
-    r.add_argument("--weight", type=float, default=4.0)
-    r.add_argument("--alpha", type=float, default=0.1)
-    r.add_argument("--iterations", type=positive_int, default=300)
+    r.add_argument("--members", type=positive_int, default=MEMBERS)
+    r.add_argument("--weight", type=float, default=DEFAULT_GUIDANCE.weight, help="ω of the default guidance (defaults.py)")
+    r.add_argument("--alpha", type=float, default=ALPHA)
+    r.add_argument("--iterations", type=positive_int, default=ITERATIONS)
     r.add_argument("--every", type=positive_int, default=1)
     r.add_argument("--rounds", type=positive_int, default=3, help="imitation rounds")
     r.add_argument("--n", type=positive_int, default=1000, help="gallery images in total over the labelling seeds")
@@ -305,18 +342,20 @@ def normalised_s_per_accepted(result: dict, mode: str) -> float | None:
 
 def combined_table(results: list[dict], link: str = "bench") -> str:
     """One table over features: the three modes next to the unguided baseline (docs/benchmarks.md)."""
-    lines = ["| feature (labelling seeds × images) | mode | malign % [95% CI] | recall vs baseline | confident | "
-             "drawn / kept (per kept) | capped seeds | s per accepted image, measured | at the run's per-image rates |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| feature (labelling seeds × images) | mode | malign % [95% CI] | tv (floor) | recall vs baseline | "
+             "confident | drawn / kept (per kept) | capped seeds | s per accepted image, measured | "
+             "at the run's per-image rates |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         b, c = r["baseline"], r["config"]
         feat = f"[{c['feature']}]({link}/{r['name']}.png) ({c['seeds']} × {-(-c['n'] // c['seeds'])})"
         lines.append(f"| {feat} | baseline | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] "
-                     f"(n={b['n']}) | 1.00× | {b['confident']:.2f} | – | – | {b['s_per_image']:.3f} | {b['s_per_image']:.3f} |")
+                     f"(n={b['n']}) | {_floor(b)} | 1.00× | {b['confident']:.2f} | – | – | {b['s_per_image']:.3f} | "
+                     f"{b['s_per_image']:.3f} |")
         for mode, m in r["modes"].items():
             ci = (f"{m['malign_pct']:.2f} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})" if m["n"]
                   else "– (none kept)")
-            lines.append(f"| | {mode} | {ci} | {_f(m['recall_ratio'], '{:.2f}×')} | {_f(m['confident'])} | "
+            lines.append(f"| | {mode} | {ci} | {_tv(m, b)} | {_f(m['recall_ratio'], '{:.2f}×')} | {_f(m['confident'])} | "
                          f"{m['drawn']} / {m['kept']} ({_per_kept(m)}) | {m['capped_seeds']} | "
                          f"{_f(m['s_per_accepted'], '{:.3f}')} | {_f(normalised_s_per_accepted(r, mode), '{:.3f}')} |")
     return "\n".join(lines) + "\n"

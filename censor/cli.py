@@ -36,6 +36,41 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "embedded") -> Non
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser (pays on long GPU runs)")
 
 
+def _optional_float(value: str):
+    return None if value.lower() in ("none", "off") else float(value)
+
+
+def add_guidance_args(p: argparse.ArgumentParser) -> None:
+    """Every guidance knob, defaulting to ``defaults.DEFAULT_GUIDANCE`` (the one definition)."""
+    from .defaults import DEFAULT_GUIDANCE as D
+    from .guidance import COMBINES, GUIDANCE_KINDS
+
+    g = p.add_argument_group("guidance (defaults: censor/defaults.py)")
+    g.add_argument("--guidance", default=D.kind, choices=GUIDANCE_KINDS)
+    g.add_argument("--weight", type=float, default=D.weight, help="ω on the members' combination")
+    g.add_argument("--combine", default=D.combine, choices=COMBINES, help="how the members' log P(benign) combine")
+    g.add_argument("--threshold", type=_optional_float, default=D.threshold,
+                   help="hinge τ in (0, 1]: no push for images the reward scores above τ ('none': off)")
+    g.add_argument("--spread", type=float, default=D.spread, help="λ of --combine mean-std")
+    g.add_argument("--max-ratio", type=_optional_float, default=D.max_ratio,
+                   help="cap on |guidance shift| / |ε| per image ('none': off)")
+    g.add_argument("--backward-steps", type=int, default=D.backward_steps)
+    g.add_argument("--backward-lr", type=float, default=D.backward_lr)
+    g.add_argument("--recurrence", type=int, default=D.recurrence)
+    g.add_argument("--window", type=int, nargs=2, default=list(D.window), metavar=("START", "END"))
+    g.add_argument("--every", type=positive_int, default=D.every,
+                   help="time guidance: fresh reward gradient every k-th step, reused in between")
+    g.add_argument("--particles", type=positive_int, default=D.particles, help="--guidance particles: P per image")
+
+
+def guidance_from_args(a):
+    """The ``GuidanceSettings`` of ``add_guidance_args``' options."""
+    from .defaults import GuidanceSettings
+
+    return GuidanceSettings(a.guidance, a.weight, a.combine, a.threshold, a.spread, a.max_ratio, a.backward_steps,
+                            a.backward_lr, a.recurrence, tuple(a.window), a.every, a.particles)
+
+
 def runtime_from_args(a):
     """The ``RuntimeOptions`` of ``add_model_args``' GPU switches."""
     from .runtime import RuntimeOptions

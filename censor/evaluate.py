@@ -147,3 +147,140 @@ def quality_report(oracle: Oracle, images, reference_features: np.ndarray | None
 
 def as_dict(rate: MalignRate) -> dict:
     return asdict(rate)
+
+
+# ---- fidelity: does censoring leave the benign part of the distribution as it was? ----------------
+# The target is p_censor ∝ p_data·r: with a good reward, every benign kind of image keeps its
+# baseline share. Malign % alone cannot see a gallery that reached 0% by collapsing onto one benign
+# mode, so every benchmark row carries these beside it (one implementation, used by every bench).
+
+NUM_CLASSES = 10
+
+
+def real_benign(reference: dict, feature: str) -> np.ndarray:
+    """Boolean mask of the real test images that do not show ``feature`` (their true labels, not the oracle's)."""
+    spec = feature_spec(feature)
+    if spec["rule"] == "watermark":
+        return ~reference["test_watermark"].astype(bool)
+    return ~np.isin(reference["test_labels"], spec["malign_classes"])
+
+
+def class_histogram(judgement: Judgement, keep: np.ndarray | None = None) -> np.ndarray:
+    """Share of each oracle class among the (kept) images; all zeros when nothing is kept."""
+    classes = judgement.classes if keep is None else judgement.classes[keep]
+    counts = np.bincount(classes, minlength=NUM_CLASSES).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def tv_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Total variation ½·Σ|p − q| between two histograms (0: identical, 1: disjoint)."""
+    return 0.5 * float(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)).sum())
+
+
+def benign_tv(reference_judgement: Judgement, censored: Judgement, feature: str) -> float:
+    """tv between the censored gallery's class histogram and the reference gallery's histogram
+    restricted to its benign images and renormalised: what a perfect censor of the reference gives."""
+    target = class_histogram(reference_judgement, ~is_malign(reference_judgement, feature))
+    return tv_distance(class_histogram(censored), target)
+
+
+def tv_floor(baseline: Judgement, second: Judgement, feature: str) -> float:
+    """The sampling floor of ``benign_tv``: two unguided galleries from disjoint seeds, both
+    restricted to their benign images (an ideal censor of one against the other's target)."""
+    return tv_distance(class_histogram(second, ~is_malign(second, feature)),
+                       class_histogram(baseline, ~is_malign(baseline, feature)))
+
+
+def per_class_recall(real: np.ndarray, real_classes: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[int, float]:
+    """k-NN recall of each real class separately: which kinds of image a gallery stopped covering."""
+    radii = _knn_radii(fake, k)
+    return {int(c): float(_covered(real[real_classes == c], fake, radii).mean())
+            for c in np.unique(real_classes)}
+
+
+def pooled_rate(malign: int, n: int) -> dict:
+    """Malign % with its Wilson interval, as every bench JSON stores it."""
+    lo, hi = wilson_interval(malign, n)
+    return dict(malign=int(malign), n=int(n), malign_pct=100 * malign / n, ci_pct=[100 * lo, 100 * hi])
+
+
+class GalleryJudge:
+    """Judges censored galleries against one baseline, the same way in every benchmark.
+
+    Holds the oracle's view of the baseline (and of a second unguided gallery from disjoint seeds
+    for the tv floor) and the real benign test images for recall, so a bench only hands it images.
+    """
+
+    def __init__(self, oracle: Oracle, feature: str, reference: dict, baseline: np.ndarray,
+                 second: np.ndarray | None = None, n_real: int | None = None):
+        self.oracle, self.feature = oracle, feature
+        mask = real_benign(reference, feature)
+        n_real = n_real or len(baseline)
+        self.real = reference["test_features"][mask][:n_real]
+        self.real_classes = reference["test_labels"][mask][:n_real]
+        self.base = oracle.judge(baseline)
+        self.base_rate = malign_fraction(self.base, feature)
+        self.base_precision, self.base_recall = knn_precision_recall(self.real, self.base.features)
+        self.base_class_recall = per_class_recall(self.real, self.real_classes, self.base.features)
+        self.floor = None if second is None else tv_floor(self.base, oracle.judge(second), feature)
+
+    def baseline_row(self) -> dict:
+        r = self.base_rate
+        return dict(pooled_rate(r.malign, r.n), precision=self.base_precision, recall=self.base_recall,
+                    confident=float(self.base.confident.mean()), tv_floor=self.floor,
+                    class_shares=_rounded(class_histogram(self.base)),
+                    watermark_share=float(self.base.watermarked.mean()))
+
+    def tv(self, judgement: Judgement) -> float:
+        return benign_tv(self.base, judgement, self.feature)
+
+    def pool(self, runs: list[dict]) -> dict:
+        """The censored block of a bench JSON: ``pool_runs`` plus tv of the pooled histogram and its floor."""
+        out = pool_runs(runs)
+        out.update(tv=pooled_tv(out["class_shares"], self.base, self.feature), tv_floor=self.floor)
+        return out
+
+    def __call__(self, images: np.ndarray, judgement: Judgement | None = None) -> dict:
+        """One censored gallery judged: malign count, tv, recall (overall, per class), confident, shares."""
+        j = judgement if judgement is not None else self.oracle.judge(images)
+        bad = is_malign(j, self.feature)
+        p, r = knn_precision_recall(self.real, j.features)
+        cls = per_class_recall(self.real, self.real_classes, j.features)
+        return dict(
+            pooled_rate(int(bad.sum()), len(bad)), precision=p, recall=r,
+            recall_ratio=r / self.base_recall if self.base_recall > 0 else None,
+            class_recall_ratio={c: (v / self.base_class_recall[c] if self.base_class_recall.get(c) else None)
+                                for c, v in cls.items()},
+            tv=self.tv(j), confident=float(j.confident.mean()),
+            class_shares=_rounded(class_histogram(j)), watermark_share=float(j.watermarked.mean()),
+        )
+
+
+def pool_runs(runs: list[dict]) -> dict:
+    """The censored block of a bench JSON from its per-seed judgements: counts pooled (Wilson),
+    tv on the pooled histogram, the rest as means."""
+    k, n = sum(r["malign"] for r in runs), sum(r["n"] for r in runs)
+    shares = np.sum([np.asarray(r["class_shares"]) * r["n"] for r in runs], axis=0) / n
+    out = dict(pooled_rate(k, n),
+               tv_seeds=[r["tv"] for r in runs],
+               recall_ratio=_mean_or_none(r.get("recall_ratio") for r in runs),
+               confident=float(np.mean([r["confident"] for r in runs])),
+               class_shares=_rounded(shares),
+               watermark_share=float(np.sum([r["watermark_share"] * r["n"] for r in runs]) / n))
+    classes = sorted({c for r in runs for c in r.get("class_recall_ratio", {})})
+    out["class_recall_ratio"] = {c: _mean_or_none(r["class_recall_ratio"].get(c) for r in runs) for c in classes}
+    return out
+
+
+def pooled_tv(censored_shares, baseline: Judgement, feature: str) -> float:
+    """tv of a pooled censored class histogram against the baseline's benign histogram."""
+    return tv_distance(censored_shares, class_histogram(baseline, ~is_malign(baseline, feature)))
+
+
+def _mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _rounded(shares) -> list[float]:
+    return [round(float(s), 4) for s in shares]

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import to_model_range, to_uint8
+from .defaults import ALPHA, ITERATIONS, MEMBERS
 from .errors import CensorError
 from .reward_training import train_reward
 from .rewards import clean_input
@@ -85,8 +86,8 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.n
     return [np.array(sorted(f), dtype=int) for f in out]
 
 
-def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, members: int = 5,
-                      alpha: float = 0.1, iterations: int = 300, folds: int = DEFAULT_FOLDS,
+def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, members: int = MEMBERS,
+                      alpha: float = ALPHA, iterations: int = ITERATIONS, folds: int = DEFAULT_FOLDS,
                       recall: float = DEFAULT_RECALL, seed: int = 0,
                       progress: Callable[[float], None] | None = None) -> dict:
     """Cross-fitted threshold: out-of-fold P(benign) of every labelled image, the threshold from the

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import to_model_range
+from .defaults import ALPHA, ITERATIONS, MEMBERS
 from .errors import CensorError
 from .rewards import (REWARD_KINDS, TIME_DEPENDENT, RewardEnsemble, build_member, model_fingerprint, reward_shape,
                       unet_taps)
@@ -102,9 +103,9 @@ def train_reward(
     labels: np.ndarray,
     kind: str = "ddpm-encoder",
     diffusion=None,
-    members: int = 5,
-    alpha: float = 0.1,
-    iterations: int = 300,
+    members: int = MEMBERS,
+    alpha: float = ALPHA,
+    iterations: int = ITERATIONS,
     batch_size: int = 64,
     lr: float = 3e-4,
     weight_decay: float = 0.05,

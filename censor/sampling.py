@@ -80,14 +80,20 @@ def sample(
     done = 0
     alphas = model.scheduler.alphas_cumprod.to(device)
     one = torch.tensor(1.0, device=device)
+    smc = guidance.particles if guidance is not None else None
+    P = smc.particles if smc is not None else 1
     for chunk in batches:
         sched = make_scheduler(model, method, steps)
-        x = initial_noise(chunk, model.sample_shape).to(device)
+        starts = particle_seeds(chunk, P)
+        x = initial_noise(starts, model.sample_shape).to(device)
+        origin = torch.arange(len(x))  # SMC: which starting particle each row descends from
         gen = torch.Generator().manual_seed(int(chunk[0]) + 7919)
         # DDIM clamps x̂0 to [-1, 1] (clip_sample); recompute ε from the clamped x̂0 too, or a
         # guided ε whose x̂0 overshoots pushes x_t the opposite way (measured: darker, not brighter)
         kwargs = {"eta": eta, "use_clipped_model_output": True} if method == "ddim" else {}
         stride = model.scheduler.config.num_train_timesteps // steps  # diffusers' own prev-t rule
+        log_w = torch.zeros(len(x), dtype=torch.float64)  # SMC: log importance weight of each particle
+        last_phi = torch.zeros(len(x), dtype=torch.float64)
         for t in (int(t) for t in sched.timesteps):
             active = guidance is not None and guidance.active(t)
             ab = alphas[t]
@@ -95,7 +101,16 @@ def sample(
             for r in range(1 + (guidance.recurrence if active else 0)):
                 if r > 0:  # recurrence: back to x_t through the forward kernel, then redo the step
                     x = renoise(x_prev, ab, ab_prev, gen)
-                if active:
+                if smc is not None:  # twist by r(x_t, t), resample the groups whose weights degenerated
+                    phi, eps = smc.potential_and_eps(StepContext(denoiser, x, t, ab, None))
+                    phi = phi.double().cpu()
+                    log_w += phi - last_phi
+                    last_phi = phi
+                    keep = smc.reweight(log_w, gen, guidance.stats)
+                    if keep is not None:
+                        x, eps, last_phi = x[keep.to(device)], eps[keep.to(device)], last_phi[keep]
+                        origin = origin[keep]
+                elif active:
                     eps = None if guidance.computes_eps else denoiser(x, t).sample
                     eps = guidance(StepContext(denoiser, x, t, ab, eps, decode=model.decode,
                                                latent=model.is_latent))
@@ -107,9 +122,23 @@ def sample(
             bar.update(1)
             if progress is not None:
                 progress(done / total)
+        if smc is not None:  # the final weight r_0(x_0) / r_1(x_1), then one particle per image
+            log_w += smc.final_potential(x).double().cpu() - last_phi
+            pick = smc.choose(log_w, gen)
+            x = x[pick.to(device)]
+            guidance.stats.setdefault("particle_seeds", []).extend(starts[int(i)] for i in origin[pick])
         out.append(model.decode(x).clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(out)
+
+
+PARTICLE_SEED_STRIDE = 1_000_000_007  # particle j > 0 of an image seeded s starts from s + j·stride
+
+
+def particle_seeds(seeds: Sequence[int], particles: int) -> list[int]:
+    """The starting seeds of ``particles`` particles per image, grouped by image; particle 0 is the
+    image's own seed, so one particle is the plain sampler."""
+    return [int(s) + j * PARTICLE_SEED_STRIDE for s in seeds for j in range(particles)]
 
 
 def seeds_for(n: int, seed: int) -> list[int]:

@@ -21,7 +21,8 @@ from PIL import Image
 from .data import to_model_range, to_uint8
 from .errors import CensorError
 from .evaluate import load_features, malign_fraction
-from .guidance import Guidance, build_guidance
+from .defaults import DEFAULT_GUIDANCE, GuidanceSettings
+from .guidance import COMBINES, Guidance
 from .models import EMBEDDED_MODEL_DIR, DiffusionModel
 from .reward_training import train_reward
 from .bundles import sha256
@@ -81,6 +82,47 @@ def conditioning_info(model: DiffusionModel) -> dict | None:
     """The prompt or class (and CFG scale) a gallery was sampled with: part of what reproduces it."""
     c = model.conditioning
     return None if c is None else dict(kind=c.kind, label=c.label, scale=c.scale)
+
+
+def guidance_settings_dict(g: GuidanceSettings) -> dict:
+    """A bundle's guidance settings: every field of ``GuidanceSettings`` under the manifest's names."""
+    d = g.as_dict()
+    d["guidance"], d["backward"] = d.pop("kind"), d.pop("backward_steps")
+    return d
+
+
+def guidance_from_settings(settings: dict) -> GuidanceSettings:
+    """The inverse of ``guidance_settings_dict``; fields an older bundle lacks keep their old meaning
+    (``defaults.LEGACY``: the sum over members, no hinge), so it reproduces as it was made."""
+    d = {k: v for k, v in settings.items() if k not in ("guidance", "backward")}
+    return GuidanceSettings.from_dict(dict(d, kind=settings["guidance"], backward_steps=settings["backward"]))
+
+
+def _number(settings: dict, name: str, lo: float, hi: float, optional: bool = False, whole: bool = False):
+    v = settings.get(name)
+    if v is None and optional:
+        return
+    ok = not isinstance(v, bool) and isinstance(v, int if whole else (int, float)) and lo <= v <= hi
+    if not ok:
+        raise CensorError(f"manifest.json: {name} must be {'a whole number ' if whole else ''}between {lo} and {hi}"
+                          f"{' or null' if optional else ''}, got {v!r}")
+
+
+def check_guidance_extras(settings: dict) -> None:
+    """The bounds of the guidance fields beyond the UI's sliders, for an uploaded manifest."""
+    _number(settings, "backward_lr", 0, 1) if "backward_lr" in settings else None
+    if "combine" in settings and settings["combine"] not in COMBINES:
+        raise CensorError(f"manifest.json: combine must be one of {', '.join(COMBINES)}")
+    for name, lo, hi, opt, whole in (("threshold", 1e-6, 1, True, False), ("spread", 0, 10, False, False),
+                                     ("max_ratio", 1e-6, 10, True, False), ("every", 1, 10, False, True),
+                                     ("particles", 1, 16, False, True)):
+        if name in settings:
+            _number(settings, name, lo, hi, opt, whole)
+    if "window" in settings:
+        w = settings["window"]
+        if (not isinstance(w, list) or len(w) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in w)
+                or not 0 <= w[0] <= w[1] <= 999):
+            raise CensorError(f"manifest.json: window must be two ordered whole numbers in [0, 999], got {w!r}")
 
 
 class Studio:
@@ -239,8 +281,11 @@ class Studio:
                          steps: int, seed: int, count: int, feature: str | None = None,
                          progress: Callable[[float], None] | None = None,
                          tuned: tuple[str, DiffusionModel] | None = None, strict: bool = False,
-                         strict_p: float | None = None) -> dict:
-        """Baseline and censored galleries from the same seeds.
+                         strict_p: float | None = None, auto: bool = False) -> dict:
+        """Baseline and censored galleries from the same seeds, with the oracle-free drift figure.
+
+        ``auto``: pick ω with ``strength.auto_strength`` (a probe ladder on the session's reward)
+        instead of ``weight``; the other guidance settings are the defaults (defaults.py).
 
         ``tuned`` = (name, model): draw the censored side from a fine-tuned model instead (an RLHF
         or D3PO adapter), guided by the session's reward when ω > 0, unguided when ω = 0.
@@ -262,12 +307,23 @@ class Studio:
         if reward is not None and guidance == "time" and not TIME_DEPENDENT[reward.kind]:
             guidance = "universal"  # a clean-image reward can only guide through x̂0
         seeds = seeds_for(count, seed)
-        settings = dict(guidance=guidance, weight=weight, backward=backward, backward_lr=0.01, recurrence=recurrence,
-                        steps=steps, seed=seed, count=count, method="ddim", eta=0.0,
-                        adapter=tuned[0] if tuned else None)
+        base_settings = DEFAULT_GUIDANCE.with_(kind=guidance, backward_steps=backward, recurrence=recurrence)
+        drift_ready = reward is not None and self._drift_available()
+        chosen = None
+        if auto and reward is not None:
+            from .strength import auto_strength
+
+            chosen = auto_strength(tuned[1] if tuned else self.model, reward, self.drift_meter,
+                                   self._pool_weights(sid, reward), base_settings.with_(weight=DEFAULT_GUIDANCE.weight),
+                                   progress=(lambda f: progress(0.3 * f)) if progress else None)
+            weight = float(chosen.weight)
+        settings = dict(guidance_settings_dict(base_settings.with_(weight=weight)), steps=steps, seed=seed,
+                        count=count, method="ddim", eta=0.0, adapter=tuned[0] if tuned else None,
+                        auto=chosen.as_dict() if chosen else None)
         g = self._guidance(reward, settings) if reward is not None and weight > 0 else None
-        half = (lambda f: progress(0.5 * f)) if progress else None
-        rest = (lambda f: progress(0.5 + 0.5 * f)) if progress else None
+        start = 0.3 if chosen else 0.0
+        half = (lambda f: progress(start + (0.5 - start / 2) * f)) if progress else None
+        rest = (lambda f: progress(0.5 + start / 2 + (0.5 - start / 2) * f)) if progress else None
         base = to_uint8(sample(self.model, seeds, steps=steps, progress=half))
         strict_info, cens_seeds = None, seeds
         if strict:  # the censored side keeps only images the reward passes: its seeds are the kept ones
@@ -284,8 +340,13 @@ class Studio:
                                                    torch.zeros(len(imgs), dtype=torch.long))
                                 < 0.5).float().mean())
                    for name, imgs in (("baseline", base), ("censored", cens))}
+        drift = None
+        if drift_ready:  # the oracle-free fidelity figure (fidelity.py): both sides against the pool weighted by r
+            weights = self._pool_weights(sid, reward)
+            drift = {name: self.drift_meter.measure(imgs, weights).as_dict()
+                     for name, imgs in (("baseline", base), ("censored", cens))}
         result = dict(baseline=base, censored=cens, seeds=cens_seeds, baseline_seeds=seeds, strict=strict_info,
-                      reward_malign=est, settings=settings,
+                      reward_malign=est, settings=settings, drift=drift,
                       reward_sha256=sha256(self.reward_dir(sid) / "reward.safetensors") if reward else None,
                       fallbacks=g.stats["nonfinite_fallbacks"] if g else 0, oracle=None)
         if feature and feature in load_features() and tuple(self.model.image_shape) == (1, 28, 28):  # a Fashion-MNIST oracle
@@ -314,8 +375,35 @@ class Studio:
 
     @staticmethod
     def _guidance(reward, settings: dict) -> Guidance:
-        return build_guidance(reward, settings["guidance"], settings["weight"], settings["backward"],
-                              settings["backward_lr"], settings["recurrence"])
+        return guidance_from_settings(settings).build(reward)
+
+    # ---- fidelity without the oracle ---------------------------------------------------------
+    def _drift_available(self) -> bool:
+        try:
+            return len(self.pool) >= 50
+        except CensorError:  # a model without a labelling pool: no reference to measure drift against
+            return False
+
+    @property
+    def drift_meter(self):
+        """Clusters of the labelling pool in the encoder's feature space, fitted once per studio."""
+        if getattr(self, "_drift", None) is None:
+            from .fidelity import DriftMeter
+
+            self._drift = DriftMeter(self.model, self.pool.images)
+        return self._drift
+
+    def _pool_weights(self, sid: str, reward) -> np.ndarray:
+        """The reward's P(benign) on every pool image (the p_data·r target), cached per reward file."""
+        from .strength import reward_benign
+
+        key = sha256(self.reward_dir(sid) / "reward.safetensors")
+        cache = self.__dict__.setdefault("_weights_cache", {})
+        if key not in cache:
+            if len(cache) > 16:
+                cache.clear()
+            cache[key] = reward_benign(reward, self.model, self.pool.images)
+        return cache[key]
 
     # ---- sharing ---------------------------------------------------------------------------
     def export_gallery(self, sid: str, result: dict) -> tuple[Path, Path]:
@@ -376,9 +464,7 @@ class Studio:
             raise CensorError("manifest.json: settings need a guidance of 'time' or 'universal'")
         for name in ("weight", "backward", "recurrence", "steps", "count"):
             check_range(name, settings.get(name))
-        lr = settings.get("backward_lr", 0.01)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= 1:
-            raise CensorError(f"manifest.json: backward_lr must be between 0 and 1, got {lr!r}")
+        check_guidance_extras(settings)
         if len(m["seeds"]) != settings["count"]:
             raise CensorError("manifest.json: count and seeds disagree")
         reward = load_reward(bundle["reward_dir"], self.model)

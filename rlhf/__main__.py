@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from censor.cli import dispatch, positive_int
+from censor.defaults import DEFAULT_GUIDANCE
 from censor.models import EMBEDDED_MODEL_DIR
 
 
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n", type=positive_int, default=300, help="gallery images per seed and method")
     c.add_argument("--steps", type=positive_int, default=25, help="sampling steps of the galleries")
     c.add_argument("--train-steps", type=positive_int, default=10, help="DDIM steps of fine-tuning rollouts")
-    c.add_argument("--weight", type=float, default=4.0, help="guidance weight of the censored methods")
+    c.add_argument("--weight", type=float, default=DEFAULT_GUIDANCE.weight,
+                   help="ω of the default guidance (censor/defaults.py) for the censored methods")
     c.add_argument("--epochs", type=positive_int, default=6, help="DDPO epochs")
     c.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
     c.add_argument("--inner-epochs", type=positive_int, default=1,

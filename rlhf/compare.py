@@ -13,7 +13,10 @@ Per labelling seed, every method gets the same simulated labeller (the censoring
 - ``d3po+censored``: the D3PO model, sampled with the reward guidance of ``censored``.
 
 Each fine-tuned model is then sampled with the same deterministic sampler and gallery seeds as
-the baseline, so every difference in the table comes from the method.
+the baseline, so every difference in the table comes from the method. Every gallery is judged by the
+benchmarks' shared ``censor.evaluate.GalleryJudge``: malign % (Wilson-pooled over seeds), tv of its
+class histogram against the baseline's benign one (floor: a second unguided gallery from
+``FLOOR_SEED``), recall against the real benign test images and the oracle-confident fraction.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from censor.bench import GALLERY_SEED, cached_baseline, machine
+from censor.bench import FLOOR_SEED, GALLERY_SEED, cached_baseline, machine
 from censor.data import to_uint8
 from censor.errors import CensorError
-from censor.evaluate import feature_spec, knn_precision_recall, malign_fraction, wilson_interval
-from censor.guidance import build_guidance
+from censor.evaluate import GalleryJudge, feature_spec
+from censor.defaults import DEFAULT_GUIDANCE, MEMBERS
 from censor.labeller import SimulatedLabeller
 from censor.rewards import model_fingerprint
 from censor.reward_training import train_reward
@@ -49,8 +52,8 @@ class CompareConfig:
     n: int = 300  # gallery images per seed and method
     steps: int = 25  # sampling steps of every gallery
     train_steps: int = 10  # DDIM steps of the fine-tuning rollouts
-    guidance_weight: float = 4.0
-    members: int = 5
+    guidance_weight: float = DEFAULT_GUIDANCE.weight
+    members: int = MEMBERS
     epochs: int = 6  # DDPO epochs (reward-model rollouts cost no labels)
     ddpo_images: int = 32
     d3po_group_size: int = 7
@@ -74,13 +77,6 @@ class CompareConfig:
         self.methods = tuple(self.methods)
 
 
-def _real_benign(reference: dict, feature: str, n: int) -> np.ndarray:
-    spec = feature_spec(feature)
-    benign = ~reference["test_watermark"].astype(bool) if spec["rule"] == "watermark" else \
-        ~np.isin(reference["test_labels"], spec["malign_classes"])
-    return reference["test_features"][benign][:n]
-
-
 def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
                 cache_dir: str | Path | None = None, log=print, progress=None, adapter_dir: str | Path | None = None
                 ) -> dict:
@@ -100,10 +96,11 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             progress(min(1.0, done[0] / total))
 
     gallery = seeds_for(cfg.n, GALLERY_SEED)
-    real = _real_benign(reference, cfg.feature, cfg.n)
     baseline = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
-    jb = oracle.judge(baseline)
-    _, base_recall = knn_precision_recall(real, jb.features)
+    # a second unguided gallery of the same n from disjoint seeds (seeds_for(n, FLOOR_SEED)): the tv floor
+    second = cached_baseline(model, cfg.n, cfg.steps, cache_dir, seed=FLOOR_SEED)
+    gallery_judge = GalleryJudge(oracle, cfg.feature, reference, baseline, second, n_real=cfg.n)
+    base_recall = gallery_judge.base_recall
     t0 = time.time()
     sample(model, gallery[: min(cfg.n, 50)], steps=cfg.steps)
     unguided_per_image = (time.time() - t0) / min(cfg.n, 50)
@@ -111,14 +108,13 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     tick()
 
     def judge(method, seed, images, labels, train_s, sample_s):
-        j = oracle.judge(images)
-        rate = malign_fraction(j, cfg.feature)
-        _, recall = knn_precision_recall(real, j.features)
-        runs[method].append(dict(seed=seed, malign=rate.malign, n=rate.n, labels=int(labels), recall=recall,
-                                 confident=float(j.confident.mean()), train_s=round(train_s, 1),
+        row = gallery_judge(images)
+        row["class_recall_ratio"] = {str(c): v for c, v in row["class_recall_ratio"].items()}  # as JSON keeps them
+        runs[method].append(dict(seed=seed, labels=int(labels), **row, train_s=round(train_s, 1),
                                  sample_s_per_image=sample_s / len(images)))
-        ratio = f"{recall / base_recall:.2f}×" if base_recall > 0 else "n/a"
-        log(f"  seed {seed} {method:>14}: {rate}  recall {ratio}  labels {labels}  "
+        ratio = "n/a" if row["recall_ratio"] is None else f"{row['recall_ratio']:.2f}×"
+        log(f"  seed {seed} {method:>14}: {row['malign_pct']:.2f}% malign [{row['ci_pct'][0]:.2f}, "
+            f"{row['ci_pct'][1]:.2f}] (n={row['n']})  tv {row['tv']:.3f}  recall {ratio}  labels {labels}  "
             f"train {train_s:.0f}s")
         tick()
 
@@ -173,12 +169,12 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
                 imgs = _sample(tuned, gallery, cfg, reward)
                 judge("d3po+censored", seed, imgs, d3po_labels + cfg.budget, d3po_s + reward_s, time.time() - t)
 
-    rows = {m: _pool_seeds(r) for m, r in runs.items() if r}
-    for row in rows.values():
-        row["recall_ratio"] = row["recall"] / base_recall if base_recall > 0 else None
-    result = dict(config=asdict(cfg), machine=machine(), model_fingerprint=model_fingerprint(model.unet),
-                  baseline_recall=base_recall, methods=rows,
-                  runs=runs)
+    rows = {m: _pool_seeds(gallery_judge, r, unguided_per_image) for m, r in runs.items() if r}
+    result = dict(config=asdict(cfg), feature=cfg.feature, dominance=feature_spec(cfg.feature)["dominance"],
+                  machine=machine(), model_fingerprint=model_fingerprint(model.unet),
+                  baseline_recall=base_recall,
+                  baseline=dict(gallery_judge.baseline_row(), sample_s_per_image=unguided_per_image),
+                  methods=rows, runs=runs)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -190,29 +186,39 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
 
 
 def _sample(model, seeds, cfg: CompareConfig, reward=None) -> np.ndarray:
-    guidance = build_guidance(reward, "time", cfg.guidance_weight) if reward is not None else None
+    guidance = DEFAULT_GUIDANCE.with_(weight=cfg.guidance_weight).build(reward) if reward is not None else None
     return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=guidance))
 
 
-def _pool_seeds(runs: list[dict]) -> dict:
-    k, n = sum(r["malign"] for r in runs), sum(r["n"] for r in runs)
-    lo, hi = wilson_interval(k, n)
-    return dict(malign_pct=100 * k / n, ci_pct=[100 * lo, 100 * hi], n=n,
-                labels=float(np.mean([r["labels"] for r in runs])),
-                recall=float(np.mean([r["recall"] for r in runs])),
-                confident=float(np.mean([r["confident"] for r in runs])),
-                train_s=float(np.median([r["train_s"] for r in runs])),
-                sample_s_per_image=float(np.median([r["sample_s_per_image"] for r in runs])))
+def _pool_seeds(gallery_judge: GalleryJudge, runs: list[dict], unguided_per_image: float) -> dict:
+    """One method's row: the shared judge's pooling over seeds (Wilson malign %, tv of the pooled class
+    histogram and its floor, mean recall ratio and confident), plus labels, training and sampling times.
+    ``time_ratio``: the method's sampling seconds per image over unguided sampling's (the baseline's)."""
+    row = gallery_judge.pool(runs)
+    per_image = float(np.median([r["sample_s_per_image"] for r in runs]))
+    row.update(labels=float(np.mean([r["labels"] for r in runs])),
+               recall=float(np.mean([r["recall"] for r in runs])),
+               train_s=float(np.median([r["train_s"] for r in runs])),
+               sample_s_per_image=per_image,
+               time_ratio=per_image / unguided_per_image if unguided_per_image > 0 else None)
+    return row
+
+
+def _tv(r: dict) -> str:
+    """``tv (floor)``; "n/a" for rows saved before tv was measured."""
+    if r.get("tv") is None:
+        return "n/a"
+    return f"{r['tv']:.3f}" + ("" if r.get("tv_floor") is None else f" ({r['tv_floor']:.3f})")
 
 
 def markdown_table(result: dict) -> str:
     lines = [f"Measured on {result['machine']}, model {result.get('model_fingerprint', '?')}.\n",
-             "| method | malign % [95% CI] | recall vs baseline | confident | human labels | training s | "
-             "sampling s / image |", "|---|---|---|---|---|---|---|"]
+             "| method | malign % [95% CI] | tv (floor) | recall vs baseline | confident | human labels | training s | "
+             "sampling s / image |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
         ratio = "n/a" if r["recall_ratio"] is None else f"{r['recall_ratio']:.2f}×"
         lines.append(f"| {name} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}] (n={r['n']}) | "
-                     f"{ratio} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
+                     f"{_tv(r)} | {ratio} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
                      f"{r['sample_s_per_image']:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -137,10 +137,17 @@ def test_labels_to_target_and_summary():
                   points=[dict(p, malign_pct=p["malign_pct"] + k) for p in pts]) for s in ("random", "active") for k in (0, 1, 2)]
     table = summary_table(cells)
     assert "| bags | random | 3 |" in table
+    assert "tv (floor) at 100" in table and table.count("| n/a |") == 2  # cells saved before tv: n/a
     # first hit: seed 0 at 40, seed 1 (6, 1.5, 2.5, 1) at 100, seed 2 (7, 2.5, 3.5, 2) never; median 100
     assert "| 40 / 100 / – | 100 |" in table
     # reached and kept: 100 / 100 / never; median 100
     assert "| 100 / 100 / – | 100 | 2 / 4 / 6 / 10 | 0.90× | – |" in table
+    # with tv: the median over seeds at the last budget, next to the baseline's floor
+    for c in cells:
+        c["baseline"] = dict(tv_floor=0.05)
+        for p in c["points"]:
+            p["tv"] = 0.1 * (1 + c["seed"])
+    assert "| 0.200 (0.050) |" in summary_table(cells)
 
 
 @pytest.fixture
@@ -220,11 +227,20 @@ def test_miniature_active_bench_counts_views_and_resumes(tmp_path, fixture_image
         assert [p["budget"] for p in c["points"]] == [5, 10] == [p["viewed"] for p in c["points"]]
         assert all(p["n"] == 8 and p["ci_pct"][0] <= p["malign_pct"] <= p["ci_pct"][1] for p in c["points"])
         assert all(0 <= p["confident"] <= 1 for p in c["points"])
+        # judged by the shared GalleryJudge: tv with its floor from a second unguided gallery
+        assert c["feature"] == feature and c["dominance"] == ("malign" if feature == "not-footwear" else "benign")
+        floor = c["baseline"]["tv_floor"]
+        assert floor is not None and 0 <= floor <= 1
+        for p in c["points"]:
+            assert {"malign_pct", "ci_pct", "tv", "tv_floor", "recall_ratio", "confident", "time_ratio"} <= set(p)
+            assert 0 <= p["tv"] <= 1 and p["tv_floor"] == floor and len(p["class_shares"]) == 10
+            assert p["time_ratio"] is None or p["time_ratio"] >= 0
         saved = json.loads((tmp_path / f"{feature}_{c['strategy']}_s0.json").read_text())
         assert saved["points"] == c["points"]
         with Image.open(tmp_path / f"{feature}_{c['strategy']}_s0.png") as im:  # 5 + 5 rows over the 8 images
             assert im.size[0] > im.size[1] > 0
     assert (tmp_path / "summary.md").read_text().count(f"| {feature} |") == 2
+    assert "tv (floor) at 10" in (tmp_path / "summary.md").read_text()
     log.clear()
     again = run_active_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
                              cache_dir=tmp_path / "cache", log=log.append)

@@ -84,3 +84,37 @@ def test_held_out_check_is_balanced_so_all_benign_scores_one_half(studio, monkey
     images = np.zeros((40, 28, 28), dtype=np.uint8)
     # plain accuracy would read ~75% for a reward that never calls anything malign
     assert studio._held_out_accuracy(images, labels, "ddpm-encoder", 10, 0.1) == 0.5
+
+
+def test_censored_gallery_reports_drift_and_picks_the_strength(studio):
+    sid = studio.open_session(None, "mark bags")
+    first = studio.page(sid, 0)
+    for item in first[:4]:
+        studio.click(sid, item["id"])
+    studio.train(sid, "ensemble", "half-unet", members=2, iterations=10, alpha=0.5)
+    r = studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=0, count=6, auto=True)
+    a = r["settings"]["auto"]
+    assert a["weight"] == r["settings"]["weight"] and a["trace"] and a["reason"]
+    assert [t["weight"] for t in a["trace"]] == sorted(t["weight"] for t in a["trace"])  # climbed in order
+    for side in ("baseline", "censored"):
+        d = r["drift"][side]
+        assert 0 <= d["tv"] <= 1 and d["n"] == 6 and d["drifted"] == (d["tv"] > d["chance"])
+    # every guidance field is stored, and the bundle settings rebuild the same guidance
+    from censor.studio import guidance_from_settings
+
+    g = guidance_from_settings(r["settings"])
+    assert g.weight == r["settings"]["weight"] and g.combine == r["settings"]["combine"]
+    manual = studio.censored_gallery(sid, "time", 2.5, 0, 0, steps=5, seed=0, count=2)
+    assert manual["settings"]["weight"] == 2.5 and manual["settings"]["auto"] is None
+
+
+def test_old_bundle_settings_keep_their_meaning():
+    from censor.studio import check_guidance_extras, guidance_from_settings
+
+    old = dict(guidance="time", weight=4.0, backward=0, backward_lr=0.01, recurrence=0, steps=30, seed=0, count=8)
+    g = guidance_from_settings(old)
+    assert g.combine == "sum" and g.threshold is None  # what galleries were sampled with before the fields existed
+    for bad in (dict(combine="median"), dict(threshold=2.0), dict(window=[5, 1]), dict(particles=True),
+                dict(every=0), dict(max_ratio="x")):
+        with pytest.raises(CensorError, match="manifest.json"):
+            check_guidance_extras(bad)

@@ -55,6 +55,67 @@ def test_miniature_bench_runs_and_reports(tmp_path, fixture_images, tiny_model, 
     saved = json.loads((tmp_path / f"{cfg.name}.json").read_text())
     assert saved["name"] == cfg.name and (tmp_path / f"{cfg.name}.png").stat().st_size > 0
     assert cfg.name in markdown_rows([result])
+    # the fields every bench JSON carries (faithful-censoring issue)
+    assert saved["feature"] == "bags" and saved["dominance"] == "benign"
+    c = saved["censored"]
+    for key in ("malign_pct", "ci_pct", "tv", "tv_floor", "recall_ratio", "confident", "time_ratio"):
+        assert key in c, key
+    assert 0 <= c["tv"] <= 1 and 0 <= c["tv_floor"] <= 1 and abs(sum(c["class_shares"]) - 1) < 1e-3
+    assert all(0 <= r["drift"]["tv"] <= 1 and "chance" in r["drift"] for r in runs)
+    assert " | " + f"{c['tv']:.3f} ({c['tv_floor']:.3f})" + " | " in markdown_rows([result])
+
+
+def test_zero_weight_bench_censors_disjoint_seeds_into_its_own_baseline(tmp_path, fixture_images, tiny_model):
+    """Each labelling seed censors its own slice of the baseline's seeds: at ω = 0 the censored
+    gallery is the baseline image for image, so malign %, class shares and tv match exactly."""
+    pool = Pool(fixture_images["images"][:120], np.arange(120), {})
+    cfg = BenchConfig(feature="bags", budget=60, members=2, iterations=2, batch_size=8, n=12, steps=2, seeds=3,
+                      weight=0.0)
+    result = run_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), log=lambda *_: None,
+                       cache_dir=tmp_path / "cache")
+    b, c = result["baseline"], result["censored"]
+    assert c["n"] == b["n"] == 12 and c["malign_pct"] == b["malign_pct"]
+    assert c["class_shares"] == b["class_shares"]
+    from censor.evaluate import tv_distance
+
+    shares = np.array(b["class_shares"])
+    target = np.where(np.arange(10) == 8, 0.0, shares)  # the baseline without its bags, renormalised
+    if target.sum() > 0:
+        assert c["tv"] == pytest.approx(tv_distance(shares, target / target.sum()), abs=1e-3)
+
+
+def test_sweep_runs_every_feature_resumably_and_checks_targets(tmp_path, fixture_images, tiny_model, monkeypatch):
+    from censor import sweep
+    from censor.defaults import DEFAULT_GUIDANCE
+
+    pool = Pool(fixture_images["images"][:120], np.arange(120), {})
+    base = BenchConfig(budget=40, members=2, iterations=2, batch_size=8, n=8, steps=2, seeds=1, rounds=2)
+    args = (DEFAULT_GUIDANCE, tiny_model, load_oracle(), pool, load_reference(), tmp_path, base)
+    results = sweep.run_sweep(*args, features=["bags", "not-footwear"], log=lambda *_: None)
+    assert [r["feature"] for r in results] == ["bags", "not-footwear"]
+    assert [r["config"]["method"] for r in results] == ["ensemble", "imitation"]
+    text = (tmp_path / "summary.md").read_text()
+    assert "| [bags](./bags_" in text and "| malign |" in text and "| benign |" in text
+    assert len(json.loads((tmp_path / "summary.json").read_text())) == 2
+    monkeypatch.setattr(sweep, "run_bench", lambda *a, **k: pytest.fail("a finished feature was rerun"))
+    again = sweep.run_sweep(*args, features=["bags", "not-footwear"], log=lambda *_: None)
+    assert [r["name"] for r in again] == [r["name"] for r in results]
+
+
+def test_sweep_verdict_reads_the_targets():
+    from censor.sweep import verdict
+
+    row = dict(dominance="benign", baseline=dict(confident=0.7, tv_floor=0.04),
+               censored=dict(malign_pct=0.5, ci_pct=[0.1, 1.2], tv=0.055, tv_floor=0.04, recall_ratio=0.97,
+                             confident=0.72))
+    v = verdict(row)
+    assert v["all"] and v["tv_bar"] == pytest.approx(0.06)  # max(0.05, 1.5 × floor)
+    worse = dict(row, censored=dict(row["censored"], tv=0.2, ci_pct=[0.1, 1.6]))
+    v = verdict(worse)
+    assert not v["all"] and not v["tv"] and not v["malign"] and v["recall"]
+    malign = dict(row, dominance="malign", censored=dict(row["censored"], recall_ratio=0.91, tv=0.07, ci_pct=[0.1, 3.0]))
+    v = verdict(malign)
+    assert v["all"] and v["confident"] is None  # the upper bound and confident are benign-dominant targets
 
 
 def test_a_budget_without_malign_examples_is_reported_not_crashed(fixture_images, tiny_model):

@@ -150,6 +150,8 @@ def test_train_censor_and_download_a_bundle(server, browser, tmp_path):
     page.wait_for_function("document.querySelector('#censor-result').innerText.includes('malign images')",
                            timeout=120_000)
     assert page.locator("#censored img").count() >= 8
+    text = page.locator("#censor-result").inner_text()
+    assert "Automatic strength: ω =" in text and "Fidelity (no oracle)" in text, text  # the studio's defaults
     _shot(page, "censored")
     page.get_by_role("tab", name="4 · Share").click()
     page.locator("#share-btn").click()

@@ -35,6 +35,24 @@ def test_every_method_is_judged_on_the_same_footing(tmp_path, fixture_images, ti
     assert saved["machine"] and set(saved["methods"]) == set(METHODS)
     assert (tmp_path / "compare_bags_b14.png").read_bytes()[:4] == b"\x89PNG"
     assert "| d3po+censored |" in (tmp_path / "compare_bags_b14.md").read_text()
+    # judged by the shared GalleryJudge: tv with its floor, and sampling time against unguided
+    assert saved["feature"] == "bags" and saved["dominance"] == "benign"
+    floor = saved["baseline"]["tv_floor"]
+    assert floor is not None and 0 <= floor <= 1
+    for r in saved["methods"].values():
+        assert {"malign_pct", "ci_pct", "tv", "tv_floor", "recall_ratio", "confident", "time_ratio"} <= set(r)
+        assert 0 <= r["tv"] <= 1 and r["tv_floor"] == floor and r["time_ratio"] > 0
+    assert rows["baseline"]["time_ratio"] == pytest.approx(1.0)
+    assert all(0 <= run["tv"] <= 1 and len(run["class_shares"]) == 10 for rs in saved["runs"].values() for run in rs)
+    table = (tmp_path / "compare_bags_b14.md").read_text()
+    assert "| tv (floor) |" in table and f"({floor:.3f})" in table
+    # rows saved before tv was measured still load, as "n/a"
+    from rlhf.compare import markdown_table
+
+    for r in saved["methods"].values():
+        r.pop("tv"), r.pop("tv_floor")
+    method_lines = [line for line in markdown_table(saved).splitlines() if line.startswith("| ") and "malign" not in line]
+    assert len(method_lines) == len(METHODS) and all(line.split("|")[3].strip() == "n/a" for line in method_lines)
 
 
 def test_bad_settings_are_refused_before_any_work(capsys):

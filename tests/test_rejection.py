@@ -201,6 +201,30 @@ def test_miniature_rejection_bench_reports_three_modes(tmp_path, fixture_images,
     assert combined_table([result]).count("\n| |") == 3
     # the unguided draws are kept for the next run
     assert list((tmp_path / "cache").glob("reject_draws_*.safetensors"))
+    # judged by the shared GalleryJudge: tv against the baseline's benign histogram, with its floor
+    assert saved["feature"] == "bags" and saved["dominance"] == "benign"
+    floor = result["baseline"]["tv_floor"]
+    assert floor is not None and 0 <= floor <= 1
+    assert list((tmp_path / "cache").glob("baseline_*_n8_s2_seed40000.safetensors"))  # the floor's gallery
+    for mode, m in result["modes"].items():
+        assert {"malign_pct", "ci_pct", "tv", "tv_floor", "recall_ratio", "confident", "time_ratio"} <= set(m)
+        assert m["tv_floor"] == floor
+        if m["n"]:
+            assert 0 <= m["tv"] <= 1 and m["time_ratio"] > 0 and len(m["class_shares"]) == 10
+            assert m["time_ratio"] == pytest.approx(m["s_per_accepted"] / result["baseline"]["s_per_image"])
+        seed_row = result["runs"][0]["modes"][mode]
+        assert seed_row["n"] == 0 or (0 <= seed_row["tv"] <= 1 and "class_shares" in seed_row)
+    assert "| tv (floor) |" in markdown_table(result) and "| tv (floor) |" in combined_table([result])
+    assert f"({floor:.3f})" in markdown_table(result)
+    # rows saved before tv was measured still load, as "n/a"
+    old = json.loads(json.dumps(saved))
+    for m in old["modes"].values():
+        m.pop("tv"), m.pop("tv_floor")
+    old["baseline"].pop("tv_floor")
+    mode_lines = [line for line in markdown_table(old).splitlines() if line.split("|")[1:2] in ([f" {m} "] for m in MODES)]
+    assert len(mode_lines) == 3 and all(line.split("|")[3].strip() == "n/a" for line in mode_lines)
+    combined = [line for line in combined_table([old]).splitlines() if line.startswith("| | ")]
+    assert len(combined) == 3 and all(line.split("|")[4].strip() == "n/a" for line in combined)
 
 
 

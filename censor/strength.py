@@ -1,0 +1,77 @@
+"""The automatic strength: the largest push a reward earns, chosen without the oracle.
+
+A reward trained on ~100 labels is neither calibrated nor near 1 on every benign image, so the
+same ω can be too weak for one reward and collapse the gallery for another. The studio therefore
+climbs a ladder of weights on a small probe batch (fixed seeds, few steps) and, at each rung,
+reads two things it can know without an oracle: the reward's own predicted malign rate on the
+probe, and the probe's drift from the reward-weighted pool (``fidelity.DriftMeter``). It stops at
+the first rung where the reward sees no malign image left, or one rung before the probe drifts
+beyond chance, whichever comes first. The user can always override the pick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import to_model_range, to_uint8
+from .defaults import GuidanceSettings
+from .fidelity import DriftMeter
+from .guidance import Objective, calibration_offset
+from .rewards import clean_input
+from .sampling import sample, seeds_for
+
+LADDER = (0.5, 1.0, 2.0, 4.0, 8.0)  # multiples of the default weight, climbed in order
+PROBE_N = 32
+PROBE_STEPS = 12
+PROBE_SEED = 77_777  # probe seeds are disjoint from galleries (seeds_for(n, seed) with small seeds)
+
+
+@torch.no_grad()
+def reward_benign(reward, model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """The reward's calibrated P(benign) at t = 0 on uint8 images: the geometric mean over members
+    of σ(logit − log α), the r of the p_data·r target (guidance.Objective, calibration_offset)."""
+    objective = Objective("mean", offset=calibration_offset(reward))
+    out = []
+    for chunk in np.array_split(np.asarray(images), max(1, -(-len(images) // batch_size))):
+        x = clean_input(reward, model, to_model_range(chunk))
+        t = torch.zeros(len(x), dtype=torch.long) if reward.time_dependent else None
+        out.append(objective.of(reward, x, t).exp().float().numpy())
+    return np.concatenate(out)
+
+
+@dataclass
+class StrengthChoice:
+    weight: float
+    reason: str
+    trace: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(weight=self.weight, reason=self.reason, trace=self.trace)
+
+
+def auto_strength(model, reward, meter: DriftMeter, pool_weights: np.ndarray, settings: GuidanceSettings,
+                  probe_n: int = PROBE_N, probe_steps: int = PROBE_STEPS, ladder=LADDER,
+                  progress: Callable[[float], None] | None = None) -> StrengthChoice:
+    """Climb ``ladder`` × ``settings.weight``; see the module docstring for the stopping rule."""
+    seeds = seeds_for(probe_n, PROBE_SEED)
+    trace, previous = [], None
+    for i, factor in enumerate(ladder):
+        w = float(settings.weight * factor)
+        g = settings.with_(weight=w).build(reward)
+        sub = (lambda f, i=i: progress((i + f) / len(ladder))) if progress else None
+        probe = to_uint8(sample(model, seeds, steps=probe_steps, guidance=g, progress=sub))
+        predicted = float((reward_benign(reward, model, probe) < 0.5).mean())
+        drift = meter.measure(probe, pool_weights)
+        trace.append(dict(weight=w, predicted_malign=predicted, **drift.as_dict()))
+        if drift.drifted:
+            if previous is None:
+                return StrengthChoice(w, f"the probe drifts even at ω {w:g}: the lowest rung", trace)
+            return StrengthChoice(previous, f"ω {w:g} drifts beyond chance: one rung lower", trace)
+        if predicted == 0.0:
+            return StrengthChoice(w, f"the reward sees no malign image in the probe at ω {w:g}", trace)
+        previous = w
+    return StrengthChoice(previous, "the reward still sees malign images at the top rung", trace)

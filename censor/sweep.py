@@ -1,0 +1,162 @@
+"""The feature sweep: one set of guidance settings on every feature in features.json.
+
+``python -m censor sweep --out docs/bench/sweep``: for each feature, the ordinary benchmark
+(``bench.run_bench``: 3 labelling seeds, n censored images, baseline from the same seeds, a grid)
+with the ensemble for benign-dominant features and imitation rounds for malign-dominant ones; the
+settings are the defaults (``defaults.DEFAULT_GUIDANCE``) unless given on the command line, the
+same for every feature. Resumable: a feature whose JSON exists is read back, not rerun. Writes
+``summary.md`` / ``summary.json``: one row per feature, one column per metric, the targets of the
+faithful-censoring issue checked in each row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from .bench import BenchConfig, machine, run_bench
+from .defaults import GuidanceSettings
+from .evaluate import load_features
+
+# The targets every row is checked against (the faithful-censoring issue).
+TARGETS = {
+    "benign": dict(malign_pct=1.0, upper_pct=1.5, tv=0.05, tv_floor_factor=1.5, recall=0.95),
+    "malign": dict(malign_pct=1.0, upper_pct=None, tv=0.08, tv_floor_factor=1.5, recall=0.90),
+}
+
+
+def sweep_config(feature: str, spec: dict, settings: GuidanceSettings, base: BenchConfig) -> BenchConfig:
+    method = "imitation" if spec.get("dominance") == "malign" else "ensemble"
+    return replace(base, feature=feature, method=method, guidance=settings.kind, weight=settings.weight,
+                   combine=settings.combine, threshold=settings.threshold, spread=settings.spread,
+                   max_ratio=settings.max_ratio, backward_steps=settings.backward_steps,
+                   backward_lr=settings.backward_lr, recurrence=settings.recurrence, window=tuple(settings.window),
+                   every=settings.every, particles=settings.particles, reward=None)
+
+
+def verdict(result: dict) -> dict:
+    """Which targets a bench row meets (None where a figure is missing)."""
+    c, b = result["censored"], result["baseline"]
+    t = TARGETS[result.get("dominance", "benign")]
+    floor = c.get("tv_floor") if c.get("tv_floor") is not None else b.get("tv_floor")
+    tv_bar = max(t["tv"], t["tv_floor_factor"] * floor) if floor is not None else t["tv"]
+    met = dict(
+        malign=c["malign_pct"] <= t["malign_pct"] and (t["upper_pct"] is None or c["ci_pct"][1] <= t["upper_pct"]),
+        tv=None if c.get("tv") is None else c["tv"] <= tv_bar,
+        recall=None if c.get("recall_ratio") is None else c["recall_ratio"] >= t["recall"],
+        confident=c["confident"] >= b["confident"] if result.get("dominance") == "benign" else None,
+    )
+    met["all"] = all(v for v in met.values() if v is not None)
+    return dict(met, tv_bar=tv_bar)
+
+
+def run_sweep(settings: GuidanceSettings, model, oracle, pool, reference, out_dir, base: BenchConfig,
+              features: list[str] | None = None, cache_dir=None, log=print) -> list[dict]:
+    known = load_features()
+    features = features or list(known)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(dict(guidance=settings.as_dict(), n=base.n, steps=base.steps,
+                                                       seeds=base.seeds, budget=base.budget), indent=1))
+    results = []
+    for feature in features:
+        cfg = sweep_config(feature, known[feature], settings, base)
+        path = out / f"{cfg.name}.json"
+        if path.is_file():
+            log(f"{feature}: done before ({path.name})")
+            results.append(json.loads(path.read_text()))
+            continue
+        log(f"{feature}: {cfg.method}, {cfg.name}")
+        results.append(run_bench(cfg, model, oracle, pool, reference, out_dir=out, log=log, cache_dir=cache_dir))
+        write_summary(results, out)
+    write_summary(results, out)
+    return results
+
+
+HEADER = ("| feature | dominance | baseline malign % | censored malign % [95% CI] | tv (floor) | recall vs baseline | "
+          "confident (base → censored) | guided ÷ unguided time | targets met |\n"
+          "|---|---|---|---|---|---|---|---|---|\n")
+
+
+def _met(v: dict) -> str:
+    names = [k for k in ("malign", "tv", "recall", "confident") if v[k] is not None]
+    return "**all**" if v["all"] else "missed: " + ", ".join(k for k in names if not v[k])
+
+
+def _f(x, fmt: str) -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def summary_table(results: list[dict], link: str | None = None) -> str:
+    rows = []
+    for r in results:
+        b, c, v = r["baseline"], r["censored"], verdict(r)
+        name = f"[{r['feature']}]({link}/{r['name']}.png)" if link else r["feature"]
+        rows.append(f"| {name} | {r.get('dominance')} | {b['malign_pct']:.1f} | {c['malign_pct']:.2f} "
+                    f"[{c['ci_pct'][0]:.2f}, {c['ci_pct'][1]:.2f}] | {_f(c.get('tv'), '{:.3f}')} "
+                    f"({_f(c.get('tv_floor'), '{:.3f}')}) | {_f(c.get('recall_ratio'), '{:.2f}×')} | "
+                    f"{b['confident']:.2f} → {c['confident']:.2f} | {_f(c.get('time_ratio'), '{:.2f}×')} | {_met(v)} |")
+    return HEADER + "\n".join(rows) + "\n"
+
+
+def write_summary(results: list[dict], out: Path) -> None:
+    out = Path(out)
+    met = sum(verdict(r)["all"] for r in results)
+    text = (f"Sweep: {len(results)} features, all targets met on {met}. Machine: {machine()}.\n\n"
+            + summary_table(results, link="."))
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(
+        [dict(feature=r["feature"], dominance=r.get("dominance"), name=r["name"], baseline=r["baseline"],
+              censored={k: v for k, v in r["censored"].items()}, verdict=verdict(r)) for r in results], indent=1))
+
+
+def add_parser(sub) -> None:
+    from .cli import add_guidance_args, positive_int
+    from .defaults import ALPHA, ITERATIONS, MEMBERS
+    from .models import EMBEDDED_MODEL_DIR
+
+    p = sub.add_parser("sweep", help="one set of guidance settings on every feature: one summary table")
+    p.add_argument("--features", nargs="+", default=None, help="default: every feature in censor/features.json")
+    p.add_argument("--budget", type=positive_int, default=100)
+    p.add_argument("--members", type=positive_int, default=MEMBERS)
+    p.add_argument("--alpha", type=float, default=ALPHA)
+    p.add_argument("--iterations", type=positive_int, default=ITERATIONS)
+    p.add_argument("--rounds", type=positive_int, default=3, help="imitation rounds (malign-dominant features)")
+    p.add_argument("--n", type=positive_int, default=1000)
+    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--seeds", type=positive_int, default=3)
+    p.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    p.add_argument("--out", default="docs/bench/sweep")
+    p.add_argument("--cache", default="runs/bench_cache")
+    p.add_argument("--summary", action="store_true", help="only rebuild summary.md from the saved rows")
+    add_guidance_args(p)
+    p.add_argument("--auto", action="store_true", help="automatic strength per reward (the studio's default)")
+    p.set_defaults(fn=cmd_sweep)
+
+
+def cmd_sweep(a) -> None:
+    from .cli import guidance_from_args
+    from .models import load_diffusion
+    from .oracle import load_oracle, load_reference
+    from .pool import load_pool
+
+    out = Path(a.out)
+    if a.summary:
+        from .bench import collect
+
+        results = collect(out)
+        write_summary(results, out)
+        print((out / "summary.md").read_text())
+        return
+    for f in a.features or []:
+        if f not in load_features():
+            from .errors import CensorError
+
+            raise CensorError(f"unknown feature {f!r}; known: {', '.join(load_features())}")
+    base = BenchConfig(budget=a.budget, members=a.members, alpha=a.alpha, iterations=a.iterations, rounds=a.rounds,
+                       n=a.n, steps=a.steps, seeds=a.seeds, auto=a.auto)
+    model = load_diffusion(a.model)
+    results = run_sweep(guidance_from_args(a), model, load_oracle(), load_pool(model_dir=a.model), load_reference(),
+                        out, base, a.features, cache_dir=a.cache)
+    print(summary_table(results))
