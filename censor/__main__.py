@@ -35,6 +35,9 @@ def cmd_sample(a) -> None:
     if a.reward:
         reward = load_reward(a.reward, model)
         settings = guidance_from_args(a)
+        if not reward.time_dependent and a.guidance is None:  # the default kind needs r(x_t, t)
+            settings = settings.with_(kind="universal")
+            print(f"note: a {reward.kind} reward scores clean images: universal guidance", file=sys.stderr)
         if not reward.time_dependent and settings.kind in ("time", "particles"):
             raise CensorError(f"a {reward.kind} reward scores clean images: use --guidance universal or manifold")
         guidance = settings.build(reward)
@@ -101,7 +104,8 @@ def cmd_bench(a) -> None:
                       members=a.members, weight=g.weight, alpha=a.alpha, iterations=a.iterations,
                       backward_steps=g.backward_steps, backward_lr=g.backward_lr, recurrence=g.recurrence,
                       window=g.window, every=g.every, combine=g.combine, threshold=g.threshold, spread=g.spread,
-                      max_ratio=g.max_ratio, particles=g.particles, rounds=a.rounds, n=a.n, steps=a.steps,
+                      max_ratio=g.max_ratio, particles=g.particles, calibrate=g.calibrate,
+                      hinge_quantile=g.hinge_quantile, rounds=a.rounds, n=a.n, steps=a.steps,
                       seeds=a.seeds, flip_rate=a.flip_rate, init=a.init, auto=a.auto)
     model = load_diffusion(a.model)
     result = run_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,

@@ -61,6 +61,8 @@ class BenchConfig:
     spread: float = D.spread
     max_ratio: float | None = D.max_ratio
     particles: int = D.particles
+    calibrate: bool = D.calibrate
+    hinge_quantile: float | None = D.hinge_quantile
     auto: bool = False  # pick ω per reward with strength.auto_strength (the studio's default), from weight up
     rounds: int = 3
     n: int = 1000
@@ -91,6 +93,8 @@ class BenchConfig:
         extra += "" if self.init == "random" else f"_{self.init}"
         extra += "" if self.combine == "sum" else f"_{self.combine}" + (f"{self.spread:g}" if self.combine == "mean-std" else "")
         extra += "" if self.threshold is None else f"_tau{self.threshold:g}"
+        extra += "" if self.hinge_quantile is None or self.threshold is not None else f"_q{self.hinge_quantile:g}"
+        extra += "" if self.calibrate else "_raw"
         extra += "" if self.max_ratio is None else f"_cap{self.max_ratio:g}"
         extra += f"_p{self.particles}" if self.guidance == "particles" else ""
         extra += "_auto" if self.auto else ""
@@ -100,7 +104,7 @@ class BenchConfig:
 def guidance_settings(cfg: BenchConfig) -> GuidanceSettings:
     return GuidanceSettings(cfg.guidance, cfg.weight, cfg.combine, cfg.threshold, cfg.spread, cfg.max_ratio,
                             cfg.backward_steps, cfg.backward_lr, cfg.recurrence, tuple(cfg.window), cfg.every,
-                            cfg.particles)
+                            cfg.particles, cfg.calibrate, cfg.hinge_quantile)
 
 
 def make_guidance(cfg: BenchConfig, reward, drift=None) -> Guidance:

@@ -46,11 +46,13 @@ def add_guidance_args(p: argparse.ArgumentParser) -> None:
     from .guidance import COMBINES, GUIDANCE_KINDS
 
     g = p.add_argument_group("guidance (defaults: censor/defaults.py)")
-    g.add_argument("--guidance", default=D.kind, choices=GUIDANCE_KINDS)
+    g.add_argument("--guidance", default=None, choices=GUIDANCE_KINDS,
+                   help=f"default {D.kind} (universal for a reward that scores clean images)")
     g.add_argument("--weight", type=float, default=D.weight, help="ω on the members' combination")
     g.add_argument("--combine", default=D.combine, choices=COMBINES, help="how the members' log P(benign) combine")
     g.add_argument("--threshold", type=_optional_float, default=D.threshold,
-                   help="hinge τ in (0, 1]: no push for images the reward scores above τ ('none': off)")
+                   help="hinge, relative to the reward's prior P(benign): no push for images scored above "
+                        "τ = threshold × prior ('none': off)")
     g.add_argument("--spread", type=float, default=D.spread, help="λ of --combine mean-std")
     g.add_argument("--max-ratio", type=_optional_float, default=D.max_ratio,
                    help="cap on |guidance shift| / |ε| per image ('none': off)")
@@ -61,14 +63,20 @@ def add_guidance_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--every", type=positive_int, default=D.every,
                    help="time guidance: fresh reward gradient every k-th step, reused in between")
     g.add_argument("--particles", type=positive_int, default=D.particles, help="--guidance particles: P per image")
+    g.add_argument("--hinge-quantile", type=_optional_float, default=D.hinge_quantile,
+                   help="hinge at this quantile of the reward's scores on its own noised benign labels, per "
+                        "timestep (used when --threshold is none; 'none': off)")
+    g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="use the raw logits (do not undo the training class weight α)")
 
 
 def guidance_from_args(a):
     """The ``GuidanceSettings`` of ``add_guidance_args``' options."""
-    from .defaults import GuidanceSettings
+    from .defaults import DEFAULT_GUIDANCE as D, GuidanceSettings
 
-    return GuidanceSettings(a.guidance, a.weight, a.combine, a.threshold, a.spread, a.max_ratio, a.backward_steps,
-                            a.backward_lr, a.recurrence, tuple(a.window), a.every, a.particles)
+    return GuidanceSettings(a.guidance or D.kind, a.weight, a.combine, a.threshold, a.spread, a.max_ratio, a.backward_steps,
+                            a.backward_lr, a.recurrence, tuple(a.window), a.every, a.particles, a.calibrate,
+                            a.hinge_quantile)
 
 
 def runtime_from_args(a):

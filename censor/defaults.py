@@ -16,9 +16,9 @@ class GuidanceSettings:
     """How a censored gallery is steered; every field is one knob of ``guidance.build_guidance``."""
 
     kind: str = "time"  # time | universal | manifold | particles
-    weight: float = 1.0  # ω on the combined objective (mean over members: the same meaning for any K)
+    weight: float = 16.0  # ω on the combined objective (mean over members: the same meaning for any K)
     combine: str = "mean"  # sum | mean | min | mean-std over the members' log P(benign)
-    threshold: float | None = None  # hinge τ: images the reward scores above τ get no push
+    threshold: float | None = None  # hinge: no push for images scored above τ = threshold × the reward's prior
     spread: float = 1.0  # λ of mean-std
     max_ratio: float | None = None  # cap on |guidance shift| / |ε| per image
     backward_steps: int = 0
@@ -28,13 +28,14 @@ class GuidanceSettings:
     every: int = 1
     particles: int = 4  # SMC particles per image (kind "particles" only)
     calibrate: bool = True  # undo the training class weight α on the logits (guidance.calibration_offset)
+    hinge_quantile: float | None = 0.1  # hinge at this quantile of the reward's scores on its benign labels, per t
 
     def build(self, reward):
         from .guidance import build_guidance
 
         return build_guidance(reward, self.kind, self.weight, self.backward_steps, self.backward_lr,
                               self.recurrence, tuple(self.window), self.every, self.combine, self.threshold,
-                              self.spread, self.max_ratio, self.particles, self.calibrate)
+                              self.spread, self.max_ratio, self.particles, self.calibrate, self.hinge_quantile)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -54,7 +55,7 @@ class GuidanceSettings:
 
 # What galleries were sampled with before these fields existed (sum over members, no hinge):
 # read for stored settings that lack a field, so old bundles reproduce as they were made.
-LEGACY = GuidanceSettings(combine="sum", calibrate=False)
+LEGACY = GuidanceSettings(combine="sum", calibrate=False, threshold=None, hinge_quantile=None)
 
 # The default: chosen by the sweep (see the module docstring).
 DEFAULT_GUIDANCE = GuidanceSettings()

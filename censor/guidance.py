@@ -29,11 +29,12 @@ of ``Guidance``, applied by the sampler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -111,11 +112,19 @@ class Objective:
     spread: float = 1.0
     threshold: float | None = None
     offset: float = 0.0
+    schedule: tuple | None = None  # ((t, ...), (τ_t, ...)): a hinge that depends on the timestep
+
+    def at(self, t) -> "Objective":
+        """This objective at timestep t: the scheduled hinge τ_t interpolated, else itself."""
+        if self.schedule is None:
+            return self
+        ts, taus = self.schedule
+        return replace(self, threshold=float(np.interp(float(t), ts, taus)), schedule=None)
 
     def __post_init__(self):
         if self.combine not in COMBINES:
             raise CensorError(f"unknown ensemble combination {self.combine!r}; use one of {', '.join(COMBINES)}")
-        if self.threshold is not None and not 0 < self.threshold <= 1:
+        if self.threshold is not None and not 0 < self.threshold <= 1 and self.schedule is None:
             raise CensorError(f"the hinge threshold τ must be in (0, 1], got {self.threshold}")
         if self.spread < 0:
             raise CensorError(f"the spread penalty λ must be >= 0, got {self.spread}")
@@ -141,6 +150,37 @@ class Objective:
         if hasattr(reward, "logits"):
             return self.from_logits(reward.logits(x, t))
         return self(reward.log_prob(x, t)[None])  # a reward with only a combined log_prob is one member
+
+
+def reward_prior(reward) -> float:
+    """The share of benign labels a reward was trained on (``info``), else 1.
+
+    A calibrated time-dependent r(x_t, t) tends to this prior as t → T (pure noise says nothing),
+    so a hinge relative to it means the same on every feature: push only images the reward now
+    doubts more than it doubts pure noise.
+    """
+    info = getattr(reward, "info", None) or {}
+    n, b = info.get("labels"), info.get("benign_labels")
+    return b / n if isinstance(n, int) and isinstance(b, int) and n > 0 and b > 0 else 1.0
+
+
+def hinge_schedule(reward, quantile: float) -> tuple | None:
+    """((t, ...), (τ_t, ...)): the ``quantile`` of the reward's own calibrated score on noised copies
+    of its benign labels at each timestep (``reward_training.benign_score_table``, kept in ``info``),
+    or None for a reward without the table. Hinged at τ_t, guidance leaves alone every image the
+    reward scores as high as most known-benign images at the same noise level, on any feature."""
+    table = (getattr(reward, "info", None) or {}).get("benign_scores")
+    if not table:
+        return None
+    try:  # the table comes from a reward.json, which may be an upload: held to its exact shape
+        qs, ts, rows = list(table["quantiles"]), [int(t) for t in table["t"]], table["scores"]
+        k = qs.index(quantile)
+        taus = [float(row[k]) for row in rows]
+        if len(taus) != len(ts) or ts != sorted(ts) or not all(math.isfinite(v) for v in taus):
+            raise ValueError
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CensorError(f"the reward's benign-score table has no valid {quantile} quantile") from None
+    return tuple(ts), tuple(min(1.0, max(1e-6, v)) for v in taus)
 
 
 def calibration_offset(reward) -> float:
@@ -203,14 +243,14 @@ class TimeGuidance:
             x = ctx.x.detach().requires_grad_(True)
             if ctx.eps is None and self.reward.reads_unet is ctx.unet:
                 eps, feats = eps_and_taps(ctx.unet, x, ctx.t)
-                g, = torch.autograd.grad(self.objective.from_logits(self.reward.logits_from_features(feats)).sum(), x)
+                g, = torch.autograd.grad(self.objective.at(ctx.t).from_logits(self.reward.logits_from_features(feats)).sum(), x)
                 ctx.unguided_eps = eps = eps.detach()
             else:
                 if ctx.eps is None:  # a reward on another model's encoder: no pass to share
                     with torch.no_grad():
                         ctx.eps = ctx.unguided_eps = ctx.unet(ctx.x, ctx.t).sample
                 eps = ctx.eps
-                g = _grad_of_log_reward(self.reward, x, x, ctx.t_batch(), self.objective)
+                g = _grad_of_log_reward(self.reward, x, x, ctx.t_batch(), self.objective.at(ctx.t))
         self._g = g
         return shift_eps(eps, g, self.weight, ctx.ab, self.max_ratio)
 
@@ -231,7 +271,7 @@ class UniversalGuidance:
             eps = ctx.unet(x, ctx.t).sample
             x0 = x0_from_eps(x, eps, ctx.ab)
             zeros = torch.zeros(len(x), dtype=torch.long, device=x.device)
-            g = _grad_of_log_reward(self.reward, ctx.decode(x0), x, zeros, self.objective)
+            g = _grad_of_log_reward(self.reward, ctx.decode(x0), x, zeros, self.objective.at(0))
         ctx.unguided_eps = eps.detach()
         return shift_eps(eps.detach(), g, self.weight, ctx.ab, self.max_ratio)
 
@@ -257,7 +297,7 @@ class ManifoldGuidance:
         x0 = (x0 if ctx.latent else x0.clamp(-1, 1)).detach()
         with torch.enable_grad():
             z = x0.clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.objective.of(self.reward, ctx.decode(z), zeros).sum(), z)
+            (g,) = torch.autograd.grad(self.objective.at(0).of(self.reward, ctx.decode(z), zeros).sum(), z)
         moved = eps_from_x0(ctx.x, x0 + self.weight * (1 - ctx.ab) * g, ctx.ab)
         return ctx.eps + limit_shift(ctx.eps, moved - ctx.eps, self.max_ratio)
 
@@ -279,7 +319,7 @@ class BackwardGuidance:
             x0 = (x0 if ctx.latent else x0.clamp(-1, 1)).detach().requires_grad_(True)
             opt = torch.optim.Adam([x0], lr=self.lr)
             for _ in range(self.steps):
-                loss = -self.objective.of(self.reward, ctx.decode(x0), zeros).sum()
+                loss = -self.objective.at(0).of(self.reward, ctx.decode(x0), zeros).sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -337,13 +377,13 @@ class ParticleResampling:
         unet = getattr(self.reward, "reads_unet", None)
         if unet is not None and unet is ctx.unet:
             eps, feats = eps_and_taps(ctx.unet, ctx.x, ctx.t)
-            return self.weight * self.objective.from_logits(self.reward.logits_from_features(feats)), eps
+            return self.weight * self.objective.at(ctx.t).from_logits(self.reward.logits_from_features(feats)), eps
         eps = ctx.unet(ctx.x, ctx.t).sample
-        return self.weight * self.objective.of(self.reward, ctx.x, ctx.t_batch()), eps
+        return self.weight * self.objective.at(ctx.t).of(self.reward, ctx.x, ctx.t_batch()), eps
 
     def final_potential(self, x0: torch.Tensor) -> torch.Tensor:
         t = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
-        return self.weight * self.objective.of(self.reward, x0, t)
+        return self.weight * self.objective.at(0).of(self.reward, x0, t)
 
     def reweight(self, log_w: torch.Tensor, gen: torch.Generator, stats: dict) -> torch.Tensor | None:
         """Flat indices to keep (None: no group needed resampling); resets the resampled groups' weights."""
@@ -410,6 +450,7 @@ class Guidance:
 
 
 GUIDANCE_KINDS = ("time", "universal", "manifold", "particles")
+FALLBACK_THRESHOLD = 0.9  # hinge × prior for rewards without a benign-score table
 
 
 def build_guidance(reward, kind: str, weight: float, backward_steps: int = _D.backward_steps,
@@ -417,9 +458,12 @@ def build_guidance(reward, kind: str, weight: float, backward_steps: int = _D.ba
                    window: tuple[int, int] = _D.window, every: int = _D.every, combine: str = _D.combine,
                    threshold: float | None = _D.threshold, spread: float = _D.spread,
                    max_ratio: float | None = _D.max_ratio, particles: int = _D.particles,
-                   calibrate: bool = _D.calibrate) -> Guidance:
+                   calibrate: bool = _D.calibrate, hinge_quantile: float | None = _D.hinge_quantile) -> Guidance:
     """The usual composition: one first piece (time, universal, manifold) and optional backward
-    guidance; or ``particles``: SMC resampling with P particles per image. Every knob not given
+    guidance; or ``particles``: SMC resampling with P particles per image. ``threshold`` is relative
+    to the reward's prior (``reward_prior``): τ = threshold × share of benign labels; ``hinge_quantile``
+    (used when ``threshold`` is None) hinges at τ_t, that quantile of the reward's scores on its own
+    noised benign labels at each timestep (``hinge_schedule``). Every knob not given
     takes its value from ``defaults.DEFAULT_GUIDANCE`` (``GuidanceSettings.build`` passes them all).
 
     ``every`` > 1 (time guidance only) computes the reward gradient on every ``every``-th step and
@@ -429,7 +473,12 @@ def build_guidance(reward, kind: str, weight: float, backward_steps: int = _D.ba
         raise CensorError(f"unknown guidance {kind!r}; use one of {', '.join(GUIDANCE_KINDS)}")
     if every != 1 and kind != "time":
         raise CensorError("reusing gradients (every > 1) is only supported for time-dependent guidance")
-    objective = Objective(combine, spread, threshold, calibration_offset(reward) if calibrate else 0.0)
+    tau = None if threshold is None else min(1.0, threshold * reward_prior(reward))  # relative to the prior
+    schedule = hinge_schedule(reward, hinge_quantile) if hinge_quantile is not None and tau is None else None
+    if hinge_quantile is not None and tau is None and schedule is None:
+        # a reward trained before the table existed: the prior-relative hinge is the nearest meaning
+        tau = min(1.0, FALLBACK_THRESHOLD * reward_prior(reward))
+    objective = Objective(combine, spread, tau, calibration_offset(reward) if calibrate else 0.0, schedule)
     if kind == "particles":
         return Guidance([], window=tuple(window),
                         particles=ParticleResampling(reward, particles, weight, objective))

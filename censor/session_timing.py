@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     def run():
         t0 = time.perf_counter()  # before the heavy imports: this is what an app start pays
         from .evaluate import is_malign
+        from .defaults import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, REWARD_KIND, STEPS
         from .studio import PAGE_SIZE, Studio
 
         studio = Studio(data_dir=tempfile.mkdtemp())
@@ -43,13 +44,16 @@ def main(argv=None) -> int:
         print(studio.counts_text(sid))
         for rep in range(a.reps):
             t = time.perf_counter()
-            info = studio.train(sid, "ensemble", "ddpm-encoder", 5, 300, 0.1)
+            info = studio.train(sid, "ensemble", REWARD_KIND, MEMBERS, ITERATIONS, ALPHA)
             train_s = time.perf_counter() - t
             t = time.perf_counter()
-            res = studio.censored_gallery(sid, "time", 4.0, 0, 0, 30, 0, 32, feature=a.feature)
+            g = DEFAULT_GUIDANCE  # the studio's defaults, automatic strength included
+            res = studio.censored_gallery(sid, g.kind, g.weight, g.backward_steps, g.recurrence, STEPS, 0, 32,
+                                          feature=a.feature, auto=True)
             print(f"rep {rep + 1}: train {train_s:.1f}s (reward alone {info['train_seconds']:.1f}s), "
-                  f"gallery 32 x 30 steps {time.perf_counter() - t:.1f}s, oracle {res['oracle']['baseline']} "
-                  f"-> {res['oracle']['censored']}")
+                  f"gallery 32 x {STEPS} steps with automatic strength {time.perf_counter() - t:.1f}s "
+                  f"(ω {res['settings']['weight']:g}), oracle {res['oracle']['baseline']} -> {res['oracle']['censored']}, "
+                  f"drift {res['drift']['censored']['tv']:.2f} (chance {res['drift']['censored']['chance']:.2f})")
 
     return run_cli(run)
 

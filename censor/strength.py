@@ -24,7 +24,7 @@ from .guidance import Objective, calibration_offset
 from .rewards import clean_input
 from .sampling import sample, seeds_for
 
-LADDER = (0.5, 1.0, 2.0, 4.0, 8.0)  # multiples of the default weight, climbed in order
+LADDER = (0.5, 1.0, 2.0)  # multiples of the default weight, climbed in order
 PROBE_N = 32
 PROBE_STEPS = 12
 PROBE_SEED = 77_777  # probe seeds are disjoint from galleries (seeds_for(n, seed) with small seeds)

@@ -24,7 +24,7 @@ from .evaluate import load_features, malign_fraction
 from .defaults import DEFAULT_GUIDANCE, GuidanceSettings
 from .guidance import COMBINES, Guidance
 from .models import EMBEDDED_MODEL_DIR, DiffusionModel
-from .reward_training import train_reward
+from .reward_training import SCORE_QUANTILES, train_reward
 from .bundles import sha256
 from .rewards import TIME_DEPENDENT, clean_input, load_reward, model_fingerprint
 from .sampling import sample, seeds_for
@@ -118,6 +118,10 @@ def check_guidance_extras(settings: dict) -> None:
                                      ("particles", 1, 16, False, True)):
         if name in settings:
             _number(settings, name, lo, hi, opt, whole)
+    if "calibrate" in settings and not isinstance(settings["calibrate"], bool):
+        raise CensorError("manifest.json: calibrate must be true or false")
+    if settings.get("hinge_quantile") is not None and settings["hinge_quantile"] not in SCORE_QUANTILES:
+        raise CensorError(f"manifest.json: hinge_quantile must be one of {list(SCORE_QUANTILES)} or null")
     if "window" in settings:
         w = settings["window"]
         if (not isinstance(w, list) or len(w) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in w)

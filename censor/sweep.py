@@ -32,7 +32,8 @@ def sweep_config(feature: str, spec: dict, settings: GuidanceSettings, base: Ben
                    combine=settings.combine, threshold=settings.threshold, spread=settings.spread,
                    max_ratio=settings.max_ratio, backward_steps=settings.backward_steps,
                    backward_lr=settings.backward_lr, recurrence=settings.recurrence, window=tuple(settings.window),
-                   every=settings.every, particles=settings.particles, reward=None)
+                   every=settings.every, particles=settings.particles, calibrate=settings.calibrate,
+                   hinge_quantile=settings.hinge_quantile, reward=None)
 
 
 def verdict(result: dict) -> dict:

@@ -115,6 +115,6 @@ def test_old_bundle_settings_keep_their_meaning():
     g = guidance_from_settings(old)
     assert g.combine == "sum" and g.threshold is None  # what galleries were sampled with before the fields existed
     for bad in (dict(combine="median"), dict(threshold=2.0), dict(window=[5, 1]), dict(particles=True),
-                dict(every=0), dict(max_ratio="x")):
+                dict(every=0), dict(max_ratio="x"), dict(calibrate=1), dict(hinge_quantile=0.33)):
         with pytest.raises(CensorError, match="manifest.json"):
             check_guidance_extras(bad)

@@ -73,7 +73,7 @@ def test_hinge_leaves_images_above_threshold_on_the_unguided_path(gaussian_model
     sure = Brightness(scale=0.01, bias=5.0)  # r ≥ σ(3) ≈ 0.95 for any plausible image and t
     hinged = sample(gaussian_model, seeds, steps=20, guidance=build_guidance(sure, "time", 100.0, threshold=0.9))
     assert torch.equal(hinged, base)
-    plain = sample(gaussian_model, seeds, steps=20, guidance=build_guidance(sure, "time", 100.0))
+    plain = sample(gaussian_model, seeds, steps=20, guidance=build_guidance(sure, "time", 100.0, hinge_quantile=None))
     assert (plain - base).abs().max() > 1e-3  # without the hinge the same reward does push
 
 
@@ -203,3 +203,50 @@ def test_calibration_undoes_the_training_class_weight():
     g = build_guidance(r, "time", 1.0)
     assert g.pieces[0].objective.offset == pytest.approx(math.log(10))
     assert build_guidance(r, "time", 1.0, calibrate=False).pieces[0].objective.offset == 0.0
+
+
+def test_the_hinge_is_relative_to_the_rewards_prior():
+    from censor.guidance import reward_prior
+
+    @dataclass
+    class Info:
+        info: dict
+        time_dependent: bool = True
+
+        def log_prob(self, x, t=None):
+            return torch.zeros(len(x))
+
+    r = Info({"labels": 100, "benign_labels": 90, "alpha": 0.1})
+    assert reward_prior(r) == pytest.approx(0.9)
+    assert build_guidance(r, "time", 1.0, threshold=0.9).pieces[0].objective.threshold == pytest.approx(0.81)
+    assert reward_prior(Info({})) == 1.0  # no label counts: the threshold is absolute
+    assert build_guidance(Info({}), "time", 1.0, threshold=0.7).pieces[0].objective.threshold == pytest.approx(0.7)
+
+
+def test_the_per_timestep_hinge_comes_from_the_rewards_own_benign_labels(tiny_model, fixture_images):
+    from censor.guidance import hinge_schedule
+    from censor.reward_training import SCORE_TIMESTEPS, train_reward
+    from censor.rewards import load_reward
+
+    images = fixture_images["clean"][:40]
+    labels = (fixture_images["labels"][:40] != 8).astype(int)
+    labels[:3] = 0
+    reward = train_reward(images, labels, kind="ddpm-encoder", diffusion=tiny_model, members=2, iterations=5)
+    table = reward.info["benign_scores"]
+    assert table["t"] == list(SCORE_TIMESTEPS) and len(table["scores"]) == len(SCORE_TIMESTEPS)
+    assert all(a <= b for row in table["scores"] for a, b in zip(row, row[1:]))  # quantiles ascend
+    ts, taus = hinge_schedule(reward, 0.1)
+    assert ts == tuple(SCORE_TIMESTEPS) and all(0 < v <= 1 for v in taus)
+    g = build_guidance(reward, "time", 4.0, hinge_quantile=0.1)
+    obj = g.pieces[0].objective
+    assert obj.threshold is None and obj.at(500).threshold == pytest.approx(float(np.interp(500, ts, taus)))
+    assert obj.at(0).threshold == pytest.approx(taus[0])
+    with pytest.raises(CensorError, match="no valid 0.3 quantile"):
+        hinge_schedule(reward, 0.3)
+    reward.info["benign_scores"] = dict(table, scores=[["x"]] * len(ts))  # a tampered reward.json
+    with pytest.raises(CensorError, match="benign-score table"):
+        hinge_schedule(reward, 0.1)
+    reward.info.pop("benign_scores")
+    old = build_guidance(reward, "time", 4.0, hinge_quantile=0.1)  # no table: the prior-relative hinge
+    prior = reward.info["benign_labels"] / reward.info["labels"]
+    assert old.pieces[0].objective.threshold == pytest.approx(0.9 * prior)

@@ -272,7 +272,7 @@ def test_every_limit_is_tested_and_matches_the_ui(studio):
     sliders = {c["props"]["label"]: (c["props"]["minimum"], c["props"]["maximum"])
                for c in build_app(studio).config["components"] if c["type"] == "slider"}
     ui = {"members": "ensemble size K", "iterations": "iterations", "alpha": "α (benign class weight)",
-          "weight": "weight ω", "backward": "backward steps", "recurrence": "recurrence", "steps": "steps",
+          "weight": "weight ω (used when automatic strength is off)", "backward": "backward steps", "recurrence": "recurrence", "steps": "steps",
           "count": "images"}
     assert {name: sliders[label] for name, label in ui.items()} == {name: LIMITS[name] for name in ui}
     # the public app's queue: a concurrency limit per event and a bounded waiting line
