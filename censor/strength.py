@@ -4,9 +4,11 @@ A reward trained on ~100 labels is neither calibrated nor near 1 on every benign
 same ω can be too weak for one reward and collapse the gallery for another. The studio therefore
 climbs a ladder of weights on a small probe batch (fixed seeds, few steps) and, at each rung,
 reads two things it can know without an oracle: the reward's own predicted malign rate on the
-probe, and the probe's drift from the reward-weighted pool (``fidelity.DriftMeter``). It stops at
-the first rung where the reward sees no malign image left, or one rung before the probe drifts
-beyond chance, whichever comes first. The user can always override the pick.
+probe (images it still doubts: calibrated P(benign) below the hinge at t = 0, where guidance stops
+pushing), and the probe's drift from the reward-weighted pool (``fidelity.DriftMeter``). It stops at
+the first rung where the reward doubts no more of the probe than of its own benign labels (the
+hinge quantile q, plus one image), or one rung before the probe drifts beyond chance, whichever comes
+first. The user can always override the pick.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .guidance import Objective, calibration_offset
 from .rewards import clean_input
 from .sampling import sample, seeds_for
 
-LADDER = (0.5, 1.0, 2.0)  # multiples of the default weight, climbed in order
+LADDER = (1.0, 2.0)  # multiples of the default weight, climbed in order (pilot: 16 → 32 helps weak rewards)
 PROBE_N = 32
 PROBE_STEPS = 12
 PROBE_SEED = 77_777  # probe seeds are disjoint from galleries (seeds_for(n, seed) with small seeds)
@@ -43,6 +45,14 @@ def reward_benign(reward, model, images: np.ndarray, batch_size: int = 250) -> n
     return np.concatenate(out)
 
 
+def doubt_threshold(reward, settings: GuidanceSettings) -> float:
+    """Below which calibrated P(benign) the reward still doubts a finished image: the hinge at t = 0
+    when the settings hinge (guidance stops pushing above it), else 0.5."""
+    objective = settings.with_(weight=1.0).build(reward).pieces[0].objective.at(0) \
+        if settings.kind != "particles" else settings.build(reward).particles.objective.at(0)
+    return objective.threshold if objective.threshold is not None else 0.5
+
+
 @dataclass
 class StrengthChoice:
     weight: float
@@ -58,20 +68,25 @@ def auto_strength(model, reward, meter: DriftMeter, pool_weights: np.ndarray, se
                   progress: Callable[[float], None] | None = None) -> StrengthChoice:
     """Climb ``ladder`` × ``settings.weight``; see the module docstring for the stopping rule."""
     seeds = seeds_for(probe_n, PROBE_SEED)
+    doubt = doubt_threshold(reward, settings)
+    # by construction a share q of the reward's benign labels sits below the hinge: a probe doubted no
+    # more than that (one image of slack) holds nothing the reward can still tell is malign
+    allowed = (settings.hinge_quantile or 0.0) + 1.0 / probe_n
     trace, previous = [], None
     for i, factor in enumerate(ladder):
         w = float(settings.weight * factor)
         g = settings.with_(weight=w).build(reward)
         sub = (lambda f, i=i: progress((i + f) / len(ladder))) if progress else None
         probe = to_uint8(sample(model, seeds, steps=probe_steps, guidance=g, progress=sub))
-        predicted = float((reward_benign(reward, model, probe) < 0.5).mean())
+        predicted = float((reward_benign(reward, model, probe) < doubt).mean())
         drift = meter.measure(probe, pool_weights)
         trace.append(dict(weight=w, predicted_malign=predicted, **drift.as_dict()))
         if drift.drifted:
             if previous is None:
                 return StrengthChoice(w, f"the probe drifts even at ω {w:g}: the lowest rung", trace)
             return StrengthChoice(previous, f"ω {w:g} drifts beyond chance: one rung lower", trace)
-        if predicted == 0.0:
-            return StrengthChoice(w, f"the reward sees no malign image in the probe at ω {w:g}", trace)
+        if predicted <= allowed:
+            return StrengthChoice(w, f"at ω {w:g} the reward doubts {100 * predicted:.0f}% of the probe, no more than "
+                                     f"it doubts of its own benign labels ({100 * allowed:.0f}%)", trace)
         previous = w
-    return StrengthChoice(previous, "the reward still sees malign images at the top rung", trace)
+    return StrengthChoice(previous, "the reward still doubts some probe images at the top rung", trace)
