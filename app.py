@@ -261,7 +261,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                 with gr.Row():
                     guidance = gr.Radio(["time", "universal"], value=DEFAULT_GUIDANCE.kind, label="guidance")
                     auto = gr.Checkbox(True, label="automatic strength", elem_id="censor-auto",
-                                       info="picks ω on a small probe: strongest push that does not drift")
+                                       info="tries ω on a small probe: the default, doubled while the reward "
+                                            "still doubts the probe and it does not drift")
                     weight = gr.Slider(*LIMITS["weight"], value=DEFAULT_GUIDANCE.weight, step=0.1,
                                        label="weight ω (used when automatic strength is off)")
                     backward = gr.Slider(*LIMITS["backward"], value=0, step=1, label="backward steps")

@@ -15,9 +15,13 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from .bench import BenchConfig, machine, run_bench
 from .defaults import GuidanceSettings
 from .evaluate import load_features
+
+CLASS_NAMES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 # The targets every row is checked against (the faithful-censoring issue).
 TARGETS = {
@@ -76,8 +80,32 @@ def run_sweep(settings: GuidanceSettings, model, oracle, pool, reference, out_di
 
 
 HEADER = ("| feature | dominance | baseline malign % | censored malign % [95% CI] | tv (floor) | recall vs baseline | "
-          "confident (base → censored) | guided ÷ unguided time | targets met |\n"
-          "|---|---|---|---|---|---|---|---|---|\n")
+          "worst class recall | confident (base → censored) | other feature (base → censored) | "
+          "guided ÷ unguided time | targets met |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def _worst_class(c: dict) -> str:
+    """The benign class whose recall fell most (class id: ratio), from the per-class recall ratios."""
+    ratios = {k: v for k, v in (c.get("class_recall_ratio") or {}).items() if v is not None}
+    if not ratios:
+        return "n/a"
+    k = min(ratios, key=ratios.get)
+    return f"{CLASS_NAMES[int(k)]} {ratios[k]:.2f}×"
+
+
+def _other(r: dict) -> str:
+    """For a class feature the watermark share; for the watermark the largest class-share change."""
+    b, c = r["baseline"], r["censored"]
+    if r["config"]["feature"] == "watermark" or "watermark" in r["feature"]:
+        if not b.get("class_shares") or not c.get("class_shares"):
+            return "n/a"
+        d = np.array(c["class_shares"]) - np.array(b["class_shares"])
+        k = int(np.abs(d).argmax())
+        return f"{CLASS_NAMES[k]} {100 * b['class_shares'][k]:.0f}% → {100 * c['class_shares'][k]:.0f}%"
+    if b.get("watermark_share") is None or c.get("watermark_share") is None:
+        return "n/a"
+    return f"stamp {100 * b['watermark_share']:.1f}% → {100 * c['watermark_share']:.1f}%"
 
 
 def _met(v: dict) -> str:
@@ -96,8 +124,9 @@ def summary_table(results: list[dict], link: str | None = None) -> str:
         name = f"[{r['feature']}]({link}/{r['name']}.png)" if link else r["feature"]
         rows.append(f"| {name} | {r.get('dominance')} | {b['malign_pct']:.1f} | {c['malign_pct']:.2f} "
                     f"[{c['ci_pct'][0]:.2f}, {c['ci_pct'][1]:.2f}] | {_f(c.get('tv'), '{:.3f}')} "
-                    f"({_f(c.get('tv_floor'), '{:.3f}')}) | {_f(c.get('recall_ratio'), '{:.2f}×')} | "
-                    f"{b['confident']:.2f} → {c['confident']:.2f} | {_f(c.get('time_ratio'), '{:.2f}×')} | {_met(v)} |")
+                    f"({_f(c.get('tv_floor'), '{:.3f}')}) | {_f(c.get('recall_ratio'), '{:.2f}×')} | {_worst_class(c)} | "
+                    f"{b['confident']:.2f} → {c['confident']:.2f} | {_other(r)} | "
+                    f"{_f(c.get('time_ratio'), '{:.2f}×')} | {_met(v)} |")
     return HEADER + "\n".join(rows) + "\n"
 
 

@@ -250,3 +250,35 @@ def test_the_per_timestep_hinge_comes_from_the_rewards_own_benign_labels(tiny_mo
     old = build_guidance(reward, "time", 4.0, hinge_quantile=0.1)  # no table: the prior-relative hinge
     prior = reward.info["benign_labels"] / reward.info["labels"]
     assert old.pieces[0].objective.threshold == pytest.approx(0.9 * prior)
+
+
+def test_automatic_strength_climbs_until_the_doubt_is_gone_and_steps_back_on_drift(monkeypatch):
+    from censor import strength
+    from censor.defaults import GuidanceSettings
+    from censor.fidelity import Drift
+
+    settings = GuidanceSettings(weight=16.0, hinge_quantile=0.1)
+    doubted = {16.0: 0.3, 32.0: 0.05}  # share of the probe the reward still doubts, per ω
+    drift = {16.0: 0.1, 32.0: 0.1}
+    state = {}
+
+    class Meter:
+        def measure(self, probe, weights):
+            return Drift(drift[state["w"]], 0.2, len(probe))
+
+    def fake_sample(model, seeds, steps, guidance, progress=None):
+        state["w"] = guidance  # the fake build hands back the weight
+        return torch.zeros(len(seeds), 1, 2, 2)
+
+    monkeypatch.setattr(strength, "sample", fake_sample)
+    monkeypatch.setattr(strength, "reward_benign",
+                        lambda r, m, imgs: np.where(np.arange(len(imgs)) < doubted[state["w"]] * len(imgs), 0.0, 1.0))
+    monkeypatch.setattr(strength, "doubt_threshold", lambda r, s: 0.5)
+    monkeypatch.setattr(GuidanceSettings, "build", lambda self, reward: self.weight)
+    pick = strength.auto_strength(None, None, Meter(), None, settings, probe_n=20)
+    assert pick.weight == 32.0 and [t["weight"] for t in pick.trace] == [16.0, 32.0]  # 30% > 10% + 1/20: climb
+    doubted[16.0] = 0.1
+    assert strength.auto_strength(None, None, Meter(), None, settings, probe_n=20).weight == 16.0  # stop at once
+    doubted[16.0], drift[32.0] = 0.3, 0.5  # the stronger rung drifts beyond chance: one rung back
+    pick = strength.auto_strength(None, None, Meter(), None, settings, probe_n=20)
+    assert pick.weight == 16.0 and "drifts" in pick.reason
