@@ -4,11 +4,13 @@
 
 Per labelling seed: the simulated labeller views ``budget`` pool images (about three minutes of a
 person's time at budget 100), a reward is trained on its labels (imitation: further rounds label
-galleries censored by the previous round), and n / seeds images are sampled with guidance from the
-same fixed seeds as the unguided baseline (n images, cached per model). The censored malign % pools
-the seeds, so both figures rest on n samples. Every malign % is reported next to what shows whether the
-samples are still good: k-NN precision/recall against the real benign test images (censored vs
-baseline, same n), the oracle-confident fraction, and a grid. Results go to JSON + markdown.
+galleries censored by the previous round), and n / seeds images are sampled with guidance from that
+seed's own slice of the baseline's fixed seeds, so every censored image has its unguided twin and the
+pooled figures rest on n independent images. Every malign % is reported next to what shows whether
+the rest of the distribution survived (``evaluate.GalleryJudge``): tv of the class histogram against
+the baseline's benign images with its floor, k-NN recall against the real benign test images
+(overall and per class), the oracle-confident fraction, the oracle-free drift figure, and a grid.
+Results go to JSON + markdown.
 """
 
 from __future__ import annotations
