@@ -33,7 +33,7 @@ import torch
 
 from .data import to_model_range
 from .errors import CensorError
-from .rewards import unet_taps
+from .rewards import mean_max_pool, unet_taps
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class EncoderFeatures:
                 t = torch.zeros(len(chunk), dtype=torch.long)
                 tp = unet_taps(self.unet, chunk, t)
                 taps.append([h.half() for h in tp])
-                pooled.append(torch.cat([torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], 1) for h in tp], 1))
+                pooled.append(mean_max_pool(tp))
         self.taps = [torch.cat(t) for t in zip(*taps)]
         z = torch.cat(pooled).double().numpy()
         self.embedding = ((z - z.mean(0)) / (z.std(0) + 1e-6)).astype(np.float32)

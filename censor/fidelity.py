@@ -30,7 +30,7 @@ DRIFT_MESSAGE = ("the censored gallery has drifted from the baseline: some benig
 @torch.no_grad()
 def encoder_embedding(model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
     """[N, D] pooled encoder taps at t = 0 (pixels pooled to 7×7 for networks without a UNet encoder)."""
-    from .rewards import unet_taps
+    from .rewards import mean_max_pool, unet_taps
 
     x = to_model_range(np.asarray(images))
     out = []
@@ -39,7 +39,7 @@ def encoder_embedding(model, images: np.ndarray, batch_size: int = 250) -> np.nd
             if getattr(model, "is_latent", False):
                 chunk = model.encode(chunk)
             taps = unet_taps(model.unet, chunk, torch.zeros(len(chunk), dtype=torch.long))
-            out.append(torch.cat([torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], 1) for h in taps], 1))
+            out.append(mean_max_pool(taps))
         else:
             out.append(torch.nn.functional.adaptive_avg_pool2d(chunk.float(), 7).flatten(1))
     return torch.cat(out).double().numpy()
@@ -72,13 +72,6 @@ def weighted_histogram(assign: np.ndarray, k: int, weights: np.ndarray | None = 
     w = np.ones(len(assign)) if weights is None else np.asarray(weights, np.float64)
     h = np.bincount(assign, weights=w, minlength=k)
     return h / max(h.sum(), 1e-12)
-
-
-def drift_tv(gallery_assign: np.ndarray, reference_assign: np.ndarray, k: int,
-             reference_weights: np.ndarray | None = None) -> float:
-    """tv between a gallery's cluster histogram and the (weighted) reference's: 0 for a gallery against itself."""
-    return tv_distance(weighted_histogram(gallery_assign, k),
-                       weighted_histogram(reference_assign, k, reference_weights))
 
 
 def chance_tv(target: np.ndarray, n: int, draws: int = 400, seed: int = 0, q: float = CHANCE_QUANTILE) -> float:

@@ -88,6 +88,12 @@ def eps_and_taps(unet, x: torch.Tensor, t) -> tuple[torch.Tensor, list[torch.Ten
     return eps, caught
 
 
+def mean_max_pool(maps: list[torch.Tensor]) -> torch.Tensor:
+    """[N, 2·ΣC]: each feature map's mean and max over positions, concatenated (max keeps a small
+    local mark as visible as a whole-image shape)."""
+    return torch.cat([torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], 1) for h in maps], 1)
+
+
 class TapHead(nn.Module):
     """Per tap: GroupNorm, SiLU, 1x1 conv, then mean and max over positions; an MLP -> one logit.
 
@@ -102,11 +108,8 @@ class TapHead(nn.Module):
                                  nn.Linear(hidden, 1))
 
     def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
-        pooled = []
-        for norm, proj, h in zip(self.norms, self.projs, taps):
-            h = proj(F.silu(norm(h)))
-            pooled += [h.mean(dim=(2, 3)), h.amax(dim=(2, 3))]
-        return self.mlp(torch.cat(pooled, 1)).squeeze(1)
+        maps = [proj(F.silu(norm(h))) for norm, proj, h in zip(self.norms, self.projs, taps)]
+        return self.mlp(mean_max_pool(maps)).squeeze(1)
 
 
 class PooledHead(nn.Module):
