@@ -29,10 +29,9 @@ of ``Guidance``, applied by the sampler.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
-
-import math
 
 import numpy as np
 import torch
@@ -55,10 +54,9 @@ def limit_shift(eps: torch.Tensor, shift: torch.Tensor, max_ratio: float | None)
     """Scale each image's guidance shift so |shift| <= max_ratio·|ε| (None: no cap)."""
     if max_ratio is None:
         return shift
-    dims = tuple(range(1, eps.ndim))
     norm = shift.flatten(1).norm(dim=1).clamp_min(1e-12)
     cap = max_ratio * eps.flatten(1).norm(dim=1)
-    return shift * (cap / norm).clamp(max=1.0).reshape(-1, *([1] * len(dims)))
+    return shift * (cap / norm).clamp(max=1.0).reshape(-1, *([1] * (eps.ndim - 1)))
 
 
 def shift_eps(eps: torch.Tensor, grad: torch.Tensor, weight: float, ab: torch.Tensor,
@@ -92,6 +90,7 @@ class StepContext:
 
 
 COMBINES = ("sum", "mean", "min", "mean-std")
+FALLBACK_THRESHOLD = 0.9  # hinge × prior for rewards without a benign-score table
 
 
 @dataclass(frozen=True)
@@ -152,6 +151,10 @@ class Objective:
         return self(reward.log_prob(x, t)[None])  # a reward with only a combined log_prob is one member
 
 
+def _info(reward) -> dict:
+    return getattr(reward, "info", None) or {}
+
+
 def reward_prior(reward) -> float:
     """The share of benign labels a reward was trained on (``info``), else 1.
 
@@ -159,7 +162,7 @@ def reward_prior(reward) -> float:
     so a hinge relative to it means the same on every feature: push only images the reward now
     doubts more than it doubts pure noise.
     """
-    info = getattr(reward, "info", None) or {}
+    info = _info(reward)
     n, b = info.get("labels"), info.get("benign_labels")
     return b / n if isinstance(n, int) and isinstance(b, int) and n > 0 and b > 0 else 1.0
 
@@ -169,7 +172,7 @@ def hinge_schedule(reward, quantile: float) -> tuple | None:
     of its benign labels at each timestep (``reward_training.benign_score_table``, kept in ``info``),
     or None for a reward without the table. Hinged at τ_t, guidance leaves alone every image the
     reward scores as high as most known-benign images at the same noise level, on any feature."""
-    table = (getattr(reward, "info", None) or {}).get("benign_scores")
+    table = _info(reward).get("benign_scores")
     if not table:
         return None
     try:  # the table comes from a reward.json, which may be an upload: held to its exact shape
@@ -185,8 +188,40 @@ def hinge_schedule(reward, quantile: float) -> tuple | None:
 
 def calibration_offset(reward) -> float:
     """−log α for a reward trained with class weight α (``info["alpha"]``), else 0: see ``Objective``."""
-    alpha = (getattr(reward, "info", None) or {}).get("alpha")
+    alpha = _info(reward).get("alpha")
     return -math.log(alpha) if isinstance(alpha, (int, float)) and alpha > 0 else 0.0
+
+
+def calibrated_score(reward, x: torch.Tensor, t) -> torch.Tensor:
+    """The reward's calibrated P(benign) [N]: the geometric mean over members of σ(logit − log α),
+    the r of the p_data·r target (what the drift figure weights by and the hinge table holds)."""
+    return Objective("mean", offset=calibration_offset(reward)).of(reward, x, t).exp()
+
+
+def make_objective(reward, combine: str = _D.combine, spread: float = _D.spread, threshold: float | None = _D.threshold,
+                   calibrate: bool = _D.calibrate, hinge_quantile: float | None = _D.hinge_quantile) -> Objective:
+    """The objective for this reward: ``threshold`` is relative to the reward's prior
+    (τ = threshold × share of benign labels); else ``hinge_quantile`` hinges at τ_t from the
+    reward's benign-score table (``hinge_schedule``), or, for a reward trained before the table
+    existed, at the nearest prior-relative meaning (``FALLBACK_THRESHOLD``)."""
+    tau, schedule = None, None
+    if threshold is not None:
+        tau = min(1.0, threshold * reward_prior(reward))
+    elif hinge_quantile is not None:
+        schedule = hinge_schedule(reward, hinge_quantile)
+        if schedule is None:
+            tau = min(1.0, FALLBACK_THRESHOLD * reward_prior(reward))
+    return Objective(combine, spread, tau, calibration_offset(reward) if calibrate else 0.0, schedule)
+
+
+def _from_shared_pass(reward, ctx: "StepContext", x: torch.Tensor, objective: Objective):
+    """(ε, objective [N]) from one UNet pass with the reward's taps hooked, when the reward reads the
+    sampler's own UNet (ddpm-encoder); None when it reads another network."""
+    unet = getattr(reward, "reads_unet", None)
+    if unet is None or unet is not ctx.unet:
+        return None
+    eps, feats = eps_and_taps(ctx.unet, x, ctx.t)
+    return eps, objective.at(ctx.t).from_logits(reward.logits_from_features(feats))
 
 
 def _grad_of_log_reward(reward, x_in: torch.Tensor, wrt: torch.Tensor, t, objective: "Objective") -> torch.Tensor:
@@ -241,9 +276,10 @@ class TimeGuidance:
             return shift_eps(ctx.eps, self._g, self.weight, ctx.ab, self.max_ratio)
         with torch.enable_grad():
             x = ctx.x.detach().requires_grad_(True)
-            if ctx.eps is None and self.reward.reads_unet is ctx.unet:
-                eps, feats = eps_and_taps(ctx.unet, x, ctx.t)
-                g, = torch.autograd.grad(self.objective.at(ctx.t).from_logits(self.reward.logits_from_features(feats)).sum(), x)
+            shared = _from_shared_pass(self.reward, ctx, x, self.objective) if ctx.eps is None else None
+            if shared is not None:
+                eps, obj = shared
+                g, = torch.autograd.grad(obj.sum(), x)
                 ctx.unguided_eps = eps = eps.detach()
             else:
                 if ctx.eps is None:  # a reward on another model's encoder: no pass to share
@@ -374,10 +410,10 @@ class ParticleResampling:
 
     def potential_and_eps(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """φ_t(x_t) [N] and the unguided ε (shared with the reward's UNet taps where it reads them)."""
-        unet = getattr(self.reward, "reads_unet", None)
-        if unet is not None and unet is ctx.unet:
-            eps, feats = eps_and_taps(ctx.unet, ctx.x, ctx.t)
-            return self.weight * self.objective.at(ctx.t).from_logits(self.reward.logits_from_features(feats)), eps
+        shared = _from_shared_pass(self.reward, ctx, ctx.x, self.objective)
+        if shared is not None:
+            eps, obj = shared
+            return self.weight * obj, eps
         eps = ctx.unet(ctx.x, ctx.t).sample
         return self.weight * self.objective.at(ctx.t).of(self.reward, ctx.x, ctx.t_batch()), eps
 
@@ -450,7 +486,6 @@ class Guidance:
 
 
 GUIDANCE_KINDS = ("time", "universal", "manifold", "particles")
-FALLBACK_THRESHOLD = 0.9  # hinge × prior for rewards without a benign-score table
 
 
 def build_guidance(reward, kind: str, weight: float, backward_steps: int = _D.backward_steps,
@@ -460,10 +495,8 @@ def build_guidance(reward, kind: str, weight: float, backward_steps: int = _D.ba
                    max_ratio: float | None = _D.max_ratio, particles: int = _D.particles,
                    calibrate: bool = _D.calibrate, hinge_quantile: float | None = _D.hinge_quantile) -> Guidance:
     """The usual composition: one first piece (time, universal, manifold) and optional backward
-    guidance; or ``particles``: SMC resampling with P particles per image. ``threshold`` is relative
-    to the reward's prior (``reward_prior``): τ = threshold × share of benign labels; ``hinge_quantile``
-    (used when ``threshold`` is None) hinges at τ_t, that quantile of the reward's scores on its own
-    noised benign labels at each timestep (``hinge_schedule``). Every knob not given
+    guidance; or ``particles``: SMC resampling with P particles per image. The hinge (``threshold``
+    or ``hinge_quantile``) is resolved for the reward by ``make_objective``. Every knob not given
     takes its value from ``defaults.DEFAULT_GUIDANCE`` (``GuidanceSettings.build`` passes them all).
 
     ``every`` > 1 (time guidance only) computes the reward gradient on every ``every``-th step and
@@ -473,12 +506,7 @@ def build_guidance(reward, kind: str, weight: float, backward_steps: int = _D.ba
         raise CensorError(f"unknown guidance {kind!r}; use one of {', '.join(GUIDANCE_KINDS)}")
     if every != 1 and kind != "time":
         raise CensorError("reusing gradients (every > 1) is only supported for time-dependent guidance")
-    tau = None if threshold is None else min(1.0, threshold * reward_prior(reward))  # relative to the prior
-    schedule = hinge_schedule(reward, hinge_quantile) if hinge_quantile is not None and tau is None else None
-    if hinge_quantile is not None and tau is None and schedule is None:
-        # a reward trained before the table existed: the prior-relative hinge is the nearest meaning
-        tau = min(1.0, FALLBACK_THRESHOLD * reward_prior(reward))
-    objective = Objective(combine, spread, tau, calibration_offset(reward) if calibrate else 0.0, schedule)
+    objective = make_objective(reward, combine, spread, threshold, calibrate, hinge_quantile)
     if kind == "particles":
         return Guidance([], window=tuple(window),
                         particles=ParticleResampling(reward, particles, weight, objective))

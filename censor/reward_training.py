@@ -105,18 +105,17 @@ SCORE_QUANTILES = (0.05, 0.1, 0.2, 0.5)
 @torch.no_grad()
 def benign_score_table(reward, x_benign: torch.Tensor, sched, gen: torch.Generator, max_images: int = 200,
                        timesteps=SCORE_TIMESTEPS, quantiles=SCORE_QUANTILES) -> dict:
-    """Quantiles of the reward's calibrated score (guidance.Objective, mean over members) on noised
+    """Quantiles of the reward's calibrated score (``guidance.calibrated_score``) on noised
     copies of its benign labels at each timestep: where the per-timestep hinge sits
     (guidance.hinge_schedule). JSON-safe, kept in the reward's info."""
-    from .guidance import Objective, calibration_offset
+    from .guidance import calibrated_score
 
-    objective = Objective("mean", offset=calibration_offset(reward))
     x0 = x_benign[torch.randperm(len(x_benign), generator=gen)[:max_images]]
     rows = []
     for t in timesteps:
         tt = torch.full((len(x0),), int(t), dtype=torch.long)
         xt = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), tt) if t > 0 else x0
-        score = objective.of(reward, xt, tt).exp().double().numpy()
+        score = calibrated_score(reward, xt, tt).double().numpy()
         rows.append([round(float(np.quantile(score, q)), 5) for q in quantiles])
     return dict(t=list(timesteps), quantiles=list(quantiles), scores=rows, images=int(len(x0)))
 

@@ -22,7 +22,7 @@ import torch
 from .data import to_model_range, to_uint8
 from .defaults import GuidanceSettings
 from .fidelity import DriftMeter
-from .guidance import Objective, calibration_offset
+from .guidance import calibrated_score, make_objective
 from .rewards import clean_input
 from .sampling import sample, seeds_for
 
@@ -34,22 +34,20 @@ PROBE_SEED = 77_777  # probe seeds are disjoint from galleries (seeds_for(n, see
 
 @torch.no_grad()
 def reward_benign(reward, model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """The reward's calibrated P(benign) at t = 0 on uint8 images: the geometric mean over members
-    of σ(logit − log α), the r of the p_data·r target (guidance.Objective, calibration_offset)."""
-    objective = Objective("mean", offset=calibration_offset(reward))
+    """``guidance.calibrated_score`` at t = 0 on uint8 images, in batches."""
     out = []
     for chunk in np.array_split(np.asarray(images), max(1, -(-len(images) // batch_size))):
         x = clean_input(reward, model, to_model_range(chunk))
         t = torch.zeros(len(x), dtype=torch.long) if reward.time_dependent else None
-        out.append(objective.of(reward, x, t).exp().float().numpy())
+        out.append(calibrated_score(reward, x, t).float().numpy())
     return np.concatenate(out)
 
 
 def doubt_threshold(reward, settings: GuidanceSettings) -> float:
     """Below which calibrated P(benign) the reward still doubts a finished image: the hinge at t = 0
     when the settings hinge (guidance stops pushing above it), else 0.5."""
-    objective = settings.with_(weight=1.0).build(reward).pieces[0].objective.at(0) \
-        if settings.kind != "particles" else settings.build(reward).particles.objective.at(0)
+    objective = make_objective(reward, settings.combine, settings.spread, settings.threshold, settings.calibrate,
+                               settings.hinge_quantile).at(0)
     return objective.threshold if objective.threshold is not None else 0.5
 
 
