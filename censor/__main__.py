@@ -94,19 +94,14 @@ def cmd_make_pool(a) -> None:
 
 
 def cmd_bench(a) -> None:
-    from .bench import BenchConfig, run_bench
+    from .bench import BenchConfig, guidance_kwargs, run_bench
     from .models import load_diffusion
     from .oracle import load_oracle, load_reference
     from .pool import load_pool
 
-    g = guidance_from_args(a)
-    cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, guidance=g.kind, reward=a.reward,
-                      members=a.members, weight=g.weight, alpha=a.alpha, iterations=a.iterations,
-                      backward_steps=g.backward_steps, backward_lr=g.backward_lr, recurrence=g.recurrence,
-                      window=g.window, every=g.every, combine=g.combine, threshold=g.threshold, spread=g.spread,
-                      max_ratio=g.max_ratio, particles=g.particles, calibrate=g.calibrate,
-                      hinge_quantile=g.hinge_quantile, rounds=a.rounds, n=a.n, steps=a.steps,
-                      seeds=a.seeds, flip_rate=a.flip_rate, init=a.init, auto=a.auto)
+    cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, reward=a.reward, members=a.members,
+                      alpha=a.alpha, iterations=a.iterations, rounds=a.rounds, n=a.n, steps=a.steps, seeds=a.seeds,
+                      flip_rate=a.flip_rate, init=a.init, auto=a.auto, **guidance_kwargs(guidance_from_args(a)))
     model = load_diffusion(a.model)
     result = run_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
                        cache_dir=a.cache)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -103,10 +103,17 @@ class BenchConfig:
         return f"{self.feature}_{self.method}_{self.guidance}_{self.reward}_b{self.budget}_w{self.weight:g}{extra}"
 
 
+# BenchConfig holds every GuidanceSettings field under the same name, except kind (its "guidance")
+GUIDANCE_FIELDS = tuple(f.name for f in fields(GuidanceSettings) if f.name != "kind")
+
+
+def guidance_kwargs(settings: GuidanceSettings) -> dict:
+    """BenchConfig keyword arguments for ``settings``."""
+    return dict({k: getattr(settings, k) for k in GUIDANCE_FIELDS}, guidance=settings.kind)
+
+
 def guidance_settings(cfg: BenchConfig) -> GuidanceSettings:
-    return GuidanceSettings(cfg.guidance, cfg.weight, cfg.combine, cfg.threshold, cfg.spread, cfg.max_ratio,
-                            cfg.backward_steps, cfg.backward_lr, cfg.recurrence, tuple(cfg.window), cfg.every,
-                            cfg.particles, cfg.calibrate, cfg.hinge_quantile)
+    return GuidanceSettings(kind=cfg.guidance, **{k: getattr(cfg, k) for k in GUIDANCE_FIELDS})
 
 
 def make_guidance(cfg: BenchConfig, reward, drift=None) -> Guidance:

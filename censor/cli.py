@@ -74,9 +74,10 @@ def guidance_from_args(a):
     """The ``GuidanceSettings`` of ``add_guidance_args``' options."""
     from .defaults import DEFAULT_GUIDANCE as D, GuidanceSettings
 
-    return GuidanceSettings(a.guidance or D.kind, a.weight, a.combine, a.threshold, a.spread, a.max_ratio, a.backward_steps,
-                            a.backward_lr, a.recurrence, tuple(a.window), a.every, a.particles, a.calibrate,
-                            a.hinge_quantile)
+    return GuidanceSettings(kind=a.guidance or D.kind, weight=a.weight, combine=a.combine, threshold=a.threshold,
+                            spread=a.spread, max_ratio=a.max_ratio, backward_steps=a.backward_steps,
+                            backward_lr=a.backward_lr, recurrence=a.recurrence, window=tuple(a.window), every=a.every,
+                            particles=a.particles, calibrate=a.calibrate, hinge_quantile=a.hinge_quantile)
 
 
 def runtime_from_args(a):

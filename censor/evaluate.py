@@ -177,18 +177,20 @@ def tv_distance(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * float(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)).sum())
 
 
+def benign_histogram(judgement: Judgement, feature: str) -> np.ndarray:
+    """The class histogram of a gallery's benign images, renormalised: what a perfect censor of it gives."""
+    return class_histogram(judgement, ~is_malign(judgement, feature))
+
+
 def benign_tv(reference_judgement: Judgement, censored: Judgement, feature: str) -> float:
-    """tv between the censored gallery's class histogram and the reference gallery's histogram
-    restricted to its benign images and renormalised: what a perfect censor of the reference gives."""
-    target = class_histogram(reference_judgement, ~is_malign(reference_judgement, feature))
-    return tv_distance(class_histogram(censored), target)
+    """tv between the censored gallery's class histogram and the reference's benign histogram."""
+    return tv_distance(class_histogram(censored), benign_histogram(reference_judgement, feature))
 
 
 def tv_floor(baseline: Judgement, second: Judgement, feature: str) -> float:
     """The sampling floor of ``benign_tv``: two unguided galleries from disjoint seeds, both
     restricted to their benign images (an ideal censor of one against the other's target)."""
-    return tv_distance(class_histogram(second, ~is_malign(second, feature)),
-                       class_histogram(baseline, ~is_malign(baseline, feature)))
+    return tv_distance(benign_histogram(second, feature), benign_histogram(baseline, feature))
 
 
 def per_class_recall(real: np.ndarray, real_classes: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[int, float]:
@@ -237,7 +239,7 @@ class GalleryJudge:
     def pool(self, runs: list[dict]) -> dict:
         """The censored block of a bench JSON: ``pool_runs`` plus tv of the pooled histogram and its floor."""
         out = pool_runs(runs)
-        out.update(tv=pooled_tv(out["class_shares"], self.base, self.feature), tv_floor=self.floor)
+        out.update(tv=tv_distance(out["class_shares"], benign_histogram(self.base, self.feature)), tv_floor=self.floor)
         return out
 
     def __call__(self, images: np.ndarray, judgement: Judgement | None = None) -> dict:
@@ -257,8 +259,8 @@ class GalleryJudge:
 
 
 def pool_runs(runs: list[dict]) -> dict:
-    """The censored block of a bench JSON from its per-seed judgements: counts pooled (Wilson),
-    tv on the pooled histogram, the rest as means."""
+    """The censored block of a bench JSON from its per-seed judgements: counts pooled (Wilson), class
+    shares pooled by count, the rest as means (``GalleryJudge.pool`` adds tv of the pooled shares)."""
     k, n = sum(r["malign"] for r in runs), sum(r["n"] for r in runs)
     shares = np.sum([np.asarray(r["class_shares"]) * r["n"] for r in runs], axis=0) / n
     out = dict(pooled_rate(k, n),
@@ -270,11 +272,6 @@ def pool_runs(runs: list[dict]) -> dict:
     classes = sorted({c for r in runs for c in r.get("class_recall_ratio", {})})
     out["class_recall_ratio"] = {c: _mean_or_none(r["class_recall_ratio"].get(c) for r in runs) for c in classes}
     return out
-
-
-def pooled_tv(censored_shares, baseline: Judgement, feature: str) -> float:
-    """tv of a pooled censored class histogram against the baseline's benign histogram."""
-    return tv_distance(censored_shares, class_histogram(baseline, ~is_malign(baseline, feature)))
 
 
 def _mean_or_none(values):

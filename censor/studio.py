@@ -110,10 +110,10 @@ def _number(settings: dict, name: str, lo: float, hi: float, optional: bool = Fa
 
 def check_guidance_extras(settings: dict) -> None:
     """The bounds of the guidance fields beyond the UI's sliders, for an uploaded manifest."""
-    _number(settings, "backward_lr", 0, 1) if "backward_lr" in settings else None
     if "combine" in settings and settings["combine"] not in COMBINES:
         raise CensorError(f"manifest.json: combine must be one of {', '.join(COMBINES)}")
-    for name, lo, hi, opt, whole in (("threshold", 1e-6, 1, True, False), ("spread", 0, 10, False, False),
+    for name, lo, hi, opt, whole in (("backward_lr", 0, 1, False, False),
+                                     ("threshold", 1e-6, 1, True, False), ("spread", 0, 10, False, False),
                                      ("max_ratio", 1e-6, 10, True, False), ("every", 1, 10, False, True),
                                      ("particles", 1, 16, False, True)):
         if name in settings:
@@ -146,6 +146,8 @@ class Studio:
         self._store = None
         self._oracle = None
         self._ranker = None  # active labelling (censor/active.py), made on first use
+        self._drift = None  # the drift figure's clusters of the pool (fidelity.py), made on first use
+        self._weights_cache: dict[str, np.ndarray] = {}  # reward file sha256 -> its P(benign) on the pool
 
     @property
     def data_dir(self) -> Path:
@@ -318,7 +320,7 @@ class Studio:
             from .strength import auto_strength
 
             chosen = auto_strength(tuned[1] if tuned else self.model, reward, self.drift_meter,
-                                   self._pool_weights(sid, reward), base_settings.with_(weight=DEFAULT_GUIDANCE.weight),
+                                   self._pool_weights(sid, reward), base_settings,
                                    progress=(lambda f: progress(0.3 * f)) if progress else None)
             weight = float(chosen.weight)
         settings = dict(guidance_settings_dict(base_settings.with_(weight=weight)), steps=steps, seed=seed,
@@ -391,7 +393,7 @@ class Studio:
     @property
     def drift_meter(self):
         """Clusters of the labelling pool in the encoder's feature space, fitted once per studio."""
-        if getattr(self, "_drift", None) is None:
+        if self._drift is None:
             from .fidelity import DriftMeter
 
             self._drift = DriftMeter(self.model, self.pool.images)
@@ -402,7 +404,7 @@ class Studio:
         from .strength import reward_benign
 
         key = sha256(self.reward_dir(sid) / "reward.safetensors")
-        cache = self.__dict__.setdefault("_weights_cache", {})
+        cache = self._weights_cache
         if key not in cache:
             if len(cache) > 16:
                 cache.clear()

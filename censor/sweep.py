@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import BenchConfig, machine, run_bench
+from .bench import BenchConfig, guidance_kwargs, machine, run_bench
 from .defaults import GuidanceSettings
 from .evaluate import load_features
 
@@ -32,12 +32,7 @@ TARGETS = {
 
 def sweep_config(feature: str, spec: dict, settings: GuidanceSettings, base: BenchConfig) -> BenchConfig:
     method = "imitation" if spec.get("dominance") == "malign" else "ensemble"
-    return replace(base, feature=feature, method=method, guidance=settings.kind, weight=settings.weight,
-                   combine=settings.combine, threshold=settings.threshold, spread=settings.spread,
-                   max_ratio=settings.max_ratio, backward_steps=settings.backward_steps,
-                   backward_lr=settings.backward_lr, recurrence=settings.recurrence, window=tuple(settings.window),
-                   every=settings.every, particles=settings.particles, calibrate=settings.calibrate,
-                   hinge_quantile=settings.hinge_quantile, reward=None)
+    return replace(base, feature=feature, method=method, reward=None, **guidance_kwargs(settings))
 
 
 def verdict(result: dict) -> dict:
