@@ -11,14 +11,14 @@ import os
 import gradio as gr
 import numpy as np
 
-from censor.defaults import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, REWARD_KIND, STEPS
-from censor.errors import CensorError
-from censor.fidelity import DRIFT_MESSAGE
-from censor.evaluate import load_features
-from censor.sources import options_from_env
-from censor.studio import LIMITS, PAGE_SIZE, Studio, display
+from censor.core.errors import CensorError
+from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, REWARD_KIND, STEPS
+from censor.diffusion.sources import options_from_env
+from censor.eval.drift import DRIFT_MESSAGE
+from censor.eval.features import load_features
+from censor.studio.core import LIMITS, PAGE_SIZE, Studio, display
+from censor.studio.rlhf import COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
 from rlhf.compare import METHODS as COMPARE_METHODS
-from rlhf.studio import COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
 
 GRID_TEMPLATE = """
 <div class="label-grid">

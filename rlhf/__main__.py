@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from censor.cli import dispatch, positive_int
-from censor.defaults import DEFAULT_GUIDANCE
-from censor.models import EMBEDDED_MODEL_DIR
-
+from censor.cli.args import dispatch, positive_int
+from censor.core.settings import DEFAULT_GUIDANCE
+from censor.diffusion.models import EMBEDDED_MODEL_DIR
 
 
 def cmd_compare(a) -> None:
-    from censor.models import load_diffusion
-    from censor.oracle import load_oracle, load_reference
-    from censor.pool import load_pool
-
-    from .compare import CompareConfig, markdown_table, run_compare
+    from censor.diffusion.models import load_diffusion
+    from censor.eval.oracle import load_oracle, load_reference
+    from censor.labels.pool import load_pool
+    from rlhf.compare import CompareConfig, markdown_table, run_compare
 
     cfg = CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
                         train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr,
@@ -29,7 +27,7 @@ def cmd_compare(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .compare import METHODS
+    from rlhf.compare import METHODS
 
     p = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from censor.errors import CensorError
+from censor.core.errors import CensorError
 
 ADAPTER_FORMAT = "censor-adapter"
 ADAPTER_VERSION = 1

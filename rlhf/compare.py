@@ -29,17 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from censor.bench import FLOOR_SEED, GALLERY_SEED, cached_baseline, machine
-from censor.data import to_uint8
-from censor.errors import CensorError
-from censor.evaluate import GalleryJudge, feature_spec
-from censor.defaults import DEFAULT_GUIDANCE, MEMBERS
-from censor.labeller import SimulatedLabeller
-from censor.rewards import model_fingerprint
-from censor.reward_training import train_reward
-from censor.sampling import sample, seeds_for
-
-from .train import D3POConfig, DDPOConfig, labels_from, reward_from, train_d3po, train_ddpo
+from censor.bench.censoring import FLOOR_SEED, GALLERY_SEED, cached_baseline, machine
+from censor.core.data import to_uint8
+from censor.core.errors import CensorError
+from censor.core.settings import DEFAULT_GUIDANCE, MEMBERS
+from censor.eval.features import feature_spec
+from censor.eval.judge import GalleryJudge
+from censor.labels.labeller import SimulatedLabeller
+from censor.rewards.ensemble import model_fingerprint
+from censor.rewards.training import train_reward
+from censor.sampling.guidance import guidance_for
+from censor.sampling.loop import sample, seeds_for
+from rlhf.train import D3POConfig, DDPOConfig, labels_from, reward_from, train_d3po, train_ddpo
 
 METHODS = ("baseline", "censored", "rlhf", "d3po", "d3po+censored")
 
@@ -85,7 +86,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     ``adapter_dir``: where the first seed's RLHF and D3PO adapters are saved (``<dir>/rlhf``,
     ``<dir>/d3po``), so the studio can sample from them afterwards.
     """
-    from .adapters import save_adapter
+    from rlhf.adapters import save_adapter
 
     total = 1 + cfg.seeds * len(cfg.methods)
     done = [0]
@@ -186,7 +187,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
 
 
 def _sample(model, seeds, cfg: CompareConfig, reward=None) -> np.ndarray:
-    guidance = DEFAULT_GUIDANCE.with_(weight=cfg.guidance_weight).build(reward) if reward is not None else None
+    guidance = guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.guidance_weight)) if reward is not None else None
     return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=guidance))
 
 

@@ -20,8 +20,8 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from censor.errors import CensorError
-from censor.sampling import initial_noise
+from censor.core.errors import CensorError
+from censor.diffusion.steps import initial_noise
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from censor.errors import CensorError
-from censor.models import DiffusionModel
-from censor.sampling import seeds_for
-
-from .adapters import frozen_reference, make_trainable
-from .losses import d3po_loss, ddpo_loss, standardise_advantages
-from .rollout import Trajectory, make_rollout_scheduler, rollout, step_log_prob
+from censor.core.errors import CensorError
+from censor.diffusion.models import DiffusionModel
+from censor.sampling.loop import seeds_for
+from rlhf.adapters import frozen_reference, make_trainable
+from rlhf.losses import d3po_loss, ddpo_loss, standardise_advantages
+from rlhf.rollout import Trajectory, make_rollout_scheduler, rollout, step_log_prob
 
 
 @dataclass
@@ -102,7 +101,7 @@ def preference_pairs(labels: Sequence[int], group_ids: Sequence[int]) -> torch.T
 
 def labels_from(labeller) -> Callable[[torch.Tensor], np.ndarray]:
     """Adapt a ``SimulatedLabeller`` (uint8 images) to a label function on images in [-1, 1]."""
-    from censor.data import to_uint8
+    from censor.core.data import to_uint8
 
     return lambda images: labeller.label(to_uint8(images))
 

@@ -3,7 +3,6 @@
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -26,7 +25,7 @@ def idx_dir():
 
 
 def _tiny_model():
-    from censor.models import DiffusionModel, build_scheduler, build_unet
+    from censor.diffusion.models import DiffusionModel, build_scheduler, build_unet
 
     torch.manual_seed(0)
     unet = build_unet(block_out_channels=(32, 32, 32), attention_head_dim=8)
@@ -70,7 +69,7 @@ class GaussianEps(torch.nn.Module):
 
 @pytest.fixture(scope="session")
 def gaussian_model():
-    from censor.models import DiffusionModel, build_scheduler
+    from censor.diffusion.models import DiffusionModel, build_scheduler
 
     sched = build_scheduler()
     return DiffusionModel(GaussianEps(sched.alphas_cumprod), sched)

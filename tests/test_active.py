@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from censor.active import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
-from censor.bench_active import labels_to_target, summary_table
-from censor.errors import CensorError
-from censor.pool import Pool
-from censor.studio import PAGE_SIZE, Studio
+from censor.bench.active import labels_to_target, summary_table
+from censor.core.errors import CensorError
+from censor.labels.active import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
+from censor.labels.pool import Pool
+from censor.studio.core import PAGE_SIZE, Studio
 
 
 def _clusters(sizes=(50, 30, 20), seed=0):
@@ -106,8 +106,8 @@ def test_deterministic_for_a_seed_and_works_with_zero_labels():
 
 
 def test_member_probs_from_cached_taps_match_the_reward(tiny_model, fixture_images):
-    from censor.data import to_model_range
-    from censor.reward_training import train_reward
+    from censor.core.data import to_model_range
+    from censor.rewards.training import train_reward
 
     images = fixture_images["images"][:40]
     labels = (np.arange(40) % 4 != 0).astype(int)
@@ -211,8 +211,8 @@ def test_miniature_active_bench_counts_views_and_resumes(tmp_path, fixture_image
 
     from PIL import Image
 
-    from censor.bench_active import ActiveBenchConfig, run_active_bench
-    from censor.oracle import load_oracle, load_reference
+    from censor.bench.active import ActiveBenchConfig, run_active_bench
+    from censor.eval.oracle import load_oracle, load_reference
 
     idx = np.concatenate([np.where(fixture_images["labels"] == 8)[0][:20], np.where(fixture_images["labels"] != 8)[0][:100]])
     pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})

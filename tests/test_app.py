@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from censor.errors import CensorError
-from censor.pool import Pool
-from censor.studio import PAGE_SIZE, Studio
+from censor.core.errors import CensorError
+from censor.labels.pool import Pool
+from censor.studio.core import PAGE_SIZE, Studio
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_app_serves_a_gallery(studio):
 def test_held_out_check_is_balanced_so_all_benign_scores_one_half(studio, monkeypatch):
     import torch
 
-    import censor.studio as studio_module
+    import censor.studio.core as studio_module
 
     class AllBenign:
         time_dependent = True
@@ -100,7 +100,7 @@ def test_censored_gallery_reports_drift_and_picks_the_strength(studio):
         d = r["drift"][side]
         assert 0 <= d["tv"] <= 1 and d["n"] == 6 and d["drifted"] == (d["tv"] > d["chance"])
     # every guidance field is stored, and the bundle settings rebuild the same guidance
-    from censor.studio import guidance_from_settings
+    from censor.studio.core import guidance_from_settings
 
     g = guidance_from_settings(r["settings"])
     assert g.weight == r["settings"]["weight"] and g.combine == r["settings"]["combine"]
@@ -109,7 +109,7 @@ def test_censored_gallery_reports_drift_and_picks_the_strength(studio):
 
 
 def test_old_bundle_settings_keep_their_meaning():
-    from censor.studio import check_guidance_extras, guidance_from_settings
+    from censor.studio.core import check_guidance_extras, guidance_from_settings
 
     old = dict(guidance="time", weight=4.0, backward=0, backward_lr=0.01, recurrence=0, steps=30, seed=0, count=8)
     g = guidance_from_settings(old)

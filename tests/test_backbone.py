@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from censor.backbone import load_backbone_into, nt_xent, train
-from censor.errors import CensorError
-from censor.rewards import ResNet18Reward
+from censor.core.errors import CensorError
+from censor.rewards.architectures import ResNet18Reward
+from censor.rewards.backbone import load_backbone_into
+from censor.rewards.pretrain import nt_xent, train
 
 
 def test_nt_xent_prefers_matching_views():

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from censor.bench import BenchConfig, markdown_rows, run_bench
-from censor.errors import CensorError
-from censor.labeller import SimulatedLabeller
-from censor.oracle import load_oracle, load_reference
-from censor.pool import Pool
+from censor.bench.censoring import BenchConfig, markdown_rows, run_bench
+from censor.core.errors import CensorError
+from censor.eval.oracle import load_oracle, load_reference
+from censor.labels.labeller import SimulatedLabeller
+from censor.labels.pool import Pool
 
 
 def test_labeller_follows_the_oracle_and_flips_on_request(fixture_images):
@@ -76,7 +76,7 @@ def test_zero_weight_bench_censors_disjoint_seeds_into_its_own_baseline(tmp_path
     b, c = result["baseline"], result["censored"]
     assert c["n"] == b["n"] == 12 and c["malign_pct"] == b["malign_pct"]
     assert c["class_shares"] == b["class_shares"]
-    from censor.evaluate import tv_distance
+    from censor.eval.metrics import tv_distance
 
     shares = np.array(b["class_shares"])
     target = np.where(np.arange(10) == 8, 0.0, shares)  # the baseline without its bags, renormalised
@@ -85,8 +85,8 @@ def test_zero_weight_bench_censors_disjoint_seeds_into_its_own_baseline(tmp_path
 
 
 def test_sweep_runs_every_feature_resumably_and_checks_targets(tmp_path, fixture_images, tiny_model, monkeypatch):
-    from censor import sweep
-    from censor.defaults import DEFAULT_GUIDANCE
+    from censor.bench import sweep
+    from censor.core.settings import DEFAULT_GUIDANCE
 
     pool = Pool(fixture_images["images"][:120], np.arange(120), {})
     base = BenchConfig(budget=40, members=2, iterations=2, batch_size=8, n=8, steps=2, seeds=1, rounds=2)
@@ -103,7 +103,7 @@ def test_sweep_runs_every_feature_resumably_and_checks_targets(tmp_path, fixture
 
 
 def test_sweep_verdict_reads_the_targets():
-    from censor.sweep import verdict
+    from censor.bench.sweep import verdict
 
     row = dict(dominance="benign", baseline=dict(confident=0.7, tv_floor=0.04),
                censored=dict(malign_pct=0.5, ci_pct=[0.1, 1.2], tv=0.055, tv_floor=0.04, recall_ratio=0.97,
@@ -128,7 +128,7 @@ def test_a_budget_without_malign_examples_is_reported_not_crashed(fixture_images
 
 
 def test_the_baseline_is_sampled_once_per_model_and_reused(tmp_path, tiny_model, monkeypatch):
-    from censor import bench
+    from censor.bench import censoring as bench
 
     first = bench.cached_baseline(tiny_model, 6, 2, tmp_path)
     assert len(list(tmp_path.glob("baseline_*_n6_s2.safetensors"))) == 1
@@ -138,7 +138,7 @@ def test_the_baseline_is_sampled_once_per_model_and_reused(tmp_path, tiny_model,
 
 
 def test_auc_handles_ties_and_orders():
-    from censor.fewshot import auc
+    from censor.bench.fewshot import auc
 
     assert auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
     assert auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
@@ -146,7 +146,7 @@ def test_auc_handles_ties_and_orders():
 
 
 def test_fewshot_scores_on_real_truth_and_reports_unavailable_inits(fixture_images, tiny_model):
-    from censor.fewshot import run_fewshot
+    from censor.bench.fewshot import run_fewshot
 
     bags = np.where(fixture_images["labels"] == 8)[0][:20]
     rest = np.where(fixture_images["labels"] != 8)[0][:100]
@@ -162,8 +162,9 @@ def test_fewshot_scores_on_real_truth_and_reports_unavailable_inits(fixture_imag
 
 
 def test_guidance_timing_interleaves_settings_and_takes_median_ratios(tiny_model, monkeypatch):
-    from censor import bench
-    from censor.rewards import RewardEnsemble, build_member
+    from censor.bench import censoring as bench
+    from censor.rewards.architectures import build_member
+    from censor.rewards.ensemble import RewardEnsemble
 
     reward = RewardEnsemble("ddpm-encoder", [build_member("ddpm-encoder", tiny_model)]).eval()
     clock, calls = [0.0], []
@@ -186,8 +187,9 @@ def test_guidance_timing_interleaves_settings_and_takes_median_ratios(tiny_model
 
 
 def test_guidance_timing_really_samples(tiny_model):
-    from censor import bench
-    from censor.rewards import RewardEnsemble, build_member
+    from censor.bench import censoring as bench
+    from censor.rewards.architectures import build_member
+    from censor.rewards.ensemble import RewardEnsemble
 
     reward = RewardEnsemble("ddpm-encoder", [build_member("ddpm-encoder", tiny_model)]).eval()
     result = bench.time_guidance(tiny_model, reward, n=2, steps=2, reps=1, everies=(1,), log=lambda *_: None)
@@ -195,7 +197,7 @@ def test_guidance_timing_really_samples(tiny_model):
 
 
 def test_bench_table_reads_bench_rows_only(tmp_path):
-    from censor.bench import collect
+    from censor.bench.censoring import collect
 
     row = dict(name="bags_x", config=dict(feature="bags"), baseline={}, censored={})
     (tmp_path / "bags_x.json").write_text(json.dumps(row))

@@ -7,10 +7,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from censor.bundles import read_gallery_bundle, safe_extract
-from censor.errors import CensorError
-from censor.pool import Pool
-from censor.studio import Studio
+from censor.core.errors import CensorError
+from censor.gallery.bundles import safe_extract
+from censor.labels.pool import Pool
+from censor.studio.core import Studio
 
 
 @pytest.fixture

@@ -5,9 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 
 def run(*args, timeout=300):
@@ -59,9 +58,9 @@ def test_missing_and_corrupt_weights(tmp_path):
 
 
 def test_wrong_data_path(tmp_path):
-    assert_one_line_error(run("censor.train_diffusion", "--data", str(tmp_path / "nodata"),
+    assert_one_line_error(run("censor", "train-diffusion", "--data", str(tmp_path / "nodata"),
                               "--run", str(tmp_path / "run")), "does not exist")
-    assert_one_line_error(run("censor.train_oracle", "--data", str(tmp_path), "--out", str(tmp_path / "o")),
+    assert_one_line_error(run("censor", "train-oracle", "--data", str(tmp_path), "--out", str(tmp_path / "o")),
                           "dataset-fashion-mnist")
 
 
@@ -69,7 +68,7 @@ def test_training_runs_and_resumes(tmp_path, idx_dir):
     """Two steps, then two more from the checkpoint: the step count and the loss log continue."""
     import json
 
-    common = ["censor.train_diffusion", "--data", str(idx_dir), "--run", str(tmp_path / "run"),
+    common = ["censor", "train-diffusion", "--data", str(idx_dir), "--run", str(tmp_path / "run"),
               "--batch", "8", "--save-every", "2", "--warmup", "1", "--width", "32", "32", "32"]
     first = run(*common, "--steps", "2")
     assert first.returncode == 0, first.stderr
@@ -78,7 +77,7 @@ def test_training_runs_and_resumes(tmp_path, idx_dir):
     assert "resumed" in second.stdout + second.stderr
     meta = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert meta["step"] == 4 and [r["step"] for r in meta["log"]] == [2, 4]
-    from censor.models import load_diffusion
+    from censor.diffusion.models import load_diffusion
 
     assert load_diffusion(tmp_path / "run" / "export").unet.config.block_out_channels == [32, 32, 32]
 
@@ -88,7 +87,7 @@ def test_training_can_start_from_shipped_weights(tmp_path, idx_dir, tiny_model_d
     import json
 
     (tiny_model_dir / "training.json").write_text(json.dumps({"step": 100, "elapsed_s": 12.0}))
-    proc = run("censor.train_diffusion", "--data", str(idx_dir), "--run", str(tmp_path / "run"), "--batch", "4",
+    proc = run("censor", "train-diffusion", "--data", str(idx_dir), "--run", str(tmp_path / "run"), "--batch", "4",
                "--save-every", "1", "--warmup", "1", "--steps", "101", "--init-from", str(tiny_model_dir))
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())

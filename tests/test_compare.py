@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from censor.errors import CensorError
-from censor.oracle import load_oracle, load_reference
-from censor.pool import Pool
+from censor.core.errors import CensorError
+from censor.eval.oracle import load_oracle, load_reference
+from censor.labels.pool import Pool
 from rlhf.__main__ import main as rlhf_main
 from rlhf.compare import METHODS, CompareConfig, run_compare
 
@@ -65,8 +65,8 @@ def test_bad_settings_are_refused_before_any_work(capsys):
 
 
 def test_the_studio_tab_leaves_adapters_that_draw_a_censored_gallery(tmp_path, tiny_model, fixture_images):
-    from censor.studio import Studio
-    from rlhf.studio import adapted_model, available_adapters, run_comparison
+    from censor.studio.core import Studio
+    from censor.studio.rlhf import adapted_model, available_adapters, run_comparison
 
     bags = np.where(fixture_images["labels"] == 8)[0][:20]
     rest = np.where(fixture_images["labels"] != 8)[0][:100]

@@ -4,8 +4,8 @@ import struct
 import numpy as np
 import pytest
 
-from censor.data import load_split, read_idx, to_model_range, to_uint8
-from censor.errors import CensorError
+from censor.core.data import load_split, read_idx, to_model_range, to_uint8
+from censor.core.errors import CensorError
 
 
 def test_reader_reads_real_idx_files(idx_dir, fixture_images):

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from censor.errors import CensorError
-from censor.evaluate import (frechet_distance, is_malign, knn_precision_recall, load_features,
-                             malign_fraction, wilson_interval)
-from censor.oracle import Judgement
+from censor.core.errors import CensorError
+from censor.eval.features import is_malign, load_features
+from censor.eval.metrics import frechet_distance, knn_precision_recall, malign_fraction, wilson_interval
+from censor.eval.oracle import Judgement
 
 
 def test_wilson_interval_known_values():

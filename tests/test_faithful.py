@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from censor.errors import CensorError
-from censor.evaluate import benign_tv, class_histogram, tv_distance, tv_floor
-from censor.guidance import (Guidance, ManifoldGuidance, Objective, ParticleResampling, StepContext, TimeGuidance,
-                             build_guidance, effective_sample_size, limit_shift, systematic_resample)
-from censor.oracle import Judgement
-from censor.sampling import particle_seeds, sample, seeds_for
+from censor.core.errors import CensorError
+from censor.eval.metrics import benign_tv, class_histogram, tv_distance, tv_floor
+from censor.eval.oracle import Judgement
+from censor.sampling.guidance import Guidance, build_guidance
+from censor.sampling.loop import particle_seeds, sample, seeds_for
+from censor.sampling.objective import Objective
+from censor.sampling.particles import ParticleResampling, effective_sample_size, systematic_resample
+from censor.sampling.pieces import ManifoldGuidance, StepContext, TimeGuidance, limit_shift
 
 
 @dataclass
@@ -50,7 +52,8 @@ def test_objective_formulas():
 
 
 def test_mean_of_identical_members_equals_one_member(tiny_model):
-    from censor.rewards import RewardEnsemble, build_member
+    from censor.rewards.architectures import build_member
+    from censor.rewards.ensemble import RewardEnsemble
 
     torch.manual_seed(0)
     member = build_member("ddpm-encoder", tiny_model)
@@ -166,7 +169,7 @@ def test_tv_against_the_benign_part_of_the_baseline(monkeypatch):
 
 
 def test_drift_is_zero_for_a_gallery_against_itself_and_sees_a_collapse(tiny_model, fixture_images):
-    from censor.fidelity import DriftMeter
+    from censor.eval.drift import DriftMeter
 
     images = fixture_images["clean"][:200]
     meter = DriftMeter(tiny_model, images, clusters=6)
@@ -182,7 +185,7 @@ def test_drift_is_zero_for_a_gallery_against_itself_and_sees_a_collapse(tiny_mod
 
 
 def test_calibration_undoes_the_training_class_weight():
-    from censor.guidance import calibration_offset
+    from censor.rewards.calibration import calibration_offset
 
     @dataclass
     class Logits:
@@ -206,7 +209,7 @@ def test_calibration_undoes_the_training_class_weight():
 
 
 def test_the_hinge_is_relative_to_the_rewards_prior():
-    from censor.guidance import reward_prior
+    from censor.rewards.calibration import reward_prior
 
     @dataclass
     class Info:
@@ -224,9 +227,8 @@ def test_the_hinge_is_relative_to_the_rewards_prior():
 
 
 def test_the_per_timestep_hinge_comes_from_the_rewards_own_benign_labels(tiny_model, fixture_images):
-    from censor.guidance import hinge_schedule
-    from censor.reward_training import SCORE_TIMESTEPS, train_reward
-    from censor.rewards import load_reward
+    from censor.rewards.calibration import hinge_schedule
+    from censor.rewards.training import SCORE_TIMESTEPS, train_reward
 
     images = fixture_images["clean"][:40]
     labels = (fixture_images["labels"][:40] != 8).astype(int)
@@ -253,9 +255,9 @@ def test_the_per_timestep_hinge_comes_from_the_rewards_own_benign_labels(tiny_mo
 
 
 def test_automatic_strength_climbs_until_the_doubt_is_gone_and_steps_back_on_drift(monkeypatch):
-    from censor import strength
-    from censor.defaults import GuidanceSettings
-    from censor.fidelity import Drift
+    from censor.core.settings import GuidanceSettings
+    from censor.eval.drift import Drift
+    from censor.sampling import strength
 
     settings = GuidanceSettings(weight=16.0, hinge_quantile=0.1)
     doubted = {16.0: 0.3, 32.0: 0.05}  # share of the probe the reward still doubts, per ω
@@ -274,7 +276,7 @@ def test_automatic_strength_climbs_until_the_doubt_is_gone_and_steps_back_on_dri
     monkeypatch.setattr(strength, "reward_benign",
                         lambda r, m, imgs: np.where(np.arange(len(imgs)) < doubted[state["w"]] * len(imgs), 0.0, 1.0))
     monkeypatch.setattr(strength, "doubt_threshold", lambda r, s: 0.5)
-    monkeypatch.setattr(GuidanceSettings, "build", lambda self, reward: self.weight)
+    monkeypatch.setattr(strength, "guidance_for", lambda reward, s: s.weight)
     pick = strength.auto_strength(None, None, Meter(), None, settings, probe_n=20)
     assert pick.weight == 32.0 and [t["weight"] for t in pick.trace] == [16.0, 32.0]  # 30% > 10% + 1/20: climb
     doubted[16.0] = 0.1

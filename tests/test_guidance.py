@@ -5,10 +5,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from censor.errors import CensorError
-from censor.guidance import (BackwardGuidance, Guidance, TimeGuidance, UniversalGuidance, eps_from_x0,
-                             renoise, shift_eps, x0_from_eps)
-from censor.sampling import sample, seeds_for
+from censor.core.errors import CensorError
+from censor.diffusion.steps import eps_from_x0, renoise, x0_from_eps
+from censor.sampling.guidance import Guidance
+from censor.sampling.loop import sample, seeds_for
+from censor.sampling.pieces import BackwardGuidance, TimeGuidance, UniversalGuidance, shift_eps
 
 
 @dataclass
@@ -92,8 +93,10 @@ def test_time_guidance_refuses_a_clean_image_reward():
 
 def test_ddpm_encoder_reward_shares_the_samplers_unet_pass(tiny_model):
     """The hooked mid-block features give the same guided ε as a separate encoder pass, with one UNet call."""
-    from censor.guidance import StepContext, build_guidance
-    from censor.rewards import RewardEnsemble, build_member
+    from censor.rewards.architectures import build_member
+    from censor.rewards.ensemble import RewardEnsemble
+    from censor.sampling.guidance import build_guidance
+    from censor.sampling.pieces import StepContext
 
     torch.manual_seed(1)
     reward = RewardEnsemble("ddpm-encoder", [build_member("ddpm-encoder", tiny_model) for _ in range(3)]).eval()
@@ -118,7 +121,7 @@ def test_ddpm_encoder_reward_shares_the_samplers_unet_pass(tiny_model):
 
 
 def test_reusing_the_gradient_halves_reward_calls_and_every_1_is_unchanged(gaussian_model):
-    from censor.guidance import build_guidance
+    from censor.sampling.guidance import build_guidance
 
     class Counting(BrightnessReward):
         calls = 0

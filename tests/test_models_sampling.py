@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from censor.errors import CensorError
-from censor.models import EMBEDDED_MODEL_DIR, load_diffusion
-from censor.sampling import initial_noise, sample, seeds_for
+from censor.core.errors import CensorError
+from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
+from censor.diffusion.steps import initial_noise
+from censor.sampling.loop import sample, seeds_for
 
 
 def test_save_load_round_trip(tiny_model, tiny_model_dir):
@@ -67,8 +68,8 @@ def test_bad_arguments(tiny_model):
 
 def test_shipped_model_makes_clothing_the_oracle_recognises():
     """The shipped EMA weights load and, at 20 DDIM steps, give images the oracle calls clothing."""
-    from censor.data import to_uint8
-    from censor.oracle import load_oracle
+    from censor.core.data import to_uint8
+    from censor.eval.oracle import load_oracle
 
     model = load_diffusion(EMBEDDED_MODEL_DIR)
     images = to_uint8(sample(model, seeds_for(48, seed=11), steps=20))

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from censor.errors import CensorError
-from censor.oracle import load_oracle, load_reference
+from censor.core.errors import CensorError
+from censor.eval.oracle import load_oracle, load_reference
 
 
 def test_oracle_judges_real_fixture_images(fixture_images):

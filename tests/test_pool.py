@@ -3,10 +3,10 @@ import shutil
 import numpy as np
 import pytest
 
-from censor.errors import CensorError
-from censor.pool import load_pool, make_pool, save_pool
-from censor.data import to_uint8
-from censor.sampling import sample
+from censor.core.data import to_uint8
+from censor.core.errors import CensorError
+from censor.labels.pool import load_pool, make_pool, save_pool
+from censor.sampling.loop import sample
 
 
 def test_pool_round_trip_and_seeds_regenerate_images(tmp_path, tiny_model, tiny_model_dir):

@@ -6,14 +6,19 @@ import json
 import numpy as np
 import pytest
 import torch
-
-import censor.rejection as rejection
-from censor.data import to_uint8
-from censor.errors import CensorError
-from censor.rejection import (benign_scores, heldout_threshold, reject_sample, stratified_folds,
-                              threshold_from_scores)
-from censor.sampling import sample, seeds_for
 from test_browser import browser, server  # noqa: F401  (fixtures of the strict-mode browser test)
+
+import censor.sampling.rejection as rejection
+from censor.core.data import to_uint8
+from censor.core.errors import CensorError
+from censor.sampling.loop import sample, seeds_for
+from censor.sampling.rejection import (
+    benign_scores,
+    heldout_threshold,
+    reject_sample,
+    stratified_folds,
+    threshold_from_scores,
+)
 
 
 class BrightnessReward:
@@ -104,15 +109,15 @@ def test_an_impossible_threshold_stops_at_the_cap_and_reports_it(tiny_model):
 
 @pytest.fixture
 def studio(tmp_path, tiny_model, fixture_images):
-    from censor.pool import Pool
-    from censor.studio import Studio
+    from censor.labels.pool import Pool
+    from censor.studio.core import Studio
 
     pool = Pool(fixture_images["images"][:60], np.arange(60), {})
     return Studio(model=tiny_model, data_dir=tmp_path / "data", pool=pool)
 
 
 def test_studio_strict_mode_fills_the_gallery_with_passing_images(studio):
-    from censor.rewards import load_reward
+    from censor.rewards.ensemble import load_reward
 
     sid = studio.open_session(None)
     items = studio.page(sid, 0)
@@ -139,7 +144,7 @@ def test_studio_strict_mode_fills_the_gallery_with_passing_images(studio):
     # the kept images are the guided images of their seeds: the plain gallery's survivors come first
     assert r["seeds"][0] in seeds_for(100, 3)
     # automatic threshold: read from beside the reward while the reward is unchanged (computed below)
-    from censor.bundles import sha256
+    from censor.gallery.bundles import sha256
 
     digest = sha256(studio.reward_dir(sid) / "reward.safetensors")
     (studio.reward_dir(sid) / rejection.STRICT_FILE).write_text(json.dumps({"reward_sha256": digest, "threshold": p}))
@@ -171,10 +176,10 @@ def test_session_threshold_is_cross_fitted_once_per_reward(tmp_path, monkeypatch
 
 
 def test_miniature_rejection_bench_reports_three_modes(tmp_path, fixture_images, tiny_model):
-    from censor.bench import BenchConfig
-    from censor.bench_reject import MODES, markdown_table, run_reject_bench
-    from censor.oracle import load_oracle, load_reference
-    from censor.pool import Pool
+    from censor.bench.censoring import BenchConfig
+    from censor.bench.reject import MODES, markdown_table, run_reject_bench
+    from censor.eval.oracle import load_oracle, load_reference
+    from censor.labels.pool import Pool
 
     bags = np.where(fixture_images["labels"] == 8)[0][:20]
     rest = np.where(fixture_images["labels"] != 8)[0][:100]
@@ -194,7 +199,7 @@ def test_miniature_rejection_bench_reports_three_modes(tmp_path, fixture_images,
     saved = json.loads((tmp_path / f"{result['name']}.json").read_text())
     assert saved["name"].startswith("reject_bags_ensemble") and (tmp_path / f"{result['name']}.png").is_file()
     assert "guide+reject" in markdown_table(result)
-    from censor.bench_reject import combined_table, normalised_s_per_accepted
+    from censor.bench.reject import combined_table, normalised_s_per_accepted
 
     g = result["modes"]["guide"]
     assert normalised_s_per_accepted(result, "guide") == pytest.approx(g["seconds"] / g["kept"])

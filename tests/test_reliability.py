@@ -23,18 +23,19 @@ import numpy as np
 import pytest
 import requests
 import torch
+from conftest import ROOT
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT
-from censor import bundles
-from censor.bundles import safe_extract
-from censor.errors import CensorError
-from censor.pool import Pool
-from censor.rewards import eps_and_taps, load_reward, unet_taps
-from censor.sampling import seeds_for
-from censor.sessions import BENIGN, MALIGN, SessionStore
-from censor.studio import LIMITS, MAX_TRAIN_LABELS, Studio
+from censor.core.errors import CensorError
+from censor.gallery import bundles
+from censor.gallery.bundles import safe_extract
+from censor.labels.pool import Pool
+from censor.labels.sessions import BENIGN, MALIGN, SessionStore
+from censor.rewards.ensemble import load_reward
+from censor.rewards.taps import eps_and_taps, unet_taps
+from censor.sampling.loop import seeds_for
+from censor.studio.core import LIMITS, MAX_TRAIN_LABELS, Studio
 
 NAN, INF = float("nan"), float("inf")
 
@@ -296,7 +297,7 @@ def test_out_of_range_numbers_are_refused(studio, name, value):
 
 
 def test_fresh_gallery_label_count_and_comparison_are_bounded(studio):
-    from rlhf.studio import COMPARE_LIMITS, run_comparison
+    from censor.studio.rlhf import COMPARE_LIMITS, run_comparison
 
     for n, steps, seed, match in [(0, 5, 0, "1 to 256"), (257, 5, 0, "1 to 256"), (NAN, 5, 0, "1 to 256"),
                                   (2, 101, 0, "steps must be"), (2, INF, 0, "steps must be"),
@@ -356,7 +357,7 @@ def test_failed_training_and_sampling_report_and_leave_the_session_usable(studio
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    import censor.studio
+    import censor.studio.core
     from app import build_app
 
     demo = build_app(studio)
@@ -372,7 +373,7 @@ def test_failed_training_and_sampling_report_and_leave_the_session_usable(studio
             raise RuntimeError("simulated crash inside the job")
 
         with monkeypatch.context() as m:
-            m.setattr(censor.studio, "train_reward", boom)
+            m.setattr(censor.studio.core, "train_reward", boom)
             with pytest.raises(AppError, match=r"training failed \(RuntimeError\); your labels are kept"):
                 client.predict("ensemble", "half-unet", 2, 10, 0.5, api_name="/on_train")
         assert studio.store.counts(sid) == before and not studio.reward_dir(sid).exists()
@@ -380,7 +381,7 @@ def test_failed_training_and_sampling_report_and_leave_the_session_usable(studio
         weights = (studio.reward_dir(sid) / "reward.safetensors").read_bytes()
 
         with monkeypatch.context() as m:
-            m.setattr(censor.studio, "sample", boom)
+            m.setattr(censor.studio.core, "sample", boom)
             with pytest.raises(AppError, match=r"sampling failed \(RuntimeError\)"):
                 client.predict("time", 1.0, 0, 0, 5, 0, 2, "(none)", "base model", api_name="/on_censor")
         assert studio.store.counts(sid) == before

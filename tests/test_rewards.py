@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from censor.data import to_model_range
-from censor.errors import CensorError
-from censor.reward_training import augment, bootstrap_indices, check_labels, train_reward
-from censor.rewards import load_reward
+from censor.core.data import to_model_range
+from censor.core.errors import CensorError
+from censor.rewards.ensemble import load_reward
+from censor.rewards.training import augment, bootstrap_indices, check_labels, train_reward
 
 
 def test_bootstrap_keeps_every_malign_label():
@@ -54,7 +54,7 @@ def test_reward_learns_bags_from_fixture_labels(fixture_images, tiny_model):
 
 
 def test_save_load_round_trip_and_mismatches(tmp_path, fixture_images, tiny_model):
-    from censor.models import build_scheduler, build_unet, DiffusionModel
+    from censor.diffusion.models import DiffusionModel, build_scheduler, build_unet
 
     im, lab = fixture_images["images"][:20], np.array([0, 1] * 10)
     r = train_reward(im, lab, kind="ddpm-encoder", diffusion=tiny_model, members=2, iterations=3, batch_size=8)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from censor.errors import CensorError
-from censor.models import build_scheduler
+from censor.core.errors import CensorError
+from censor.diffusion.models import build_scheduler
 from rlhf.adapters import add_lora, frozen_reference, load_adapter, save_adapter
 from rlhf.losses import d3po_loss, ddpo_loss, standardise_advantages
 from rlhf.rollout import ddim_step_with_logprob, make_rollout_scheduler, rollout, step_log_prob

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from censor.errors import CensorError
-from censor.sessions import BENIGN, MALIGN, UNSURE, SessionStore
+from censor.core.errors import CensorError
+from censor.labels.sessions import BENIGN, MALIGN, UNSURE, SessionStore
 
 
 @pytest.fixture

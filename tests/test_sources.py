@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import tiny_pipelines as tp
-from censor.errors import CensorError
-from censor.guidance import BackwardGuidance, Guidance, UniversalGuidance, build_guidance
-from censor.runtime import RuntimeOptions
-from censor.sampling import sample
-from censor.sources import load_model
+from censor.core.errors import CensorError
+from censor.diffusion.runtime import RuntimeOptions
+from censor.diffusion.sources import load_model
+from censor.sampling.guidance import Guidance, build_guidance
+from censor.sampling.loop import sample
+from censor.sampling.pieces import BackwardGuidance, UniversalGuidance
 
 KINDS = {
     "pixel-rgb64": (tp.pixel_rgb64, {}),
@@ -76,8 +77,8 @@ def test_clean_image_guidance_through_the_decoder_moves_images_toward_the_reward
 def test_time_dependent_reward_trains_in_the_sampling_space_and_guides_with_recurrence(folders, name, tmp_path):
     import numpy as np
 
-    from censor.reward_training import train_reward
-    from censor.rewards import load_reward
+    from censor.rewards.ensemble import load_reward
+    from censor.rewards.training import train_reward
 
     model = load(folders, name)
     rng = np.random.default_rng(0)
@@ -157,7 +158,7 @@ def test_gradient_checkpointing_and_attention_slicing_keep_universal_guidance_ex
 
 
 def test_resnet18_reward_at_the_models_resolution():
-    from censor.rewards import RESNET_MAX_SIZE, ResNet18Reward
+    from censor.rewards.architectures import RESNET_MAX_SIZE, ResNet18Reward
 
     small, big = ResNet18Reward(size=28), ResNet18Reward(size=256)
     assert small.net.conv1.stride == (1, 1) and big.net.conv1.stride == (2, 2)
@@ -197,7 +198,7 @@ def test_cli_samples_a_text_to_image_folder_and_guides_with_a_saved_reward(folde
     import numpy as np
     from PIL import Image
 
-    from censor.reward_training import train_reward
+    from censor.rewards.training import train_reward
 
     model = load(folders, "text-to-image")
     rng = np.random.default_rng(0)
@@ -216,8 +217,8 @@ def test_cli_samples_a_text_to_image_folder_and_guides_with_a_saved_reward(folde
 
 
 def test_studio_runs_on_a_pipeline_folder_with_its_own_pool(folders, tmp_path):
-    from censor.pool import load_pool, make_pool, save_pool
-    from censor.studio import Studio
+    from censor.labels.pool import load_pool, make_pool, save_pool
+    from censor.studio.core import Studio
 
     model = load(folders, "dit")
     save_pool(make_pool(model, None, n=4, steps=2, show_bar=False), tmp_path / "pool")
@@ -233,8 +234,8 @@ def test_studio_runs_on_a_pipeline_folder_with_its_own_pool(folders, tmp_path):
     with pytest.raises(CensorError, match="make-pool"):
         Studio(folders["dit"], model_options=dict(class_label=0), data_dir=tmp_path / "d2").pool
     # a shared gallery records its class: another class's studio refuses to "reproduce" it
-    from censor.rewards import model_fingerprint
-    from censor.studio import conditioning_info
+    from censor.rewards.ensemble import model_fingerprint
+    from censor.studio.core import conditioning_info
 
     other = Studio(folders["dit"], model_options=dict(class_label=3), data_dir=tmp_path / "d3")
     manifest = dict(model_fingerprint=model_fingerprint(other.model.unet), conditioning=conditioning_info(studio.model))
@@ -244,7 +245,7 @@ def test_studio_runs_on_a_pipeline_folder_with_its_own_pool(folders, tmp_path):
 
 
 def test_throughput_rows_for_every_guidance_kind(folders):
-    from censor.throughput import MODES, markdown, measure_throughput, random_arch
+    from censor.bench.throughput import MODES, markdown, measure_throughput, random_arch
 
     result = measure_throughput(load(folders, "latent-vq"), n=2, steps=2, reps=1, log=lambda *_: None)
     rows = {r["mode"]: r for r in result["rows"]}
@@ -258,7 +259,7 @@ def test_throughput_rows_for_every_guidance_kind(folders):
 
 
 def test_random_architectures_match_the_published_sizes():
-    from censor.throughput import random_arch
+    from censor.bench.throughput import random_arch
 
     ddpm = random_arch("ddpm-256")  # google/ddpm-church-256: 113.7M parameters
     assert ddpm.image_shape == (3, 256, 256)
@@ -283,8 +284,8 @@ def test_cli_bench_throughput_writes_json_and_markdown(folders, tmp_path):
 def test_rejection_scores_a_latent_models_time_dependent_reward_on_latents(folders):
     import numpy as np
 
-    from censor.rejection import reject_sample
-    from censor.reward_training import train_reward
+    from censor.rewards.training import train_reward
+    from censor.sampling.rejection import reject_sample
 
     model = load(folders, "latent-vq")
     rng = np.random.default_rng(1)

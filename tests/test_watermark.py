@@ -1,6 +1,6 @@
 import numpy as np
 
-from censor.watermark import GLYPH, WATERMARK_FRACTION, apply_watermark, stamp
+from censor.core.watermark import GLYPH, WATERMARK_FRACTION, apply_watermark, stamp
 
 
 def test_deterministic_and_exact_fraction(fixture_images):

@@ -11,8 +11,20 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
-                       LDMPipeline, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel, VQModel)
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
+    LDMPipeline,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+    VQModel,
+)
 
 
 def _sched(**kw):

@@ -1,0 +1,140 @@
+"""``python -m censor COMMAND``: sample galleries, judge a model, build the sample pool.
+
+The benchmark commands are in ``censor/cli/bench.py``, the asset-training and timing commands in
+``censor/cli/train.py``; every guidance option comes from ``core.settings.GuidanceSettings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from censor.cli.args import add_guidance_args, add_model_args, dispatch, guidance_from_args, positive_int
+from censor.cli.bench import register_bench
+from censor.cli.train import register_training
+from censor.core.errors import CensorError
+from censor.diffusion.models import EMBEDDED_MODEL_DIR
+from censor.sampling.guidance import guidance_for
+
+
+def cmd_sample(a) -> None:
+    from censor.cli.args import model_from_args
+    from censor.core.data import to_uint8
+    from censor.gallery.grid import save_grid
+    from censor.rewards.ensemble import load_reward
+    from censor.sampling.loop import sample, seeds_for
+
+    out = Path(a.out)
+    if not out.parent.exists():
+        raise CensorError(f"output folder {out.parent} does not exist")
+    model = model_from_args(a)
+    guidance = None
+    if a.reward:
+        reward = load_reward(a.reward, model)
+        settings = guidance_from_args(a)
+        if not reward.time_dependent and a.kind is None:  # the default kind needs r(x_t, t)
+            settings = settings.with_(kind="universal")
+            print(f"note: a {reward.kind} reward scores clean images: universal guidance", file=sys.stderr)
+        if not reward.time_dependent and settings.kind in ("time", "particles"):
+            raise CensorError(f"a {reward.kind} reward scores clean images: use --guidance universal or manifold")
+        guidance = guidance_for(reward, settings)
+    t0 = time.time()
+    images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,
+                             show_bar=True, guidance=guidance))
+    save_grid(images, out, nrow=a.nrow)
+    what = f"censored with {a.reward}" if a.reward else "unguided"
+    print(f"wrote {a.n} {what} samples ({a.steps} {a.scheduler} steps, {time.time() - t0:.1f}s) to {out}")
+
+
+def cmd_evaluate_model(a) -> None:
+    """Sample n images and report what the foundation quality bar asks, next to the real-image floors."""
+    import numpy as np
+
+    from censor.core.data import to_uint8
+    from censor.diffusion.models import load_diffusion
+    from censor.eval.metrics import quality_report
+    from censor.eval.oracle import load_oracle, load_reference
+    from censor.gallery.grid import save_grid
+    from censor.sampling.loop import sample, seeds_for
+
+    oracle, ref = load_oracle(), load_reference()
+    model = load_diffusion(a.model)
+    t0 = time.time()
+    images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, show_bar=True))
+    seconds = time.time() - t0
+    rng = np.random.default_rng(0)
+    real = ref["test_features"][rng.permutation(len(ref["test_features"]))[: a.n]]
+    report = quality_report(oracle, images, real)
+    real_report = dict(confident_fraction=oracle.metrics["test"]["confident_fraction"],
+                       watermark_rate=float(ref["test_watermark"].mean()), **oracle.metrics.get("reference", {}))
+    training = Path(a.model) / "training.json"
+    result = dict(model=str(a.model), steps=a.steps, sampling_seconds=round(seconds, 1), generated=report,
+                  real=real_report, training=json.loads(training.read_text()) if training.exists() else None)
+    result["confident_ratio"] = report["confident_fraction"] / real_report["confident_fraction"]
+    text = json.dumps(result, indent=1)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text)
+    if a.grid:
+        save_grid(images[:100], a.grid, nrow=10, marks=oracle.judge(images[:100]).watermarked)
+
+
+def cmd_make_pool(a) -> None:
+    from censor.cli.args import model_from_args
+    from censor.labels.pool import make_pool, save_pool
+
+    model = model_from_args(a)
+    folder = EMBEDDED_MODEL_DIR if a.model == "embedded" else Path(a.model)
+    pool = make_pool(model, folder if folder.is_dir() else None, n=a.n, steps=a.steps, seed=a.seed)
+    save_pool(pool, a.out)
+    print(f"wrote a pool of {len(pool)} images to {a.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m censor", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="write a grid of unguided samples")
+    s.add_argument("--n", type=positive_int, default=64)
+    s.add_argument("--steps", type=positive_int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="grid.png")
+    add_model_args(s)
+    s.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"])
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    s.add_argument("--nrow", type=positive_int, default=None)
+    s.add_argument("--reward", default=None, help="a saved reward folder: sample censored with it")
+    add_guidance_args(s)
+    s.set_defaults(fn=cmd_sample)
+
+    e = sub.add_parser("evaluate-model", help="judge a diffusion model with the oracle (quality bar)")
+    e.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    e.add_argument("--n", type=positive_int, default=2000)
+    e.add_argument("--steps", type=positive_int, default=50)
+    e.add_argument("--seed", type=int, default=1000)
+    e.add_argument("--json", default=None, help="also write the report here")
+    e.add_argument("--grid", default=None, help="also write a 10x10 grid (oracle-watermarked items framed red)")
+    e.set_defaults(fn=cmd_evaluate_model)
+
+    m = sub.add_parser("make-pool", help="pre-generate the baseline pool a labelling session starts from")
+    add_model_args(m, default=str(EMBEDDED_MODEL_DIR))
+    m.add_argument("--n", type=positive_int, default=1000)
+    m.add_argument("--steps", type=positive_int, default=50)
+    m.add_argument("--seed", type=int, default=1)
+    m.add_argument("--out", default=str(EMBEDDED_MODEL_DIR.parent / "pool"))
+    m.set_defaults(fn=cmd_make_pool)
+
+    register_bench(sub)
+    register_training(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    return dispatch(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

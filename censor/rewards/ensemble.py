@@ -1,0 +1,165 @@
+"""Reward models r(x) ~ P(benign | x): architectures, the ensemble, and their storage.
+
+Three kinds, one interface (``member(x, t) -> logit [N]``, label 1 = benign):
+
+- ``resnet18``: time-independent torchvision ResNet18 on clean images (universal/backward guidance).
+  Stem adapted to 28x28 (stride-1 first conv, keeping its weights) so ImageNet or the embedded
+  self-supervised backbone still initialise it.
+- ``half-unet``: the paper's time-dependent classifier r(x_t, t), a diffusers UNet encoder (time
+  embedding, down blocks, mid block) with a pooled linear head, trained from scratch.
+- ``ddpm-encoder``: a head on the *frozen* encoder of the diffusion model itself (the thesis in
+  seed 001 builds its reward this way): features that already mean something at every noise level,
+  and only a small head to learn from a hundred labels. It taps an early down block and the mid
+  block: measured on 100 pool labels (AUC on 900 held-out, t = 0), the mid block alone sees bags
+  (0.99) but not the corner stamp (0.58); adding the early tap with max pooling gives 0.80.
+
+An ensemble combines members as sum_k log sigmoid(logit_k), the log of the product of their
+probabilities, so one doubting member is enough to push a sample away."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from censor.core.errors import CensorError
+from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT, build_member, reward_shape
+from censor.rewards.taps import unet_taps
+
+
+def clean_input(reward, diffusion, x: torch.Tensor) -> torch.Tensor:
+    """What ``reward`` reads for clean images x in [-1, 1]: x itself, or the latents of x when it is a
+    latent model's time-dependent reward (trained on latents, see reward_training)."""
+    if diffusion is not None and diffusion.is_latent and tuple(reward.image_shape) == tuple(diffusion.sample_shape):
+        with torch.no_grad():
+            return torch.cat([diffusion.encode(c) for c in x.split(64)])
+    return x
+
+
+def model_fingerprint(unet) -> str:
+    """A short hash of a UNet's weights: a reward built on one diffusion model refuses another."""
+    h = hashlib.sha256()
+    for k, v in sorted(unet.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class RewardEnsemble:
+    """K reward models combined as a product of probabilities."""
+
+    kind: str
+    members: list[nn.Module]
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    info: dict = field(default_factory=dict)  # training settings and measurements, saved as JSON
+
+    @property
+    def time_dependent(self) -> bool:
+        return TIME_DEPENDENT[self.kind]
+
+    @property
+    def reads_unet(self):
+        """The diffusion UNet whose encoder every member reads (ddpm-encoder), else None.
+
+        Members then differ only in their heads, so one encoder pass serves all K of them, and
+        time guidance can take that pass from the sampler's own ε_θ call (see guidance.py).
+        """
+        if self.kind != "ddpm-encoder":
+            return None
+        unets = {id(m.unet[0]) for m in self.members}
+        return self.members[0].unet[0] if len(unets) == 1 else None
+
+    def logits_from_features(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        """[K, N] logits from the shared encoder taps of a ddpm-encoder ensemble."""
+        return torch.stack([m.head(taps) for m in self.members])
+
+    def logits(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """[K, N] member logits."""
+        unet = self.reads_unet
+        if unet is not None:
+            t = torch.zeros(len(x), dtype=torch.long) if t is None else t
+            return self.logits_from_features(unet_taps(unet, x, t))
+        return torch.stack([m(x, t) for m in self.members])
+
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_k log sigmoid(logit_k): log of the ensemble's P(benign), [N]."""
+        return F.logsigmoid(self.logits(x, t)).sum(0)
+
+    @torch.no_grad()
+    def prob(self, x: torch.Tensor, t: torch.Tensor | None = None, batch_size: int = 500) -> torch.Tensor:
+        """The product of member probabilities: the weight guidance steers by (not a calibrated P)."""
+        return torch.cat([self.log_prob(c, None if t is None else t[i * batch_size:(i + 1) * batch_size]).exp()
+                          for i, c in enumerate(x.split(batch_size))])
+
+    @torch.no_grad()
+    def benign_prob(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Geometric mean of member probabilities, for per-image verdicts (threshold 0.5).
+
+        The product of K members sits near 0.5**K for undecided members, so thresholding it would
+        call almost everything malign as K grows.
+        """
+        return self.prob(x, t).pow(1.0 / len(self.members))
+
+    def eval(self) -> "RewardEnsemble":
+        for m in self.members:
+            m.eval().requires_grad_(False)
+        return self
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"member{k}.{name}": v.detach().cpu().contiguous()
+                   for k, m in enumerate(self.members) for name, v in m.state_dict().items()}
+        save_file(tensors, str(folder / "reward.safetensors"))
+        info = {k: v for k, v in self.info.items() if not k.startswith("_")}  # "_" keys live in memory only
+        meta = dict(kind=self.kind, members=len(self.members), image_shape=list(self.image_shape), info=info)
+        (folder / "reward.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_reward(folder: str | Path, diffusion=None) -> RewardEnsemble:
+    """Load a saved ensemble; refuse one made for another image size or another diffusion model."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "reward.json").read_text())
+        tensors = load_file(str(folder / "reward.safetensors"))
+    except Exception as e:
+        raise CensorError(f"reward folder {folder} is missing or corrupt ({type(e).__name__})") from None
+    # reward files come from users' bundles: check reward.json's shape and refuse NaN/inf weights
+    # (they would only turn every guided image into noise, silently)
+    if (not isinstance(meta, dict) or type(meta.get("members")) is not int or meta["members"] < 1
+            or not isinstance(meta.get("info", {}), dict) or not isinstance(meta.get("image_shape", []), list)):
+        raise CensorError(f"reward folder {folder}: reward.json is malformed")
+    for name, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CensorError(f"reward folder {folder}: {name} holds NaN or infinite values")
+    kind = meta.get("kind")
+    if kind not in REWARD_KINDS:
+        raise CensorError(f"reward folder {folder}: unknown kind {kind!r}")
+    shape = tuple(meta.get("image_shape", ()))
+    if diffusion is not None and kind in REWARD_KINDS and shape != reward_shape(kind, diffusion):
+        raise CensorError(f"this reward was trained on {shape} images (or latents); this model's {kind} reward reads "
+                          f"{reward_shape(kind, diffusion)}")
+    if kind == "ddpm-encoder":
+        if diffusion is None:
+            raise CensorError("a ddpm-encoder reward can only be loaded together with its diffusion model")
+        if meta.get("info", {}).get("model_fingerprint") != model_fingerprint(diffusion.unet):
+            raise CensorError("this reward reads features of another diffusion model; retrain it for this one")
+    members = []
+    for k in range(int(meta["members"])):
+        m = build_member(kind, diffusion)
+        sd = {name[len(f"member{k}."):]: v for name, v in tensors.items() if name.startswith(f"member{k}.")}
+        try:
+            m.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CensorError(f"reward folder {folder}: member {k} does not fit a {kind} model "
+                              f"({str(e).splitlines()[0]})") from None
+        members.append(m)
+    return RewardEnsemble(kind, members, shape, meta.get("info", {})).eval()
+

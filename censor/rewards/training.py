@@ -1,0 +1,212 @@
+"""Training reward models from a person's labels (1 = benign, 0 = malign).
+
+- Loss: ``BCEWithLogitsLoss(pos_weight=alpha)``; alpha < 1 down-weights the abundant benign class
+  (the paper: 0.02-0.1), AdamW (lr 3e-4, weight decay 0.05), linear decay, a fixed budget.
+- Ensemble (benign-dominant): member k sees *every* malign label and its own bootstrap draw of the
+  benign labels, so rare malign examples are never left out and members disagree where data is thin.
+- Time-dependent kinds train on x_t = q_sample(x0, t), t ~ U{0..T-1}, with the diffusion model's
+  own schedule; clean-image kinds train on x0.
+- Imitation rounds: ``train_reward(..., resume=previous)`` continues from the previous round's
+  weights *and* optimizer state on the grown label set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from censor.core.data import to_model_range
+from censor.core.errors import CensorError
+from censor.core.settings import ALPHA, HINGE_QUANTILES, ITERATIONS, MEMBERS
+from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT, build_member, reward_shape
+from censor.rewards.ensemble import RewardEnsemble, model_fingerprint
+from censor.rewards.taps import unet_taps
+
+
+def check_labels(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = np.asarray(images), np.asarray(labels)
+    if len(labels) == 0:
+        raise CensorError("no labels yet: label some images as benign or malign first")
+    if len(images) != len(labels):
+        raise CensorError(f"{len(images)} images but {len(labels)} labels")
+    if not np.isin(labels, (0, 1)).all():
+        raise CensorError("labels must be 1 (benign) or 0 (malign); drop 'unsure' images before training")
+    if (labels == 0).sum() == 0:
+        raise CensorError("no malign example among the labels: the reward cannot learn what to avoid")
+    if (labels == 1).sum() == 0:
+        raise CensorError("no benign example among the labels: the reward cannot learn what to keep")
+    return images, labels.astype(np.int64)
+
+
+def bootstrap_indices(labels: np.ndarray, members: int, rng: np.random.Generator,
+                      bootstrap: bool | None = None) -> list[np.ndarray]:
+    """Per member: all malign indices + a with-replacement draw of as many benign indices as exist.
+
+    By default a single model gets the labels as they are (the paper's "union"); ``bootstrap=True``
+    gives it one member's draw instead (the paper's "single").
+    """
+    malign, benign = np.where(labels == 0)[0], np.where(labels == 1)[0]
+    if not (members > 1 if bootstrap is None else bootstrap):
+        return [np.arange(len(labels))]
+    return [np.concatenate([malign, rng.choice(benign, size=len(benign), replace=True)]) for _ in range(members)]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 10.0, max_shift: float = 2.0) -> torch.Tensor:
+    """Per-sample random horizontal flip, rotation (+-10 deg) and shift (+-2 px) via one affine warp."""
+    n, _, h, w = x.shape
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_degrees)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 * max_shift / torch.tensor([w, h]))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # background is -1 (black): pad with it by shifting to 0-padding space and back
+    return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
+
+
+def noised_views(x0: torch.Tensor, sched, gen: torch.Generator):
+    """Augmented copies, and for time-dependent rewards x_t = q_sample(x0, t) with t ~ U{0..T-1}."""
+    x, t = augment(x0, gen), None
+    if sched is not None:
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen)
+        x = sched.add_noise(x, torch.randn(x.shape, generator=gen), t)
+    return x, t
+
+
+class FeatureBank:
+    """Frozen-encoder taps of ``draws`` augmented, noised views of every labelled image.
+
+    Kept in float16 (half the memory for imitation rounds with hundreds of labels); the heads
+    train in float32.
+    """
+
+    def __init__(self, unet, x_all: torch.Tensor, sched, gen: torch.Generator, draws: int = 32, chunk: int = 256):
+        per_draw = []
+        with torch.no_grad():
+            for _ in range(draws):
+                views = [unet_taps(unet, *noised_views(c, sched, gen)) for c in x_all.split(chunk)]
+                per_draw.append([torch.cat(tap).half() for tap in zip(*views)])
+        self.taps = [torch.stack(tap, 1) for tap in zip(*per_draw)]  # each [n_images, draws, C, h, w]
+
+    def draw(self, image_idx: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        which = torch.randint(0, self.taps[0].shape[1], (len(image_idx),), generator=gen)
+        return [tap[image_idx, which].float() for tap in self.taps]
+
+
+SCORE_TIMESTEPS = tuple(range(0, 1000, 50)) + (999,)
+SCORE_QUANTILES = HINGE_QUANTILES
+
+
+@torch.no_grad()
+def benign_score_table(reward, x_benign: torch.Tensor, sched, gen: torch.Generator, max_images: int = 200,
+                       timesteps=SCORE_TIMESTEPS, quantiles=SCORE_QUANTILES) -> dict:
+    """Quantiles of the reward's calibrated score (``guidance.calibrated_score``) on noised
+    copies of its benign labels at each timestep: where the per-timestep hinge sits
+    (guidance.hinge_schedule). JSON-safe, kept in the reward's info."""
+    from censor.rewards.calibration import calibrated_score
+
+    x0 = x_benign[torch.randperm(len(x_benign), generator=gen)[:max_images]]
+    rows = []
+    for t in timesteps:
+        tt = torch.full((len(x0),), int(t), dtype=torch.long)
+        xt = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), tt) if t > 0 else x0
+        score = calibrated_score(reward, xt, tt).double().numpy()
+        rows.append([round(float(np.quantile(score, q)), 5) for q in quantiles])
+    return dict(t=list(timesteps), quantiles=list(quantiles), scores=rows, images=int(len(x0)))
+
+
+def train_reward(
+    images: np.ndarray,
+    labels: np.ndarray,
+    kind: str = "ddpm-encoder",
+    diffusion=None,
+    members: int = MEMBERS,
+    alpha: float = ALPHA,
+    iterations: int = ITERATIONS,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    weight_decay: float = 0.05,
+    init: str = "random",
+    seed: int = 0,
+    resume: RewardEnsemble | None = None,
+    progress: Callable[[float], None] | None = None,
+    bootstrap: bool | None = None,
+) -> RewardEnsemble:
+    """Train a K-member ensemble (K=1: a single model) on uint8 images and 0/1 labels."""
+    images, labels = check_labels(images, labels)
+    if kind not in REWARD_KINDS:
+        raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
+    if not (members >= 1 and iterations >= 1 and batch_size >= 1 and alpha > 0):
+        raise CensorError("members, iterations and batch size must be >= 1 and alpha > 0")
+    if TIME_DEPENDENT[kind] and diffusion is None:
+        raise CensorError(f"a time-dependent {kind} reward needs the diffusion model's noise schedule")
+    if resume is not None and (resume.kind != kind or len(resume.members) != members):
+        raise CensorError("an imitation round must continue the same reward kind and ensemble size")
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x_all = to_model_range(images)
+    if TIME_DEPENDENT[kind] and diffusion is not None and diffusion.is_latent:
+        # a time-dependent reward of a latent model judges noised latents: train it on encoded images
+        with torch.no_grad():
+            x_all = torch.cat([diffusion.encode(c) for c in x_all.split(32)])
+    y_all = torch.as_tensor(labels, dtype=torch.float32)
+    subsets = bootstrap_indices(labels, members, rng, bootstrap)
+    sched = diffusion.scheduler if TIME_DEPENDENT[kind] else None
+    start = time.time()
+    # A frozen encoder gives the same features to every member: compute them once for a bank of
+    # augmented, noised copies and train only the heads on it (5 members cost ~1 member's forwards).
+    bank = FeatureBank(diffusion.unet, x_all, sched, gen) if kind == "ddpm-encoder" else None
+    trained, opt_states = [], []
+    for k, idx in enumerate(subsets):
+        model = resume.members[k] if resume is not None else build_member(kind, diffusion, init)
+        params = list(model.parameters())  # a ddpm-encoder member owns only its head; the UNet stays frozen
+        for p in params:
+            p.requires_grad_(True)
+        model.train()
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        if resume is not None and resume.info.get("_optimizer_states"):
+            opt.load_state_dict(resume.info["_optimizer_states"][k])
+        decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / iterations)
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(alpha))
+        idx = torch.as_tensor(idx)
+        for it in range(iterations):
+            b = idx[torch.randint(0, len(idx), (batch_size,), generator=gen)]
+            if bank is not None:
+                logits = model.head(bank.draw(b, gen))
+            else:
+                x, t = noised_views(x_all[b], sched, gen)
+                logits = model(x, t)
+            loss = loss_fn(logits, y_all[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay.step()
+            if progress is not None:
+                progress((k * iterations + it + 1) / (members * iterations))
+        if not math.isfinite(loss.item()):
+            raise CensorError(f"reward training diverged (loss {loss.item()}); lower the learning rate")
+        trained.append(model)
+        opt_states.append(opt.state_dict())
+    info = dict(
+        kind=kind, members=members, alpha=alpha, iterations=iterations + (resume.info.get("iterations", 0) if resume else 0),
+        batch_size=batch_size, lr=lr, init=init, seed=seed, labels=int(len(labels)),
+        malign_labels=int((labels == 0).sum()), benign_labels=int((labels == 1).sum()),
+        rounds=(resume.info.get("rounds", 1) + 1) if resume else 1,
+        train_seconds=round(time.time() - start + (resume.info.get("train_seconds", 0) if resume else 0), 2),
+    )
+    if diffusion is not None:
+        info["model_fingerprint"] = model_fingerprint(diffusion.unet)
+    ens = RewardEnsemble(kind, trained, reward_shape(kind, diffusion) if diffusion else tuple(x_all.shape[1:]), info)
+    if sched is not None and bool((y_all == 1).any()):
+        ens.eval()
+        ens.info["benign_scores"] = benign_score_table(ens, x_all[y_all == 1], sched, gen)
+    ens.info["_optimizer_states"] = opt_states  # in memory only: for the next imitation round
+    return ens.eval()
