@@ -7,15 +7,13 @@ import sys
 
 from censor.cli.args import dispatch, positive_int
 from censor.core.settings import DEFAULT_GUIDANCE
-from censor.diffusion.models import EMBEDDED_MODEL_DIR
+from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
+from censor.eval.oracle import load_oracle, load_reference
+from censor.labels.pool import load_pool
+from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
 
 
 def cmd_compare(a) -> None:
-    from censor.diffusion.models import load_diffusion
-    from censor.eval.oracle import load_oracle, load_reference
-    from censor.labels.pool import load_pool
-    from rlhf.compare import CompareConfig, markdown_table, run_compare
-
     cfg = CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
                         train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr,
                         kl_beta=a.kl_beta, inner_epochs=a.inner_epochs, lora_target=a.lora_target,
@@ -27,8 +25,6 @@ def cmd_compare(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rlhf.compare import METHODS
-
     p = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compare", help="baseline, censored sampling, RLHF (DDPO), D3PO and D3PO+censored")
@@ -39,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=positive_int, default=25, help="sampling steps of the galleries")
     c.add_argument("--train-steps", type=positive_int, default=10, help="DDIM steps of fine-tuning rollouts")
     c.add_argument("--weight", type=float, default=DEFAULT_GUIDANCE.weight,
-                   help="ω of the default guidance (censor/defaults.py) for the censored methods")
+                   help="ω of the default guidance (censor/core/settings.py) for the censored methods")
     c.add_argument("--epochs", type=positive_int, default=6, help="DDPO epochs")
     c.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
     c.add_argument("--inner-epochs", type=positive_int, default=1,

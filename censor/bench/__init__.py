@@ -1,0 +1,1 @@
+"""Benchmarks: one harness and each benchmark as a small config of it."""

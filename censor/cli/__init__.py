@@ -1,0 +1,1 @@
+"""``python -m censor``: commands whose options come from the settings objects."""

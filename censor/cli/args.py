@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: a ``CensorError`` becomes one ``error:`` line on stderr and exit code 2."""
+"""Shared CLI plumbing: options built from the settings objects, the model options, and one error rule
+(a ``CensorError`` becomes one ``error:`` line on stderr and exit code 2)."""
 
 from __future__ import annotations
 

@@ -12,21 +12,31 @@ import sys
 import time
 from pathlib import Path
 
-from censor.cli.args import add_guidance_args, add_model_args, dispatch, guidance_from_args, positive_int
+import numpy as np
+
+from censor.cli.args import (
+    add_guidance_args,
+    add_model_args,
+    dispatch,
+    guidance_from_args,
+    model_from_args,
+    positive_int,
+)
 from censor.cli.bench import register_bench
 from censor.cli.train import register_training
+from censor.core.data import to_uint8
 from censor.core.errors import CensorError
-from censor.diffusion.models import EMBEDDED_MODEL_DIR
+from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
+from censor.eval.metrics import quality_report
+from censor.eval.oracle import load_oracle, load_reference
+from censor.gallery.grid import save_grid
+from censor.labels.pool import make_pool, save_pool
+from censor.rewards.ensemble import load_reward
 from censor.sampling.guidance import guidance_for
+from censor.sampling.loop import sample, seeds_for
 
 
 def cmd_sample(a) -> None:
-    from censor.cli.args import model_from_args
-    from censor.core.data import to_uint8
-    from censor.gallery.grid import save_grid
-    from censor.rewards.ensemble import load_reward
-    from censor.sampling.loop import sample, seeds_for
-
     out = Path(a.out)
     if not out.parent.exists():
         raise CensorError(f"output folder {out.parent} does not exist")
@@ -51,14 +61,6 @@ def cmd_sample(a) -> None:
 
 def cmd_evaluate_model(a) -> None:
     """Sample n images and report what the foundation quality bar asks, next to the real-image floors."""
-    import numpy as np
-
-    from censor.core.data import to_uint8
-    from censor.diffusion.models import load_diffusion
-    from censor.eval.metrics import quality_report
-    from censor.eval.oracle import load_oracle, load_reference
-    from censor.gallery.grid import save_grid
-    from censor.sampling.loop import sample, seeds_for
 
     oracle, ref = load_oracle(), load_reference()
     model = load_diffusion(a.model)
@@ -83,9 +85,6 @@ def cmd_evaluate_model(a) -> None:
 
 
 def cmd_make_pool(a) -> None:
-    from censor.cli.args import model_from_args
-    from censor.labels.pool import make_pool, save_pool
-
     model = model_from_args(a)
     folder = EMBEDDED_MODEL_DIR if a.model == "embedded" else Path(a.model)
     pool = make_pool(model, folder if folder.is_dir() else None, n=a.n, steps=a.steps, seed=a.seed)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from censor.core.errors import CensorError
 from censor.core.watermark import apply_watermark
@@ -104,8 +105,6 @@ def load_watermarked(split: str, data_dir: str | Path = DEFAULT_DATA_DIR) -> Lab
 
 def to_model_range(images: np.ndarray):
     """uint8 [N, H, W] (grayscale) or [N, H, W, C] (colour) -> float tensor [N, C, H, W] in [-1, 1]."""
-    import torch
-
     x = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x / 127.5 - 1.0

@@ -1,0 +1,1 @@
+"""The diffusion model: networks, sources, denoisers, schedulers and step formulas, training."""

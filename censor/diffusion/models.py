@@ -19,6 +19,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from censor.core.errors import CensorError
+from censor.diffusion.denoisers import make_denoiser
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 EMBEDDED_MODEL_DIR = ASSETS_DIR / "ddpm"
@@ -106,8 +107,6 @@ class DiffusionModel:
 
     def denoiser_for(self, net: torch.nn.Module):
         """The same ε wrapper around another copy of the network (a fine-tuned or reference one)."""
-        from censor.diffusion.denoisers import make_denoiser
-
         return make_denoiser(net, self.scheduler, self.conditioning, self.runtime)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,10 @@
-"""Train (or keep training) the embedded Fashion-MNIST DDPM: ``python -m censor.train_diffusion``.
+"""Train (or keep training) the embedded Fashion-MNIST DDPM: ``python -m censor train-diffusion``.
 
 Resumable: every ``--save-every`` steps the run folder gets a safetensors + JSON checkpoint
 (weights, EMA, AdamW state, step) and an ``export/`` folder with the EMA weights in
 ``save_pretrained`` layout, which ``python -m censor evaluate-model`` judges and
 ``--ship`` copies into assets/. Rerunning the same command continues where it stopped, so a CPU
-run can span sessions (``nohup nice -n 10 python -m censor.train_diffusion --steps 20000 &``).
+run can span sessions (``nohup nice -n 10 python -m censor train-diffusion --steps 20000 &``).
 
 Choices that buy speed on two CPU cores: bf16 autocast (1.8x per step on AVX512-BF16 CPUs,
 fp32 master weights), and min-SNR-5 loss weighting (Hang et al. 2023), which converges in fewer
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from censor.core.data import load_watermarked, to_model_range
 from censor.diffusion.checkpoint import flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
-from censor.diffusion.models import DiffusionModel, build_scheduler, build_unet
+from censor.diffusion.models import DiffusionModel, build_scheduler, build_unet, load_diffusion
 
 
 def lr_schedule(opt, args):
@@ -82,8 +82,6 @@ def train(args) -> Path:
         log_rows = meta.get("log", [])
         acc.print(f"resumed {run} at step {step}")
     elif args.init_from:
-        from censor.diffusion.models import load_diffusion
-
         start = load_diffusion(args.init_from).unet
         unet = build_unet(**{k: v for k, v in start.config.items() if not k.startswith("_")})
         unet.load_state_dict(start.state_dict())

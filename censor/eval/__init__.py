@@ -1,0 +1,1 @@
+"""Evaluation: the oracle (judge only), features, metrics, the gallery judge, the drift figure."""

@@ -20,6 +20,7 @@ import torch
 from censor.core.data import to_model_range
 from censor.core.errors import CensorError
 from censor.eval.metrics import tv_distance
+from censor.rewards.taps import mean_max_pool, unet_taps
 
 CLUSTERS = 8  # few enough that a 32-image gallery still says something
 CHANCE_QUANTILE = 0.95
@@ -30,8 +31,6 @@ DRIFT_MESSAGE = ("the censored gallery has drifted from the baseline: some benig
 @torch.no_grad()
 def encoder_embedding(model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
     """[N, D] pooled encoder taps at t = 0 (pixels pooled to 7×7 for networks without a UNet encoder)."""
-    from censor.rewards.taps import mean_max_pool, unet_taps
-
     x = to_model_range(np.asarray(images))
     out = []
     for chunk in x.split(batch_size):

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from censor.core.data import to_model_range
 from censor.core.errors import CensorError
 from censor.diffusion.models import ASSETS_DIR
 
@@ -81,8 +82,6 @@ class Oracle:
     @torch.no_grad()
     def judge(self, images, batch_size: int = 1000) -> Judgement:
         """Judge uint8 [N, 28, 28] arrays or float tensors [N, 1, 28, 28] in [-1, 1]."""
-        from censor.core.data import to_model_range
-
         x = images if torch.is_tensor(images) else to_model_range(np.asarray(images))
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise CensorError(f"the oracle judges 1x28x28 images; got shape {tuple(x.shape)}")
@@ -106,7 +105,7 @@ def load_oracle(folder: str | Path = ORACLE_DIR) -> Oracle:
     cfg_path, w_path = folder / "config.json", folder / "model.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
         raise CensorError(f"oracle folder {folder} needs config.json and model.safetensors; "
-                          "retrain with python -m censor.train_oracle")
+                          "retrain with python -m censor train-oracle")
     try:
         cfg = json.loads(cfg_path.read_text())
         metrics = cfg.pop("metrics", {})
@@ -121,5 +120,5 @@ def load_reference(folder: str | Path = ORACLE_DIR) -> dict[str, np.ndarray]:
     """Real test-split oracle features, labels and watermark flags written by train_oracle."""
     path = Path(folder) / "reference.safetensors"
     if not path.is_file():
-        raise CensorError(f"{path} is missing; run python -m censor.train_oracle --reference-only")
+        raise CensorError(f"{path} is missing; run python -m censor train-oracle --reference-only")
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_file(str(path)).items()}

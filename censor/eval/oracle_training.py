@@ -1,6 +1,6 @@
 """Train the evaluation oracle on the full labelled, watermarked training split.
 
-``python -m censor.train_oracle [--data DIR] [--epochs 12] [--out assets/oracle]``
+``python -m censor train-oracle [--data DIR] [--epochs 12] [--out assets/oracle]``
 
 Plain cross-entropy without label smoothing, so "confident" (max prob >= 0.9) means something;
 flips and 2-px shifts because the DDPM is trained with flips and generated items are not perfectly
@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from censor.core.data import DEFAULT_DATA_DIR, load_watermarked, to_model_range
+from censor.eval.metrics import frechet_distance, knn_precision_recall
 from censor.eval.oracle import ORACLE_DIR, Oracle, OracleNet
 
 
@@ -86,8 +87,6 @@ def write_reference(oracle: Oracle, tr, te, out=ORACLE_DIR) -> dict:
     FID and k-NN precision/recall of generated images are only readable next to the same figures
     for real test images against real training images, so both are computed once here.
     """
-    from censor.eval.metrics import frechet_distance, knn_precision_recall
-
     f_test = oracle.judge(te.images).features
     rng = np.random.default_rng(0)
     f_train = oracle.judge(tr.images[rng.permutation(len(tr))[: len(te)]]).features

@@ -1,0 +1,1 @@
+"""Image grids and gallery / session bundles (safetensors + JSON, validated on import)."""

@@ -22,8 +22,11 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import diffusers
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.numpy import load_file, save
 
 from censor.core.errors import CensorError
 
@@ -39,9 +42,7 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
 
 
 def versions() -> dict:
-    import diffusers
-    import gradio
-    import torch
+    import gradio  # the studio's version, read only when a bundle is written (the CLI never loads gradio)
 
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "gradio": gradio.__version__}
 
@@ -175,8 +176,6 @@ def read_gallery_bundle(path: str | Path, dest: str | Path, image_size: tuple[in
 
 
 def write_session_bundle(path: str | Path, info: dict, items: list[dict], reward_dir: Path | None) -> Path:
-    from safetensors.numpy import save
-
     path = Path(path)
     meta = dict(info={k: info[k] for k in ("instructions", "model")},
                 items=[{k: it[k] for k in ("seed", "round", "state", "viewed")} for it in items],
@@ -191,8 +190,6 @@ def write_session_bundle(path: str | Path, info: dict, items: list[dict], reward
 
 
 def read_session_bundle(path: str | Path, dest: str | Path) -> dict:
-    from safetensors.numpy import load_file
-
     files = safe_extract(path, dest)
     for needed in ("session.json", "images.safetensors"):
         if needed not in files:

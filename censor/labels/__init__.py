@@ -1,0 +1,1 @@
+"""Labels: the pool, label sessions, the simulated labeller, active ranking."""

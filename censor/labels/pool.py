@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.diffusion.models import ASSETS_DIR, EMBEDDED_MODEL_DIR, DiffusionModel
+from censor.rewards.ensemble import model_fingerprint
 from censor.sampling.loop import sample, seeds_for
 
 POOL_DIR = ASSETS_DIR / "pool"
@@ -35,8 +36,6 @@ def pool_fingerprint(model: DiffusionModel | None, model_dir: str | Path | None)
     a hash of the loaded network's weights plus the prompt or class it samples with."""
     if model_dir is not None and (Path(model_dir) / "unet" / "diffusion_pytorch_model.safetensors").is_file():
         return weights_fingerprint(model_dir)
-    from censor.rewards.ensemble import model_fingerprint
-
     label = model.conditioning.label if model.conditioning is not None else ""
     return "w" + hashlib.sha256((model_fingerprint(model.unet) + "|" + label).encode()).hexdigest()[:15]
 

@@ -1,0 +1,1 @@
+"""Rewards r(x) ≈ P(benign): architectures, encoder taps, ensembles, training, calibration."""

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DModel
 from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
 
 from censor.core.errors import CensorError
+from censor.rewards.backbone import load_backbone_into
 from censor.rewards.taps import PooledHead, TapHead, tap_channels, unet_encode, unet_taps
-
-REWARD_KINDS = ("resnet18", "half-unet", "ddpm-encoder")
-
-
-TIME_DEPENDENT = {"half-unet": True, "ddpm-encoder": True, "resnet18": False}
 
 
 class HalfUNetReward(nn.Module):
@@ -20,8 +21,6 @@ class HalfUNetReward(nn.Module):
 
     def __init__(self, in_channels: int = 1, sample_size: int = 28, widths=(32, 64, 64)):
         super().__init__()
-        from diffusers import UNet2DModel
-
         n = len(widths)
         unet = UNet2DModel(
             sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
@@ -67,8 +66,6 @@ class ResNet18Reward(nn.Module):
 
     def __init__(self, weights=None, size: int = 28):
         super().__init__()
-        from torchvision.models import resnet18
-
         net = resnet18(weights=weights)
         if size <= 64:
             net.conv1.stride = (1, 1)  # small inputs: keep the 7x7 weights, drop the first downsampling
@@ -91,44 +88,61 @@ class ResNet18Reward(nn.Module):
 
 
 def reward_shape(kind: str, diffusion=None) -> tuple[int, int, int]:
-    """What a reward of ``kind`` reads: x_t in the sampler's space (latents for a latent model) for a
+    """What a reward of this kind reads: the model's sample (latent) shape for a
     time-dependent reward, the decoded image for a clean-image one."""
     if diffusion is None:
         return (1, 28, 28)
     return tuple(diffusion.sample_shape if TIME_DEPENDENT[kind] else diffusion.image_shape)
 
 
-def build_member(kind: str, diffusion=None, init: str = "random") -> nn.Module:
-    shape = reward_shape(kind, diffusion) if kind in TIME_DEPENDENT else None
-    if kind == "half-unet":
-        widths = (32, 64, 64) if shape[1] <= 64 else (32, 64, 64, 128)  # one more level for large inputs
-        return HalfUNetReward(in_channels=shape[0], sample_size=shape[1], widths=widths)
-    if kind == "ddpm-encoder":
-        if diffusion is None:
-            raise CensorError("the ddpm-encoder reward needs the diffusion model it reads features from")
-        if type(diffusion.unet).__name__ != "UNet2DModel":
-            raise CensorError(f"the ddpm-encoder reward reads a UNet2DModel's encoder; this model's network is a "
-                              f"{type(diffusion.unet).__name__}: use half-unet or resnet18")
-        return DiffusionEncoderReward(diffusion.unet)
-    if kind == "resnet18":
-        return _resnet18(init, shape[1])
-    raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
+def _half_unet(diffusion, init: str) -> nn.Module:
+    shape = reward_shape("half-unet", diffusion)
+    widths = (32, 64, 64) if shape[1] <= 64 else (32, 64, 64, 128)  # one more level for large inputs
+    return HalfUNetReward(in_channels=shape[0], sample_size=shape[1], widths=widths)
+
+
+def _ddpm_encoder(diffusion, init: str) -> nn.Module:
+    if diffusion is None:
+        raise CensorError("the ddpm-encoder reward needs the diffusion model it reads features from")
+    if type(diffusion.unet).__name__ != "UNet2DModel":
+        raise CensorError(f"the ddpm-encoder reward reads a UNet2DModel's encoder; this model's network is a "
+                          f"{type(diffusion.unet).__name__}: use half-unet or resnet18")
+    return DiffusionEncoderReward(diffusion.unet)
 
 
 def _resnet18(init: str, size: int = 28) -> ResNet18Reward:
     if init == "random":
         return ResNet18Reward(size=size)
     if init == "imagenet":
-        from torchvision.models import ResNet18_Weights
-
         try:
             return ResNet18Reward(weights=ResNet18_Weights.DEFAULT, size=size)
         except Exception as e:
             raise CensorError(f"ImageNet weights for ResNet18 could not be fetched ({type(e).__name__}); "
                               "use init='backbone' (the shipped self-supervised one) or 'random'") from None
     if init == "backbone":
-        from censor.rewards.backbone import load_backbone_into
-
         return load_backbone_into(ResNet18Reward(size=size))
     raise CensorError(f"unknown ResNet18 init {init!r}; use backbone, imagenet or random")
 
+
+@dataclass(frozen=True)
+class RewardKind:
+    """One entry of the registry: whether the reward reads noised x_t (guidance needs r(x_t, t)) and
+    how to build one member for a diffusion model."""
+
+    time_dependent: bool
+    build: Callable[..., nn.Module]  # (diffusion, init) -> member
+
+
+REGISTRY = {
+    "resnet18": RewardKind(False, lambda diffusion, init: _resnet18(init, reward_shape("resnet18", diffusion)[1])),
+    "half-unet": RewardKind(True, _half_unet),
+    "ddpm-encoder": RewardKind(True, _ddpm_encoder),
+}
+REWARD_KINDS = tuple(REGISTRY)
+TIME_DEPENDENT = {name: k.time_dependent for name, k in REGISTRY.items()}
+
+
+def build_member(kind: str, diffusion=None, init: str = "random") -> nn.Module:
+    if kind not in REGISTRY:
+        raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
+    return REGISTRY[kind].build(diffusion, init)

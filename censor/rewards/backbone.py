@@ -5,7 +5,7 @@ fetch; a reward trained from scratch on ~100 labels has meaningless, adversarial
 (../shared/MEASURED.md). So the project pretrains its own backbone self-supervised: two augmented
 views of each image must find each other among the batch (NT-Xent loss, Chen et al. 2020).
 
-``python -m censor.train_backbone --epochs 5 [--subset 20000]`` writes assets/backbone/."""
+``python -m censor train-backbone --epochs 5 [--subset 20000]`` writes assets/backbone/."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def load_backbone_into(reward, folder: str | Path = BACKBONE_DIR):
     """Copy the shipped backbone weights into a ``ResNet18Reward`` (its fc head stays freshly initialised)."""
     path = Path(folder) / "backbone.safetensors"
     if not path.is_file():
-        raise CensorError(f"no embedded backbone at {path}; train one with python -m censor.train_backbone "
+        raise CensorError(f"no embedded backbone at {path}; train one with python -m censor train-backbone "
                           "or use init='random'")
     state = load_file(str(path))
     missing, unexpected = reward.net.load_state_dict(state, strict=False)

@@ -1,6 +1,6 @@
-"""Reward models r(x) ~ P(benign | x): architectures, the ensemble, and their storage.
+"""The reward ensemble r(x) ~ P(benign | x) of K members, and its storage (safetensors + JSON).
 
-Three kinds, one interface (``member(x, t) -> logit [N]``, label 1 = benign):
+Three kinds (``architectures.REGISTRY``), one interface (``member(x, t) -> logit [N]``, label 1 = benign):
 
 - ``resnet18``: time-independent torchvision ResNet18 on clean images (universal/backward guidance).
   Stem adapted to 28x28 (stride-1 first conv, keeping its weights) so ImageNet or the embedded
@@ -59,6 +59,8 @@ class RewardEnsemble:
     members: list[nn.Module]
     image_shape: tuple[int, int, int] = (1, 28, 28)
     info: dict = field(default_factory=dict)  # training settings and measurements, saved as JSON
+    # in memory only: each member's AdamW state, so an imitation round resumes training where it stopped
+    optimizer_states: list | None = field(default=None, repr=False, compare=False)
 
     @property
     def time_dependent(self) -> bool:

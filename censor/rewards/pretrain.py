@@ -12,13 +12,14 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from censor.core.data import load_watermarked, to_model_range
+from censor.rewards.architectures import ResNet18Reward
 from censor.rewards.backbone import BACKBONE_DIR
+from censor.rewards.training import augment
 
 
 def views(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One random view per image: flip/rotate/shift, a random crop-and-resize, contrast jitter, noise."""
-    from censor.rewards.training import augment
-
     x = augment(x, gen, max_degrees=15.0, max_shift=3.0)
     n = len(x)
     scale = 0.7 + 0.3 * torch.rand(n, generator=gen)
@@ -42,9 +43,6 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
 
 def train(data_dir, epochs: int = 5, batch: int = 256, lr: float = 1e-3, subset: int | None = None,
           out=BACKBONE_DIR, seed: int = 0) -> dict:
-    from censor.core.data import load_watermarked, to_model_range
-    from censor.rewards.architectures import ResNet18Reward
-
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = to_model_range(load_watermarked("train", data_dir).images)  # images only: no labels are read

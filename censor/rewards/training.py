@@ -24,6 +24,7 @@ from censor.core.data import to_model_range
 from censor.core.errors import CensorError
 from censor.core.settings import ALPHA, HINGE_QUANTILES, ITERATIONS, MEMBERS
 from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT, build_member, reward_shape
+from censor.rewards.calibration import calibrated_score
 from censor.rewards.ensemble import RewardEnsemble, model_fingerprint
 from censor.rewards.taps import unet_taps
 
@@ -109,8 +110,6 @@ def benign_score_table(reward, x_benign: torch.Tensor, sched, gen: torch.Generat
     """Quantiles of the reward's calibrated score (``guidance.calibrated_score``) on noised
     copies of its benign labels at each timestep: where the per-timestep hinge sits
     (guidance.hinge_schedule). JSON-safe, kept in the reward's info."""
-    from censor.rewards.calibration import calibrated_score
-
     x0 = x_benign[torch.randperm(len(x_benign), generator=gen)[:max_images]]
     rows = []
     for t in timesteps:
@@ -171,8 +170,8 @@ def train_reward(
             p.requires_grad_(True)
         model.train()
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        if resume is not None and resume.info.get("_optimizer_states"):
-            opt.load_state_dict(resume.info["_optimizer_states"][k])
+        if resume is not None and resume.optimizer_states:
+            opt.load_state_dict(resume.optimizer_states[k])
         decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / iterations)
         loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(alpha))
         idx = torch.as_tensor(idx)
@@ -208,5 +207,5 @@ def train_reward(
     if sched is not None and bool((y_all == 1).any()):
         ens.eval()
         ens.info["benign_scores"] = benign_score_table(ens, x_all[y_all == 1], sched, gen)
-    ens.info["_optimizer_states"] = opt_states  # in memory only: for the next imitation round
+    ens.optimizer_states = opt_states
     return ens.eval()

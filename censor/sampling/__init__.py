@@ -1,0 +1,1 @@
+"""The guided sampler: one loop, guidance pieces, SMC, rejection, the automatic strength."""

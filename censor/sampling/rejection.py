@@ -23,9 +23,11 @@ image is reproduced by sampling its seed alone (DDIM, eta = 0).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -35,6 +37,7 @@ from tqdm.auto import tqdm
 from censor.core.data import to_model_range, to_uint8
 from censor.core.errors import CensorError
 from censor.core.settings import ALPHA, ITERATIONS, MEMBERS
+from censor.gallery.bundles import sha256
 from censor.rewards.ensemble import clean_input
 from censor.rewards.training import train_reward
 from censor.sampling.loop import sample, seeds_for
@@ -245,10 +248,6 @@ def session_threshold(reward_dir, reward, images: np.ndarray, labels: np.ndarray
     The cache is keyed by the reward file's hash, so retraining the reward recomputes it. The folds
     use the reward's own recipe (kind, members, α, iterations) on the current labels.
     """
-    import json
-    from pathlib import Path
-
-    from censor.gallery.bundles import sha256
 
     reward_dir = Path(reward_dir)
     digest = sha256(reward_dir / "reward.safetensors")
