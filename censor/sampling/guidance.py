@@ -8,9 +8,10 @@ SMC weights) is carried by the loop, fresh for every batch. Each formula has one
 ``diffusion/steps.py`` (the step itself, shared with the RLHF rollouts):
 - ``x0_from_eps`` / ``eps_from_x0``: x̂0 = (x_t - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t) and its inverse;
 - ``step_alphas``: ᾱ_t and ᾱ_t' of the respaced step t -> t' = t - T // S (diffusers' rule);
-- ``ddim_step``: σ_t = η·sqrt((1-ᾱ_t')/(1-ᾱ_t)·(1-ᾱ_t/ᾱ_t')), μ = sqrt(ᾱ_t') x̂0 + sqrt(1-ᾱ_t'-σ_t²) ε
-  (the rollouts' Gaussian policy; the sampler steps with diffusers' DDIM/DDPM schedulers, which
-  ``make_scheduler`` respaces, and the tests hold the two to the same samples);
+- ``ddim_step``: σ_t = η·sqrt((1-ᾱ_t')/(1-ᾱ_t)·(1-ᾱ_t/ᾱ_t')),
+  μ = sqrt(ᾱ_t') x̂0 + sqrt(1-ᾱ_t'-σ_t²) ε: the rollouts' Gaussian policy. The sampler steps with
+  diffusers' DDIM/DDPM schedulers, which ``make_scheduler`` respaces (the one factory, also the
+  rollouts'); the tests hold ``ddim_step`` to diffusers' samples;
 - ``renoise``: the forward kernel q(x_t | x_t'), the recurrence step.
 
 ``sampling/objective.py``:

@@ -1,10 +1,12 @@
-"""Unguided sampling from a ``DiffusionModel`` with respaced diffusers schedulers.
+"""The one sampler loop, unguided and guided, over respaced diffusers schedulers.
 
-One loop serves unguided and guided sampling. Every image owns a seed: its initial noise x_T comes from ``torch.Generator().manual_seed(seed)``,
+Every image owns a seed: its initial noise x_T comes from ``torch.Generator().manual_seed(seed)``,
 so image i of a gallery is the same whatever the batch size, and a censored gallery can be shown
 next to its baseline made from the same seeds. DDIM with eta = 0 is then fully deterministic per
 image; stochastic steps (DDPM, DDIM eta > 0) draw their noise from a generator seeded by the
-batch's first seed, so a repeated call with the same arguments is identical too."""
+batch's first seed, so a repeated call with the same arguments is identical too. Each batch starts
+its own guidance state (the pieces' carries, the particles' weights), so batches never leak into
+one another."""
 
 from __future__ import annotations
 
