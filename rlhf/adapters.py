@@ -45,6 +45,7 @@ def add_lora(unet, rank: int = 4, alpha: float | None = None, target: str = "att
 
     ``alpha`` defaults to ``rank`` (scale 1), as in DDPO/D3PO's diffusers LoRA setup.
     """
+    # local import: peft pulls in transformers (~2 s), paid only when adapters are used
     from peft import LoraConfig, inject_adapter_in_model
 
     if target not in TARGETS:
@@ -108,6 +109,7 @@ def base_fingerprint(unet) -> str:
 def save_adapter(unet, folder: str | Path, config: dict | None = None) -> Path:
     """Write ``adapter.safetensors`` + ``adapter.json``: the LoRA weights, or the whole UNet when it
     has no LoRA (a full fine-tune). ``config`` (training settings) is stored alongside."""
+    # local import: peft pulls in transformers (~2 s), paid only when adapters are used
     from peft import get_peft_model_state_dict
 
     folder = Path(folder)
@@ -178,6 +180,7 @@ def load_adapter(unet, folder: str | Path, check_base: bool = True):
             raise CensorError(f"adapter folder {folder} does not fit this UNet: {str(e).splitlines()[0]}") from None
         return unet.eval().requires_grad_(False)
 
+    # local import: peft pulls in transformers (~2 s), paid only when adapters are used
     from peft import set_peft_model_state_dict
 
     if has_lora(unet):

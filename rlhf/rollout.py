@@ -21,32 +21,20 @@ from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from censor.core.errors import CensorError
-from censor.diffusion.steps import initial_noise
+from censor.diffusion.steps import ddim_step, initial_noise, make_scheduler
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def make_rollout_scheduler(scheduler_config, steps: int) -> DDIMScheduler:
-    """A DDIM scheduler respaced to ``steps`` ("trailing": the first step starts at t = T-1).
+    """The rollouts' DDIM scheduler: ``make_scheduler`` with ``set_alpha_to_one=False``.
 
-    ``set_alpha_to_one=False`` makes the last step land on t = 0 (ᾱ_0 ≈ 0.9999) rather than on
-    ᾱ = 1, where σ would be 0 and the last step's log-probability undefined. DDPO gets the same
-    effect by clamping the previous timestep to 0; with this setting diffusers' own ``step`` and
-    ``ddim_step_with_logprob`` produce the same samples.
+    The last step then lands on t = 0 (ᾱ_0 ≈ 0.9999) rather than on ᾱ = 1, where σ would be 0 and
+    the last step's log-probability undefined. DDPO gets the same effect by clamping the previous
+    timestep to 0; with this setting diffusers' own ``step`` and ``ddim_step_with_logprob`` produce
+    the same samples.
     """
-    T = scheduler_config["num_train_timesteps"]
-    if not 1 <= steps <= T:
-        raise CensorError(f"steps must be between 1 and {T}, got {steps}")
-    # the policy is a denoiser that always returns ε (censor/denoisers.py converts v and x0)
-    sched = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing", set_alpha_to_one=False,
-                                      prediction_type="epsilon")
-    sched.set_timesteps(steps)
-    return sched
-
-
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[N] or [] -> broadcastable against [N, C, H, W]."""
-    return v.reshape(-1, *([1] * (like.ndim - 1))).to(like.device, like.dtype)
+    return make_scheduler(scheduler_config, "ddim", steps, set_alpha_to_one=False)
 
 
 def ddim_step_with_logprob(
@@ -59,47 +47,17 @@ def ddim_step_with_logprob(
     generator: torch.Generator | None = None,
     use_clipped_model_output: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step (x_t -> x_{t-1}) and log N(x_{t-1} | mu, σ_t² I) averaged over non-batch dims.
+    """One DDIM step (x_t -> x_{t-1}, ``censor.diffusion.steps.ddim_step``) and
+    log N(x_{t-1} | μ, σ_t² I) averaged over non-batch dims, as DDPO's ``ddim_step_with_logprob``.
 
-    Follows DDPO's ``ddim_step_with_logprob``: x̂0 from ε (clamped to the clip range when the
-    scheduler clips), σ_t = eta·sqrt(var(t, t_prev)), mu = sqrt(ᾱ_prev)·x̂0 + sqrt(1-ᾱ_prev-σ_t²)·ε.
     ``t`` may be one timestep or one per sample. With ``prev_sample`` given, nothing is drawn: the
-    log-probability of that recorded action is returned (its gradient flows through mu only).
-    The previous timestep follows diffusers' rule t - T // S, clamped at 0 like DDPO.
+    log-probability of that recorded action is returned (its gradient flows through μ only).
     """
     if eta <= 0:
         raise CensorError(f"a stochastic policy needs eta > 0, got {eta}")
-    if scheduler.num_inference_steps is None:
-        raise CensorError("call set_timesteps on the scheduler before stepping it")
-    cfg = scheduler.config
-    eps, x_t = eps.float(), x_t.float()
-    t = torch.as_tensor(t, device="cpu").long().reshape(-1)
-    prev_t = (t - cfg.num_train_timesteps // scheduler.num_inference_steps).clamp(min=0)
-    ac = scheduler.alphas_cumprod.float()
-    ab_t, ab_prev = _per_sample(ac[t], x_t), _per_sample(ac[prev_t], x_t)
-    beta_t = 1 - ab_t
-
-    if cfg.prediction_type == "epsilon":
-        x0 = (x_t - beta_t.sqrt() * eps) / ab_t.sqrt()
-    elif cfg.prediction_type == "v_prediction":
-        x0 = ab_t.sqrt() * x_t - beta_t.sqrt() * eps
-        eps = ab_t.sqrt() * eps + beta_t.sqrt() * x_t
-    elif cfg.prediction_type == "sample":
-        x0 = eps
-        eps = (x_t - ab_t.sqrt() * x0) / beta_t.sqrt()
-    else:
-        raise CensorError(f"unsupported prediction_type {cfg.prediction_type!r}")
-    if cfg.clip_sample:
-        x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-        if use_clipped_model_output:
-            eps = (x_t - ab_t.sqrt() * x0) / beta_t.sqrt()
-
-    variance = (1 - ab_prev) / beta_t * (1 - ab_t / ab_prev)
-    std = eta * variance.sqrt()
-    mean = ab_prev.sqrt() * x0 + (1 - ab_prev - std**2).clamp(min=0).sqrt() * eps
-
+    _, std, mean = ddim_step(scheduler, eps, t, x_t, eta, use_clipped_model_output)
     if prev_sample is None:
-        noise = randn_tensor(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        noise = randn_tensor(x_t.shape, generator=generator, device=x_t.device, dtype=torch.float32)
         prev_sample = mean + std * noise
     prev_sample = prev_sample.float()
     log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI

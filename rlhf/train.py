@@ -14,73 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.diffusion.models import DiffusionModel
 from censor.sampling.loop import seeds_for
 from rlhf.adapters import frozen_reference, make_trainable
+from rlhf.configs import CommonConfig, D3POConfig, DDPOConfig
 from rlhf.losses import d3po_loss, ddpo_loss, standardise_advantages
 from rlhf.rollout import Trajectory, make_rollout_scheduler, rollout, step_log_prob
-
-
-@dataclass
-class _Common:
-    steps: int = 20  # S respaced DDIM steps, all of them trained
-    eta: float = 1.0  # DDIM stochasticity: the policy's σ_t = eta * DDPM posterior σ
-    epochs: int = 10
-    lr: float = 3e-4  # for LoRA; use ~1e-5 with full
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    full: bool = False  # train every weight instead of LoRA (tiny models only)
-    lora_rank: int = 4
-    lora_alpha: float | None = None
-    lora_target: str = "attention"  # or "attention+convs"
-    seed: int = 0
-    rollout_batch: int = 64
-    inner_epochs: int = 1  # passes over one epoch's trajectories (labels and rewards are reused: free)
-
-    def check(self) -> None:
-        for name in ("steps", "epochs", "rollout_batch", "inner_epochs"):
-            if getattr(self, name) < 1:
-                raise CensorError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.eta <= 0:
-            raise CensorError(f"eta must be > 0 for a stochastic policy, got {self.eta}")
-        if self.lr <= 0:
-            raise CensorError(f"lr must be positive, got {self.lr}")
-
-
-@dataclass
-class D3POConfig(_Common):
-    groups: int = 4  # initial noises x_T per epoch
-    group_size: int = 7  # images per x_T; every benign/malign pair inside a group is a preference
-    batch_groups: int = 2  # groups per optimiser step
-    beta: float = 0.1
-    eps: float = 0.1  # ratio clamp [1-eps, 1+eps]
-
-    def check(self) -> None:
-        super().check()
-        if self.groups < 1 or self.group_size < 2 or self.batch_groups < 1:
-            raise CensorError("D3PO needs groups >= 1, group_size >= 2 and batch_groups >= 1")
-
-
-@dataclass
-class DDPOConfig(_Common):
-    images: int = 16  # trajectories per epoch
-    batch_size: int = 8  # trajectories per optimiser step
-    clip_range: float = 1e-4  # PPO ratio clip (DDPO's default; the thesis used 0.2)
-    adv_clip: float = 5.0
-    kl_beta: float = 0.0  # per-step KL penalty to the frozen model (off as in DDPO)
-
-    def check(self) -> None:
-        super().check()
-        if self.images < 2 or self.batch_size < 1:
-            raise CensorError("DDPO needs images >= 2 and batch_size >= 1")
 
 
 def preference_pairs(labels: Sequence[int], group_ids: Sequence[int]) -> torch.Tensor:
@@ -101,8 +50,6 @@ def preference_pairs(labels: Sequence[int], group_ids: Sequence[int]) -> torch.T
 
 def labels_from(labeller) -> Callable[[torch.Tensor], np.ndarray]:
     """Adapt a ``SimulatedLabeller`` (uint8 images) to a label function on images in [-1, 1]."""
-    from censor.core.data import to_uint8
-
     return lambda images: labeller.label(to_uint8(images))
 
 
@@ -125,10 +72,8 @@ def _inner_batches(n: int, size: int, passes: int):
 class _Run:
     """Shared plumbing: accelerator, trainable parameters, optimiser, reference, progress."""
 
-    def __init__(self, model: DiffusionModel, cfg: _Common, need_ref: bool, total: int,
+    def __init__(self, model: DiffusionModel, cfg: CommonConfig, need_ref: bool, total: int,
                  progress, show_bar: bool, accelerator, desc: str):
-        from accelerate import Accelerator
-
         cfg.check()
         self.cfg, self.model, self.progress = cfg, model, progress
         self.acc = accelerator or Accelerator(mixed_precision="no")

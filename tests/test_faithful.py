@@ -14,7 +14,7 @@ from censor.eval.oracle import Judgement
 from censor.sampling.guidance import Guidance, build_guidance
 from censor.sampling.loop import particle_seeds, sample, seeds_for
 from censor.sampling.objective import Objective
-from censor.sampling.particles import ParticleResampling, effective_sample_size, systematic_resample
+from censor.sampling.particles import ParticleResampling, ParticleState, effective_sample_size, systematic_resample
 from censor.sampling.pieces import ManifoldGuidance, StepContext, TimeGuidance, limit_shift
 
 
@@ -284,3 +284,18 @@ def test_automatic_strength_climbs_until_the_doubt_is_gone_and_steps_back_on_dri
     doubted[16.0], drift[32.0] = 0.3, 0.5  # the stronger rung drifts beyond chance: one rung back
     pick = strength.auto_strength(None, None, Meter(), None, settings, probe_n=20)
     assert pick.weight == 16.0 and "drifts" in pick.reason
+
+
+def test_reweighting_returns_a_new_state_and_resets_only_degenerate_groups():
+    smc = ParticleResampling(Brightness(), particles=4)
+    phi = torch.tensor([0.0, -50.0, -50.0, -50.0, 0.1, 0.0, 0.2, 0.0])
+    state = smc.twist(ParticleState.fresh(8), phi)
+    assert torch.equal(state.last_phi, phi.double()) and torch.equal(state.log_w, phi.double())
+    before = state.log_w.clone()
+    keep, new, resampled = smc.reweight(state, torch.Generator().manual_seed(0))
+    assert resampled == 1 and torch.equal(state.log_w, before)  # the given state is untouched
+    assert keep.tolist() == [0, 0, 0, 0, 4, 5, 6, 7]  # group 0 collapses onto its one heavy particle
+    assert torch.equal(new.log_w[:4], torch.zeros(4, dtype=torch.float64)) and torch.equal(new.log_w[4:], before[4:])
+    assert new.origin.tolist() == keep.tolist() and torch.equal(new.last_phi, state.last_phi[keep])
+    flat = smc.twist(ParticleState.fresh(8), torch.zeros(8))
+    assert smc.reweight(flat, torch.Generator())[0] is None

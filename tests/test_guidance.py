@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from censor.core.errors import CensorError
-from censor.diffusion.steps import eps_from_x0, renoise, x0_from_eps
-from censor.sampling.guidance import Guidance
+from censor.diffusion.models import build_scheduler
+from censor.diffusion.steps import (ddim_step, eps_from_x0, make_scheduler, renoise, step_alphas, step_stride,
+                                    x0_from_eps)
+from censor.sampling.guidance import Guidance, build_guidance
 from censor.sampling.loop import sample, seeds_for
-from censor.sampling.pieces import BackwardGuidance, TimeGuidance, UniversalGuidance, shift_eps
+from censor.sampling.pieces import BackwardGuidance, StepContext, TimeGuidance, UniversalGuidance, shift_eps
 
 
 @dataclass
@@ -95,8 +97,6 @@ def test_ddpm_encoder_reward_shares_the_samplers_unet_pass(tiny_model):
     """The hooked mid-block features give the same guided ε as a separate encoder pass, with one UNet call."""
     from censor.rewards.architectures import build_member
     from censor.rewards.ensemble import RewardEnsemble
-    from censor.sampling.guidance import build_guidance
-    from censor.sampling.pieces import StepContext
 
     torch.manual_seed(1)
     reward = RewardEnsemble("ddpm-encoder", [build_member("ddpm-encoder", tiny_model) for _ in range(3)]).eval()
@@ -121,8 +121,6 @@ def test_ddpm_encoder_reward_shares_the_samplers_unet_pass(tiny_model):
 
 
 def test_reusing_the_gradient_halves_reward_calls_and_every_1_is_unchanged(gaussian_model):
-    from censor.sampling.guidance import build_guidance
-
     class Counting(BrightnessReward):
         calls = 0
 
@@ -143,3 +141,65 @@ def test_reusing_the_gradient_halves_reward_calls_and_every_1_is_unchanged(gauss
     assert reused.mean() > unguided.mean() + 0.05  # still pushes towards brightness
     with pytest.raises(CensorError, match="only supported for time"):
         build_guidance(BrightnessReward(), "universal", 1.0, every=2)
+
+
+def test_step_alphas_follow_the_respaced_schedule_and_end_on_final():
+    ac = torch.linspace(0.99, 0.01, 1000)
+    sched = make_scheduler(build_scheduler().config, "ddim", 10)
+    stride = step_stride(sched)
+    assert stride == 100
+    ab, ab_prev = step_alphas(ac, 999, stride, torch.tensor(1.0))
+    assert ab == ac[999] and ab_prev == ac[899]
+    ab, ab_prev = step_alphas(ac, torch.tensor([450, 50]), stride, torch.tensor(1.0))  # one t per sample
+    assert torch.equal(ab, ac[[450, 50]]) and torch.equal(ab_prev, torch.stack([ac[350], torch.tensor(1.0)]))
+    # the rollouts' scheduler ends on ᾱ_0, the sampler's on the config's choice (1 here)
+    rollout_sched = make_scheduler(build_scheduler().config, "ddim", 10, set_alpha_to_one=False)
+    assert rollout_sched.final_alpha_cumprod == rollout_sched.alphas_cumprod[0]
+    assert sched.final_alpha_cumprod == 1.0
+
+
+def test_ddim_step_with_eta_0_is_diffusers_deterministic_step():
+    """The one DDIM formula gives the sampler's (diffusers') x_{t-1} where the two share ᾱ_t'."""
+    sched = make_scheduler(build_scheduler().config, "ddim", 10)
+    torch.manual_seed(0)
+    x, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    for t in sched.timesteps[:-1]:
+        step = ddim_step(sched, eps, t, x, 0.0, use_clipped_model_output=True)
+        ref = sched.step(eps, t, x, eta=0.0, use_clipped_model_output=True)
+        torch.testing.assert_close(step.mean, ref.prev_sample, atol=1e-5, rtol=0)
+        torch.testing.assert_close(step.x0, ref.pred_original_sample, atol=1e-5, rtol=0)
+        assert torch.all(step.std == 0)
+
+
+def test_a_piece_called_on_its_own_has_no_memory(gaussian_model):
+    """Pieces are pure: calling time guidance (every > 1) twice takes two fresh gradients, and the
+    step it was given is unchanged; only a carry handed back in makes it reuse one."""
+    piece = TimeGuidance(BrightnessReward(), 10.0, every=5)
+    ab = gaussian_model.scheduler.alphas_cumprod
+    x1, x2 = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8) + 1.0
+    s1 = StepContext(gaussian_model.unet, x1, 600, ab[600])
+    s2 = StepContext(gaussian_model.unet, x2, 500, ab[500])
+    piece(s1)
+    assert s1.eps is None and s1.unguided_eps is None
+    fresh = piece(s2)
+    torch.testing.assert_close(fresh, TimeGuidance(BrightnessReward(), 10.0)(s2))
+    # with the carry of the step at t = 600, the step at t = 500 reuses that step's gradient
+    _, carry = piece.advance(s1)
+    reused, carry2 = piece.advance(s2, carry)
+    eps2 = gaussian_model.unet(x2, 500).sample
+    torch.testing.assert_close(reused.eps, shift_eps(eps2, carry.grad, 10.0, ab[500]))
+    assert carry2.since == 1 and carry2.grad is carry.grad
+    # a redo of the same timestep (recurrence) takes a fresh gradient
+    _, carry3 = piece.advance(s2, carry2)
+    assert carry3.since == 0 and carry3.grad is not carry.grad
+
+
+def test_reused_gradients_start_fresh_in_every_batch(gaussian_model):
+    """The loop hands each batch fresh carries: an image is the same whatever batch it falls in."""
+    seeds = seeds_for(5, 3)
+    g = lambda: build_guidance(BrightnessReward(), "time", 5.0, every=3)  # noqa: E731
+    together = sample(gaussian_model, seeds, steps=9, batch_size=5, guidance=g())
+    torch.testing.assert_close(sample(gaussian_model, seeds, steps=9, batch_size=2, guidance=g()), together,
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(sample(gaussian_model, seeds, steps=9, batch_size=1, guidance=g()), together,
+                               atol=1e-6, rtol=0)

@@ -1,10 +1,12 @@
-"""Unguided sampling from a ``DiffusionModel`` with respaced diffusers schedulers.
+"""The one sampler loop, unguided and guided, over respaced diffusers schedulers.
 
-One loop serves unguided and guided sampling. Every image owns a seed: its initial noise x_T comes from ``torch.Generator().manual_seed(seed)``,
+Every image owns a seed: its initial noise x_T comes from ``torch.Generator().manual_seed(seed)``,
 so image i of a gallery is the same whatever the batch size, and a censored gallery can be shown
 next to its baseline made from the same seeds. DDIM with eta = 0 is then fully deterministic per
 image; stochastic steps (DDPM, DDIM eta > 0) draw their noise from a generator seeded by the
-batch's first seed, so a repeated call with the same arguments is identical too."""
+batch's first seed, so a repeated call with the same arguments is identical too. Each batch starts
+its own guidance state (the pieces' carries, the particles' weights), so batches never leak into
+one another."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from tqdm.auto import tqdm
 
 from censor.core.errors import CensorError
 from censor.diffusion.models import DiffusionModel
-from censor.diffusion.steps import initial_noise, make_scheduler, renoise
+from censor.diffusion.steps import initial_noise, make_scheduler, renoise, step_alphas, step_stride
 from censor.sampling.guidance import Guidance
+from censor.sampling.particles import ParticleState
 from censor.sampling.pieces import StepContext
 
 
@@ -47,69 +50,79 @@ def sample(
     check_count(len(seeds))
     if eta < 0:
         raise CensorError(f"eta must be >= 0, got {eta}")
-    device = next(model.unet.parameters()).device
     if batch_size is None:
         batch_size = getattr(model.runtime, "batch_size", 250)
     if batch_size < 1:
         raise CensorError(f"batch size must be >= 1, got {batch_size}")
-    denoiser = model.denoiser
-    out = []
     batches = [list(seeds[i:i + batch_size]) for i in range(0, len(seeds), batch_size)]
     total = len(batches) * steps
     bar = tqdm(total=total, desc="sampling", disable=not show_bar)
     done = 0
-    alphas = model.scheduler.alphas_cumprod.to(device)
-    one = torch.tensor(1.0, device=device)
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        bar.update(1)
+        if progress is not None:
+            progress(done / total)
+
     smc = guidance.particles if guidance is not None else None
-    P = smc.particles if smc is not None else 1
+    out = []
     for chunk in batches:
-        sched = make_scheduler(model, method, steps)
-        starts = particle_seeds(chunk, P)
-        x = initial_noise(starts, model.sample_shape).to(device)
-        origin = torch.arange(len(x))  # SMC: which starting particle each row descends from
+        starts = particle_seeds(chunk, smc.particles if smc is not None else 1)
         gen = torch.Generator().manual_seed(int(chunk[0]) + 7919)
-        # DDIM clamps x̂0 to [-1, 1] (clip_sample); recompute ε from the clamped x̂0 too, or a
-        # guided ε whose x̂0 overshoots pushes x_t the opposite way (measured: darker, not brighter)
-        kwargs = {"eta": eta, "use_clipped_model_output": True} if method == "ddim" else {}
-        stride = model.scheduler.config.num_train_timesteps // steps  # diffusers' own prev-t rule
-        log_w = torch.zeros(len(x), dtype=torch.float64)  # SMC: log importance weight of each particle
-        last_phi = torch.zeros(len(x), dtype=torch.float64)
-        for t in (int(t) for t in sched.timesteps):
-            active = guidance is not None and guidance.active(t)
-            ab = alphas[t]
-            ab_prev = alphas[t - stride] if t - stride >= 0 else one
-            for r in range(1 + (guidance.recurrence if active else 0)):
-                if r > 0:  # recurrence: back to x_t through the forward kernel, then redo the step
-                    x = renoise(x_prev, ab, ab_prev, gen)
-                if smc is not None:  # twist by r(x_t, t), resample the groups whose weights degenerated
-                    phi, eps = smc.potential_and_eps(StepContext(denoiser, x, t, ab, None))
-                    phi = phi.double().cpu()
-                    log_w += phi - last_phi
-                    last_phi = phi
-                    keep = smc.reweight(log_w, gen, guidance.stats)
-                    if keep is not None:
-                        x, eps, last_phi = x[keep.to(device)], eps[keep.to(device)], last_phi[keep]
-                        origin = origin[keep]
-                elif active:
-                    eps = None if guidance.computes_eps else denoiser(x, t).sample
-                    eps = guidance(StepContext(denoiser, x, t, ab, eps, decode=model.decode,
-                                               latent=model.is_latent))
-                else:
-                    eps = denoiser(x, t).sample
-                x_prev = sched.step(eps, t, x, generator=gen, **kwargs).prev_sample
-            x = x_prev
-            done += 1
-            bar.update(1)
-            if progress is not None:
-                progress(done / total)
-        if smc is not None:  # the final weight r_0(x_0) / r_1(x_1), then one particle per image
-            log_w += smc.final_potential(x).double().cpu() - last_phi
-            pick = smc.choose(log_w, gen)
-            x = x[pick.to(device)]
-            guidance.stats.setdefault("particle_seeds", []).extend(starts[int(i)] for i in origin[pick])
+        x, origin = _denoise(model, starts, method, steps, eta, guidance, gen, tick)
+        if origin is not None:
+            guidance.stats.setdefault("particle_seeds", []).extend(starts[int(i)] for i in origin)
         out.append(model.decode(x).clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(out)
+
+
+def _denoise(model: DiffusionModel, starts: list[int], method: str, steps: int, eta: float,
+             guidance: Guidance | None, gen: torch.Generator, tick: Callable[[], None]):
+    """One batch from its starting seeds to x_0; with SMC also the starting particle of each image.
+
+    The batch's state starts fresh here: the pieces' carries and the particles' weights."""
+    device = next(model.unet.parameters()).device
+    denoiser = model.denoiser
+    sched = make_scheduler(model.scheduler.config, method, steps)
+    x = initial_noise(starts, model.sample_shape).to(device)
+    # DDIM clamps x̂0 to [-1, 1] (clip_sample); recompute ε from the clamped x̂0 too, or a
+    # guided ε whose x̂0 overshoots pushes x_t the opposite way (measured: darker, not brighter)
+    kwargs = {"eta": eta, "use_clipped_model_output": True} if method == "ddim" else {}
+    alphas, stride = model.scheduler.alphas_cumprod.to(device), step_stride(sched)
+    one = torch.tensor(1.0, device=device)
+    smc = guidance.particles if guidance is not None else None
+    particles = ParticleState.fresh(len(x)) if smc is not None else None
+    carries = guidance.start() if guidance is not None else ()
+    for t in (int(t) for t in sched.timesteps):
+        active = guidance is not None and guidance.active(t)
+        ab, ab_prev = step_alphas(alphas, t, stride, one)
+        x_prev = x
+        for r in range(1 + (guidance.recurrence if active else 0)):
+            if r > 0:  # recurrence: back to x_t through the forward kernel, then redo the step
+                x = renoise(x_prev, ab, ab_prev, gen)
+            step = StepContext(denoiser, x, t, ab, decode=model.decode, latent=model.is_latent)
+            if smc is not None:  # twist by r(x_t, t), resample the groups whose weights degenerated
+                phi, eps = smc.potential_and_eps(step)
+                keep, particles, resampled = smc.reweight(smc.twist(particles, phi), gen)
+                if keep is not None:
+                    guidance.stats["resamples"] = guidance.stats.get("resamples", 0) + resampled
+                    x, eps = x[keep.to(device)], eps[keep.to(device)]
+            elif active:
+                if not guidance.computes_eps:
+                    step = step.predicted()
+                eps, carries = guidance.apply(step, carries)
+            else:
+                eps = denoiser(x, t).sample
+            x_prev = sched.step(eps, t, x, generator=gen, **kwargs).prev_sample
+        x = x_prev
+        tick()
+    if smc is None:
+        return x, None
+    pick = smc.choose(particles, x, gen)  # the final weight r_0(x_0) / r_1(x_1), one particle per image
+    return x[pick.to(device)], particles.origin[pick]
 
 
 PARTICLE_SEED_STRIDE = 1_000_000_007  # particle j > 0 of an image seeded s starts from s + j·stride

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -30,6 +30,20 @@ def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
     return 1.0 / (w * w).sum(1)
 
 
+@dataclass(frozen=True)
+class ParticleState:
+    """One batch's SMC bookkeeping, held by the sampler loop and started fresh for every batch."""
+
+    log_w: torch.Tensor  # float64 [G·P], log importance weight of each particle
+    last_phi: torch.Tensor  # float64 [G·P], φ_{t+1}(x_{t+1}) of each particle
+    origin: torch.Tensor  # long [G·P], which starting particle each row descends from
+
+    @classmethod
+    def fresh(cls, n: int) -> "ParticleState":
+        zeros = torch.zeros(n, dtype=torch.float64)
+        return cls(zeros, zeros.clone(), torch.arange(n))
+
+
 @dataclass
 class ParticleResampling:
     """Sequential Monte Carlo twisted by the time-dependent reward: no gradient to exploit.
@@ -37,8 +51,8 @@ class ParticleResampling:
     Each image is P particles from the unguided sampler; the potential φ_t = ω·objective(r(x_t, t))
     reweights them by exp(φ_t(x_t) − φ_{t+1}(x_{t+1})) at every step, and a group is resampled
     (systematically) when its effective sample size falls below ``ess`` × P. After the last step a
-    final weight exp(φ_0(x_0) − φ_1) picks one particle per image. The sampler (sampling.py) owns the
-    particle bookkeeping; this class only scores particles and decides which survive.
+    final weight exp(φ_0(x_0) − φ_1) picks one particle per image. The sampler loop holds the
+    ``ParticleState``; these methods score particles and return new states, mutating nothing.
     """
 
     reward: object
@@ -54,37 +68,42 @@ class ParticleResampling:
         if self.particles < 1 or not 0 < self.ess <= 1:
             raise CensorError("particles must be >= 1 and ess in (0, 1]")
 
-    def potential_and_eps(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def potential_and_eps(self, step: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """φ_t(x_t) [N] and the unguided ε (shared with the reward's UNet taps where it reads them)."""
-        shared = _from_shared_pass(self.reward, ctx, ctx.x, self.objective)
+        shared = _from_shared_pass(self.reward, step, step.x_t, self.objective)
         if shared is not None:
             eps, obj = shared
             return self.weight * obj, eps
-        eps = ctx.unet(ctx.x, ctx.t).sample
-        return self.weight * self.objective.at(ctx.t).of(self.reward, ctx.x, ctx.t_batch()), eps
+        eps = step.unet(step.x_t, step.t).sample
+        return self.weight * self.objective.at(step.t).of(self.reward, step.x_t, step.t_batch()), eps
 
-    def final_potential(self, x0: torch.Tensor) -> torch.Tensor:
-        t = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
-        return self.weight * self.objective.at(0).of(self.reward, x0, t)
+    def twist(self, state: ParticleState, phi: torch.Tensor) -> ParticleState:
+        """The weights times exp(φ_t − φ_{t+1}) for this step's potential ``phi`` [N]."""
+        phi = phi.double().cpu()
+        return replace(state, log_w=state.log_w + (phi - state.last_phi), last_phi=phi)
 
-    def reweight(self, log_w: torch.Tensor, gen: torch.Generator, stats: dict) -> torch.Tensor | None:
-        """Flat indices to keep (None: no group needed resampling); resets the resampled groups' weights."""
-        G = log_w.numel() // self.particles
-        lw = log_w.reshape(G, self.particles)
+    def reweight(self, state: ParticleState, gen: torch.Generator) -> tuple[torch.Tensor | None, ParticleState, int]:
+        """(flat indices to keep or None when no group needed resampling, the new state, the number
+        of groups resampled); resampled groups restart from equal weights."""
+        G = state.log_w.numel() // self.particles
+        lw = state.log_w.reshape(G, self.particles)
         low = effective_sample_size(lw) < self.ess * self.particles
         if not low.any():
-            return None
+            return None, state, 0
         idx = torch.arange(self.particles).expand(G, -1).clone()
         idx[low] = systematic_resample(lw[low], gen)
-        stats["resamples"] = stats.get("resamples", 0) + int(low.sum())
+        lw = lw.clone()
         lw[low] = 0.0
-        return (idx + self.particles * torch.arange(G)[:, None]).reshape(-1)
+        keep = (idx + self.particles * torch.arange(G)[:, None]).reshape(-1)
+        return keep, ParticleState(lw.reshape(-1), state.last_phi[keep], state.origin[keep]), int(low.sum())
 
-    def choose(self, log_w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """One particle per image, drawn in proportion to its final weight (Gumbel-max)."""
+    def choose(self, state: ParticleState, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One particle per image, drawn in proportion to its final weight φ_0(x_0) − φ_1 (Gumbel-max)."""
+        t = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+        final = self.weight * self.objective.at(0).of(self.reward, x0, t)
+        log_w = state.log_w + (final.double().cpu() - state.last_phi)
         G = log_w.numel() // self.particles
         lw = log_w.reshape(G, self.particles).double()
         u = torch.rand(lw.shape, generator=gen, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
         pick = (lw - torch.log(-torch.log(u))).argmax(1)
         return pick + self.particles * torch.arange(G)
-

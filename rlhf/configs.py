@@ -1,0 +1,63 @@
+"""The settings of the D3PO and DDPO training loops (``rlhf.train``), checked before a run starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from censor.core.errors import CensorError
+
+
+@dataclass
+class CommonConfig:
+    """What D3PO and DDPO share: the policy's rollouts, the adapter and the optimiser."""
+
+    steps: int = 20  # S respaced DDIM steps, all of them trained
+    eta: float = 1.0  # DDIM stochasticity: the policy's σ_t = eta * DDPM posterior σ
+    epochs: int = 10
+    lr: float = 3e-4  # for LoRA; use ~1e-5 with full
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    full: bool = False  # train every weight instead of LoRA (tiny models only)
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    lora_target: str = "attention"  # or "attention+convs"
+    seed: int = 0
+    rollout_batch: int = 64
+    inner_epochs: int = 1  # passes over one epoch's trajectories (labels and rewards are reused: free)
+
+    def check(self) -> None:
+        for name in ("steps", "epochs", "rollout_batch", "inner_epochs"):
+            if getattr(self, name) < 1:
+                raise CensorError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eta <= 0:
+            raise CensorError(f"eta must be > 0 for a stochastic policy, got {self.eta}")
+        if self.lr <= 0:
+            raise CensorError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class D3POConfig(CommonConfig):
+    groups: int = 4  # initial noises x_T per epoch
+    group_size: int = 7  # images per x_T; every benign/malign pair inside a group is a preference
+    batch_groups: int = 2  # groups per optimiser step
+    beta: float = 0.1
+    eps: float = 0.1  # ratio clamp [1-eps, 1+eps]
+
+    def check(self) -> None:
+        super().check()
+        if self.groups < 1 or self.group_size < 2 or self.batch_groups < 1:
+            raise CensorError("D3PO needs groups >= 1, group_size >= 2 and batch_groups >= 1")
+
+
+@dataclass
+class DDPOConfig(CommonConfig):
+    images: int = 16  # trajectories per epoch
+    batch_size: int = 8  # trajectories per optimiser step
+    clip_range: float = 1e-4  # PPO ratio clip (DDPO's default; the thesis used 0.2)
+    adv_clip: float = 5.0
+    kl_beta: float = 0.0  # per-step KL penalty to the frozen model (off as in DDPO)
+
+    def check(self) -> None:
+        super().check()
+        if self.images < 2 or self.batch_size < 1:
+            raise CensorError("DDPO needs images >= 2 and batch_size >= 1")
