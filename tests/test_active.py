@@ -6,7 +6,7 @@ import torch
 
 from censor.bench.active import labels_to_target, summary_table
 from censor.core.errors import CensorError
-from censor.labels.active import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
+from censor.labels.ranking import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
 from censor.labels.pool import Pool
 from censor.studio.core import PAGE_SIZE, Studio
 
