@@ -18,6 +18,7 @@ from censor.cli.train import register_training
 from censor.core.errors import CensorError
 from censor.diffusion.models import EMBEDDED_MODEL_DIR
 from censor.sampling.guidance import guidance_for
+from censor.sampling.kinds import kind_for
 
 
 def cmd_sample(a) -> None:
@@ -35,11 +36,10 @@ def cmd_sample(a) -> None:
     if a.reward:
         reward = load_reward(a.reward, model)
         settings = guidance_from_args(a)
-        if not reward.time_dependent and a.kind is None:  # the default kind needs r(x_t, t)
-            settings = settings.with_(kind="universal")
-            print(f"note: a {reward.kind} reward scores clean images: universal guidance", file=sys.stderr)
-        if not reward.time_dependent and settings.kind in ("time", "particles"):
-            raise CensorError(f"a {reward.kind} reward scores clean images: use --guidance universal or manifold")
+        kind, note = kind_for(reward, settings.kind, switch=a.kind is None)  # an asked-for kind is never switched
+        if note:
+            settings = settings.with_(kind=kind)
+            print(f"note: {note}", file=sys.stderr)
         guidance = guidance_for(reward, settings)
     t0 = time.time()
     images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,

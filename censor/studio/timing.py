@@ -15,7 +15,8 @@ import numpy as np
 
 from censor.core.settings import DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
 from censor.eval.features import is_malign
-from censor.studio.core import PAGE_SIZE, Studio
+from censor.studio.common import PAGE_SIZE
+from censor.studio.core import Studio
 
 
 def session_timing(feature: str = "bags", labels: int = 100, reps: int = 3, log=print) -> None:
