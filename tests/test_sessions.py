@@ -37,7 +37,7 @@ def test_labels_survive_reopening_and_a_killed_process(tmp_path, fixture_images)
     store = SessionStore(root)
     sid = store.create("embedded")
     store.add_items(sid, fixture_images["images"][:5], seeds=range(5))
-    code = (f"from censor.sessions import SessionStore; import os; s = SessionStore({str(root)!r}); "
+    code = (f"from censor.labels.sessions import SessionStore; import os; s = SessionStore({str(root)!r}); "
             f"s.cycle({sid!r}, 2); s.cycle({sid!r}, 4); os.kill(os.getpid(), 9)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert proc.returncode == -9
