@@ -2,7 +2,7 @@
 
 The same library calls the studio's buttons make: open a session from the pool, label 100 images
 (the oracle plays the person, marking ``--feature``), train the default reward, render the default
-censored gallery (32 images, 30 steps, time guidance, ω 4). Repeats training and gallery
+censored gallery (``COUNT`` images, ``STEPS`` steps, the default guidance, automatic strength). Repeats training and gallery
 ``--reps`` times and prints each, so the README's wall times can be re-measured on any machine.
 """
 
