@@ -2,8 +2,9 @@
 
 The same library calls the studio's buttons make: open a session from the pool, label 100 images
 (the oracle plays the person, marking ``--feature``), train the default reward, render the default
-censored gallery (``COUNT`` images, ``STEPS`` steps, the default guidance, automatic strength). Repeats training and gallery
-``--reps`` times and prints each, so the README's wall times can be re-measured on any machine.
+censored gallery (``COUNT`` images, ``STEPS`` steps, the default guidance, automatic strength).
+Repeats training and gallery ``--reps`` times and prints each, so the README's wall times can be
+re-measured on any machine.
 """
 
 from __future__ import annotations
