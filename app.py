@@ -12,12 +12,14 @@ import gradio as gr
 import numpy as np
 
 from censor.core.errors import CensorError
-from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, REWARD_KIND, STEPS
+from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
 from censor.diffusion.sources import options_from_env
 from censor.eval.drift import DRIFT_MESSAGE
 from censor.eval.features import load_features
-from censor.studio.core import LIMITS, PAGE_SIZE, Studio, display
-from censor.studio.rlhf import COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
+from censor.studio.common import LIMITS, PAGE_SIZE, display
+from censor.studio.core import Studio
+from censor.studio.galleries import STRICT_P_RANGE
+from censor.studio.rlhf import COMPARE_DEFAULTS, COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
 from rlhf.compare import METHODS as COMPARE_METHODS
 
 GRID_TEMPLATE = """
@@ -81,6 +83,7 @@ HELP = ("Click an image to mark it **malign** (red); click again for **unsure** 
 
 
 def build_app(studio: Studio | None = None) -> gr.Blocks:
+    """The studio's Blocks, its queue set to ``QUEUE``; ``studio`` defaults to the one ``$CENSOR_MODEL`` names."""
     if studio is None:
         source, options = options_from_env(os.environ)  # CENSOR_MODEL, CENSOR_PROMPT, ... (censor/sources.py)
         studio = Studio(source, model_options=options, pool_dir=os.environ.get("CENSOR_POOL_DIR"))
@@ -132,6 +135,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         except CensorError as e:
             raise gr.Error(str(e))
         lines = [f"Censored side drawn from the {source}" + (" adapter." if tuned else ".")]
+        if r.get("guidance_note"):
+            lines.append(f"Guidance: {r['guidance_note']}.")
         if r["settings"].get("auto"):
             a = r["settings"]["auto"]
             lines.append(f"Automatic strength: ω = {a['weight']:g} ({a['reason']}).")
@@ -248,13 +253,15 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                     next_btn = gr.Button("next page ▶")
             with gr.Tab("2 · Train"):
                 suggestion = gr.Markdown()
-                method = gr.Radio(["ensemble", "imitation", "single"], value="ensemble", label="method")
-                kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value=REWARD_KIND, label="reward")
+                method = gr.Radio(["ensemble", "imitation", "single"], value=DEFAULT_REWARD.method, label="method")
+                kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value=DEFAULT_REWARD.kind, label="reward")
                 with gr.Row():
-                    members = gr.Slider(*LIMITS["members"], value=MEMBERS, step=1, label="ensemble size K", elem_id="members")
-                    iterations = gr.Slider(*LIMITS["iterations"], value=ITERATIONS, step=10, label="iterations",
-                                           elem_id="iterations")
-                    alpha = gr.Slider(*LIMITS["alpha"], value=ALPHA, step=0.01, label="α (benign class weight)")
+                    members = gr.Slider(*LIMITS["members"], value=DEFAULT_REWARD.members, step=1,
+                                        label="ensemble size K", elem_id="members")
+                    iterations = gr.Slider(*LIMITS["iterations"], value=DEFAULT_REWARD.iterations, step=10,
+                                           label="iterations", elem_id="iterations")
+                    alpha = gr.Slider(*LIMITS["alpha"], value=DEFAULT_REWARD.alpha, step=0.01,
+                                      label="α (benign class weight)")
                 train_btn = gr.Button("Train reward", variant="primary", elem_id="train-btn")
                 train_out = gr.Markdown(elem_id="train-result")
             with gr.Tab("3 · Censored gallery"):
@@ -265,12 +272,14 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                                             "still doubts the probe and it does not drift")
                     weight = gr.Slider(*LIMITS["weight"], value=DEFAULT_GUIDANCE.weight, step=0.1,
                                        label="weight ω (used when automatic strength is off)")
-                    backward = gr.Slider(*LIMITS["backward"], value=0, step=1, label="backward steps")
-                    recurrence = gr.Slider(*LIMITS["recurrence"], value=0, step=1, label="recurrence")
+                    backward = gr.Slider(*LIMITS["backward"], value=DEFAULT_GUIDANCE.backward_steps, step=1,
+                                         label="backward steps")
+                    recurrence = gr.Slider(*LIMITS["recurrence"], value=DEFAULT_GUIDANCE.recurrence, step=1,
+                                           label="recurrence")
                 with gr.Row():
                     steps = gr.Slider(*LIMITS["steps"], value=STEPS, step=1, label="steps", elem_id="censor-steps")
                     seed = gr.Number(0, precision=0, label="seed")
-                    count = gr.Slider(*LIMITS["count"], value=32, step=1, label="images", elem_id="censor-count")
+                    count = gr.Slider(*LIMITS["count"], value=COUNT, step=1, label="images", elem_id="censor-count")
                     feature = gr.Dropdown(features, value="(none)", label="oracle feature (if known)")
                     source = gr.Dropdown(["base model"], value="base model", label="model for the censored side",
                                          elem_id="censor-model")
@@ -278,7 +287,7 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                     strict = gr.Checkbox(False, label="strict: also reject what the reward still doubts",
                                          elem_id="censor-strict",
                                          info="after guidance, drop images the reward calls malign and draw more")
-                    strict_p = gr.Slider(0.0, 0.99, value=0.0, step=0.01, elem_id="censor-strict-p",
+                    strict_p = gr.Slider(*STRICT_P_RANGE, value=0.0, step=0.01, elem_id="censor-strict-p",
                                          label="strict threshold P(benign) (0 = automatic: 99% held-out malign recall)")
                 censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
                 censor_out = gr.Markdown(elem_id="censor-result")
@@ -310,11 +319,12 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                     cmp_feature = gr.Dropdown([f for f in features if f != "(none)"], value="bags", label="feature")
                     cmp_methods = gr.CheckboxGroup(list(COMPARE_METHODS), value=list(COMPARE_METHODS), label="methods")
                 with gr.Row():
-                    cmp_budget = gr.Slider(*COMPARE_LIMITS["budget"], value=70, step=7, label="labels per method",
-                                           elem_id="compare-budget")
-                    cmp_seeds = gr.Slider(*COMPARE_LIMITS["seeds"], value=1, step=1, label="labelling seeds")
-                    cmp_n = gr.Slider(*COMPARE_LIMITS["n"], value=60, step=10, label="gallery images per method",
-                                      elem_id="compare-n")
+                    cmp_budget = gr.Slider(*COMPARE_LIMITS["budget"], value=COMPARE_DEFAULTS["budget"], step=7,
+                                           label="labels per method", elem_id="compare-budget")
+                    cmp_seeds = gr.Slider(*COMPARE_LIMITS["seeds"], value=COMPARE_DEFAULTS["seeds"], step=1,
+                                          label="labelling seeds")
+                    cmp_n = gr.Slider(*COMPARE_LIMITS["n"], value=COMPARE_DEFAULTS["n"], step=10,
+                                      label="gallery images per method", elem_id="compare-n")
                 with gr.Row():
                     cmp_btn = gr.Button("Run the comparison", variant="primary", elem_id="compare-btn")
                     cmp_cancel = gr.Button("Cancel", elem_id="compare-cancel")
@@ -322,8 +332,8 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                 cmp_plot = gr.Image(label="malign % against labels spent", type="filepath", elem_id="compare-plot")
             with gr.Tab("Samples"):
                 with gr.Row():
-                    n = gr.Slider(1, 64, value=32, step=1, label="images")
-                    sample_steps = gr.Slider(5, 100, value=30, step=1, label="DDIM steps")
+                    n = gr.Slider(*LIMITS["count"], value=COUNT, step=1, label="images")
+                    sample_steps = gr.Slider(*LIMITS["steps"], value=STEPS, step=1, label="DDIM steps")
                     sample_seed = gr.Number(value=0, precision=0, label="seed")
                 go = gr.Button("Generate")
                 gallery = gr.Gallery(label="samples", columns=8, height="auto", elem_id="gallery")
@@ -358,11 +368,10 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                           outputs=[saved_sid, sid, page, grid, counts, page_info, share_out]
                           ).then(studio.informative_first, inputs=sid, outputs=informative)
         demo.load(on_permalink, inputs=None, outputs=[shared_gallery, share_out, tabs])
-    return demo
+    return demo.queue(**QUEUE)
 
 
 demo = build_app()  # module level, as Hugging Face Spaces and `gradio app.py` expect; nothing loads until used
 
 if __name__ == "__main__":
-    demo.queue(**QUEUE).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size=MAX_UPLOAD)
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size=MAX_UPLOAD)

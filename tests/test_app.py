@@ -5,7 +5,8 @@ import pytest
 
 from censor.core.errors import CensorError
 from censor.labels.pool import Pool
-from censor.studio.core import PAGE_SIZE, Studio
+from censor.studio.common import PAGE_SIZE
+from censor.studio.core import Studio
 
 
 @pytest.fixture
@@ -68,24 +69,6 @@ def test_app_serves_a_gallery(studio):
         demo.close()
 
 
-def test_held_out_check_is_balanced_so_all_benign_scores_one_half(studio, monkeypatch):
-    import torch
-
-    import censor.studio.core as studio_module
-
-    class AllBenign:
-        time_dependent = True
-
-        def benign_prob(self, x, t):
-            return torch.ones(len(x))
-
-    monkeypatch.setattr(studio_module, "train_reward", lambda *a, **k: AllBenign())
-    labels = np.array([0] * 10 + [1] * 30)
-    images = np.zeros((40, 28, 28), dtype=np.uint8)
-    # plain accuracy would read ~75% for a reward that never calls anything malign
-    assert studio._held_out_accuracy(images, labels, "ddpm-encoder", 10, 0.1) == 0.5
-
-
 def test_censored_gallery_reports_drift_and_picks_the_strength(studio):
     sid = studio.open_session(None, "mark bags")
     first = studio.page(sid, 0)
@@ -100,7 +83,7 @@ def test_censored_gallery_reports_drift_and_picks_the_strength(studio):
         d = r["drift"][side]
         assert 0 <= d["tv"] <= 1 and d["n"] == 6 and d["drifted"] == (d["tv"] > d["chance"])
     # every guidance field is stored, and the bundle settings rebuild the same guidance
-    from censor.studio.core import guidance_from_settings
+    from censor.studio.manifest import guidance_from_settings
 
     g = guidance_from_settings(r["settings"])
     assert g.weight == r["settings"]["weight"] and g.combine == r["settings"]["combine"]
@@ -109,7 +92,7 @@ def test_censored_gallery_reports_drift_and_picks_the_strength(studio):
 
 
 def test_old_bundle_settings_keep_their_meaning():
-    from censor.studio.core import check_guidance_extras, guidance_from_settings
+    from censor.studio.manifest import check_guidance_extras, guidance_from_settings
 
     old = dict(guidance="time", weight=4.0, backward=0, backward_lr=0.01, recurrence=0, steps=30, seed=0, count=8)
     g = guidance_from_settings(old)
@@ -118,3 +101,62 @@ def test_old_bundle_settings_keep_their_meaning():
                 dict(every=0), dict(max_ratio="x"), dict(calibrate=1), dict(hinge_quantile=0.33)):
         with pytest.raises(CensorError, match="manifest.json"):
             check_guidance_extras(bad)
+
+
+def test_sliders_start_at_the_settings_defaults_within_the_server_bounds(studio):
+    """Every slider's bounds and starting value come from where the server checks and defaults live."""
+    from app import build_app
+    from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
+    from censor.studio.common import LIMITS
+    from censor.studio.galleries import STRICT_P_RANGE
+    from censor.studio.rlhf import COMPARE_DEFAULTS, COMPARE_LIMITS
+
+    demo = build_app(studio)
+    sliders = sorted((c["props"]["label"], c["props"]["minimum"], c["props"]["maximum"], c["props"]["value"])
+                     for c in demo.config["components"] if c["type"] == "slider")
+    lim = lambda name, value: (*LIMITS[name], value)  # noqa: E731
+    expected = {
+        "ensemble size K": lim("members", DEFAULT_REWARD.members),
+        "iterations": lim("iterations", DEFAULT_REWARD.iterations),
+        "α (benign class weight)": lim("alpha", DEFAULT_REWARD.alpha),
+        "weight ω (used when automatic strength is off)": lim("weight", DEFAULT_GUIDANCE.weight),
+        "backward steps": lim("backward", DEFAULT_GUIDANCE.backward_steps),
+        "recurrence": lim("recurrence", DEFAULT_GUIDANCE.recurrence), "steps": lim("steps", STEPS),
+        "DDIM steps": lim("steps", STEPS),
+        "labels per method": (*COMPARE_LIMITS["budget"], COMPARE_DEFAULTS["budget"]),
+        "labelling seeds": (*COMPARE_LIMITS["seeds"], COMPARE_DEFAULTS["seeds"]),
+        "gallery images per method": (*COMPARE_LIMITS["n"], COMPARE_DEFAULTS["n"]),
+    }
+    expected = [(label, *v) for label, v in expected.items()] + [("images", *LIMITS["count"], COUNT)] * 2  # both tabs
+    assert sorted(expected) == [s for s in sliders if not s[0].startswith("strict")]
+    strict = [s for s in sliders if s[0].startswith("strict")]
+    assert [s[1:3] for s in strict] == [STRICT_P_RANGE] and 0 <= STRICT_P_RANGE[0] < STRICT_P_RANGE[1] < 1
+    for name, (lo, hi) in COMPARE_LIMITS.items():
+        assert lo <= COMPARE_DEFAULTS[name] <= hi
+    # the comparison takes minutes: its own queue slot, one run at a time, so labelling never waits on it
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    assert [(f.concurrency_id, f.concurrency_limit) for f in fns if f.name == "on_compare"] == [("compare", 1)]
+
+
+def test_a_clean_image_reward_gets_universal_guidance_and_the_readout_says_so(studio):
+    from gradio_client import Client
+
+    from app import build_app
+
+    sid = studio.open_session(None)
+    for item in studio.page(sid, 0)[:3]:
+        studio.click(sid, item["id"])
+    studio.train(sid, "single", "resnet18", members=1, iterations=10, alpha=0.5)
+    r = studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=0, count=2)
+    assert r["settings"]["guidance"] == "universal"  # what the bundle records, so it reproduces
+    assert r["guidance_note"] == "a resnet18 reward scores clean images: universal guidance instead of time"
+    assert studio.censored_gallery(sid, "universal", 1.0, 0, 0, steps=5, seed=0, count=2)["guidance_note"] is None
+    demo = build_app(studio)
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        client.predict(sid, api_name="/on_load")
+        *_, note = client.predict("time", 1.0, 0, 0, 5, 0, 2, "(none)", "base model", api_name="/on_censor")
+        assert f"Guidance: {r['guidance_note']}." in note
+    finally:
+        demo.close()

@@ -35,7 +35,8 @@ from censor.labels.sessions import BENIGN, MALIGN, SessionStore
 from censor.rewards.ensemble import load_reward
 from censor.rewards.taps import eps_and_taps, unet_taps
 from censor.sampling.loop import seeds_for
-from censor.studio.core import LIMITS, MAX_TRAIN_LABELS, Studio
+from censor.studio.common import LIMITS, MAX_TRAIN_LABELS
+from censor.studio.core import Studio
 
 NAN, INF = float("nan"), float("inf")
 
@@ -270,15 +271,19 @@ def test_every_limit_is_tested_and_matches_the_ui(studio):
     assert set(BAD) == set(LIMITS)
     from app import QUEUE, build_app
 
+    demo = build_app(studio)
     sliders = {c["props"]["label"]: (c["props"]["minimum"], c["props"]["maximum"])
-               for c in build_app(studio).config["components"] if c["type"] == "slider"}
+               for c in demo.config["components"] if c["type"] == "slider"}
     ui = {"members": "ensemble size K", "iterations": "iterations", "alpha": "α (benign class weight)",
           "weight": "weight ω (used when automatic strength is off)", "backward": "backward steps", "recurrence": "recurrence", "steps": "steps",
           "count": "images"}
     assert {name: sliders[label] for name, label in ui.items()} == {name: LIMITS[name] for name in ui}
     # the public app's queue: a concurrency limit per event and a bounded waiting line
     assert QUEUE["default_concurrency_limit"] == 1 and 1 <= QUEUE["max_size"] <= 100
-    assert "demo.queue(**QUEUE)" in (ROOT / "app.py").read_text()
+    import app
+
+    for built in (demo, app.demo):  # what build_app returns, and the module's demo that `python app.py` launches
+        assert (built._queue.default_concurrency_limit, built._queue.max_size) == (1, QUEUE["max_size"])
 
 
 @pytest.mark.parametrize("name, value", [(n, v) for n, vs in BAD.items() for v in vs])
@@ -357,7 +362,8 @@ def test_failed_training_and_sampling_report_and_leave_the_session_usable(studio
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    import censor.studio.core
+    import censor.studio.galleries
+    import censor.studio.training
     from app import build_app
 
     demo = build_app(studio)
@@ -373,7 +379,7 @@ def test_failed_training_and_sampling_report_and_leave_the_session_usable(studio
             raise RuntimeError("simulated crash inside the job")
 
         with monkeypatch.context() as m:
-            m.setattr(censor.studio.core, "train_reward", boom)
+            m.setattr(censor.studio.training, "train_reward", boom)
             with pytest.raises(AppError, match=r"training failed \(RuntimeError\); your labels are kept"):
                 client.predict("ensemble", "half-unet", 2, 10, 0.5, api_name="/on_train")
         assert studio.store.counts(sid) == before and not studio.reward_dir(sid).exists()
@@ -381,7 +387,7 @@ def test_failed_training_and_sampling_report_and_leave_the_session_usable(studio
         weights = (studio.reward_dir(sid) / "reward.safetensors").read_bytes()
 
         with monkeypatch.context() as m:
-            m.setattr(censor.studio.core, "sample", boom)
+            m.setattr(censor.studio.galleries, "sample", boom)
             with pytest.raises(AppError, match=r"sampling failed \(RuntimeError\)"):
                 client.predict("time", 1.0, 0, 0, 5, 0, 2, "(none)", "base model", api_name="/on_censor")
         assert studio.store.counts(sid) == before

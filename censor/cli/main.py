@@ -33,6 +33,7 @@ from censor.gallery.grid import save_grid
 from censor.labels.pool import make_pool, save_pool
 from censor.rewards.ensemble import load_reward
 from censor.sampling.guidance import guidance_for
+from censor.sampling.kinds import kind_for
 from censor.sampling.loop import sample, seeds_for
 
 
@@ -45,11 +46,10 @@ def cmd_sample(a) -> None:
     if a.reward:
         reward = load_reward(a.reward, model)
         settings = guidance_from_args(a)
-        if not reward.time_dependent and a.kind is None:  # the default kind needs r(x_t, t)
-            settings = settings.with_(kind="universal")
-            print(f"note: a {reward.kind} reward scores clean images: universal guidance", file=sys.stderr)
-        if not reward.time_dependent and settings.kind in ("time", "particles"):
-            raise CensorError(f"a {reward.kind} reward scores clean images: use --guidance universal or manifold")
+        kind, note = kind_for(reward, settings.kind, switch=a.kind is None)  # an asked-for kind is never switched
+        if note:
+            settings = settings.with_(kind=kind)
+            print(f"note: {note}", file=sys.stderr)
         guidance = guidance_for(reward, settings)
     t0 = time.time()
     images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,
@@ -61,7 +61,6 @@ def cmd_sample(a) -> None:
 
 def cmd_evaluate_model(a) -> None:
     """Sample n images and report what the foundation quality bar asks, next to the real-image floors."""
-
     oracle, ref = load_oracle(), load_reference()
     model = load_diffusion(a.model)
     t0 = time.time()

@@ -151,6 +151,7 @@ DEFAULT_REWARD = RewardSettings()
 REWARD_KIND, MEMBERS, ALPHA, ITERATIONS = (DEFAULT_REWARD.kind, DEFAULT_REWARD.members, DEFAULT_REWARD.alpha,
                                            DEFAULT_REWARD.iterations)
 STEPS = 30  # DDIM steps of a studio gallery
+COUNT = 32  # images in a studio gallery (the Samples tab and the censored gallery)
 
 # Bounds of every number a person sets in the studio: the sliders show them, the server checks them.
 _G, _R = GuidanceSettings.knobs(), RewardSettings.knobs()

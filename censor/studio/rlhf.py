@@ -1,5 +1,6 @@
 """What the studio's fine-tuning tab calls: a comparison run inside one person's session, and the
-fine-tuned models it leaves behind for the Censored gallery tab. No UI code here."""
+fine-tuned models it leaves behind for the Censored gallery tab. No UI code here; it uses only the
+public surface of the studio's ``Resources`` (model, oracle, pool, cache and session folders)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ from typing import Callable
 
 from censor.core.errors import CensorError
 from censor.eval.features import load_features
+from censor.eval.oracle import load_reference
+from censor.studio.common import check_range
+from censor.studio.resources import Resources
 from rlhf.adapters import load_adapter
 from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
 
 # Server-side bounds (the UI shows the same): a run must finish in minutes on a 2-core CPU.
 COMPARE_LIMITS = dict(budget=(14, 200), seeds=(1, 3), n=(20, 300))
+COMPARE_DEFAULTS = dict(budget=70, seeds=1, n=60)  # the tab's starting values: a few minutes on a CPU
 ADAPTERS = ("rlhf", "d3po")
 
 
-def _compare_dir(studio, sid: str) -> Path:
-    return studio.store.folder(sid) / "compare"
+def _compare_dir(studio: Resources, sid: str) -> Path:
+    return studio.session_folder(sid) / "compare"
 
 
-def run_comparison(studio, sid: str, feature: str, methods, budget: int, seeds: int, n: int,
+def run_comparison(studio: Resources, sid: str, feature: str, methods, budget: int, seeds: int, n: int,
                    progress: Callable[[float], None] | None = None) -> dict:
     """Run the comparison with the simulated labeller on ``feature``; returns the table and plot paths."""
     if feature not in load_features():
@@ -29,27 +34,23 @@ def run_comparison(studio, sid: str, feature: str, methods, budget: int, seeds: 
     if not methods:
         raise CensorError("pick at least one method")
     for name, value in (("budget", budget), ("seeds", seeds), ("n", n)):
-        lo, hi = COMPARE_LIMITS[name]
-        if value is None or not lo <= value <= hi:
-            raise CensorError(f"{name} must be between {lo} and {hi}, got {value}")
+        check_range(name, value, COMPARE_LIMITS[name])
     cfg = CompareConfig(feature=feature, budget=int(budget), seeds=int(seeds), n=int(n), steps=20, train_steps=10,
                         epochs=4, methods=tuple(m for m in METHODS if m in methods))
-    from censor.eval.oracle import load_reference
-
     out = _compare_dir(studio, sid)
     result = run_compare(cfg, studio.model, studio.oracle, studio.pool, load_reference(), out_dir=out,
-                         cache_dir=studio.data_dir / "cache", log=lambda *_: None, progress=progress,
+                         cache_dir=studio.cache_dir, log=lambda *_: None, progress=progress,
                          adapter_dir=out / "adapters")
     stem = f"compare_{cfg.feature}_b{cfg.budget}"
     return dict(table=markdown_table(result), plot=out / f"{stem}.png", adapters=available_adapters(studio, sid))
 
 
-def available_adapters(studio, sid: str) -> list[str]:
+def available_adapters(studio: Resources, sid: str) -> list[str]:
     folder = _compare_dir(studio, sid) / "adapters"
     return [name for name in ADAPTERS if (folder / name / "adapter.json").is_file()]
 
 
-def adapted_model(studio, sid: str, name: str):
+def adapted_model(studio: Resources, sid: str, name: str):
     """A copy of the studio's model with this session's fine-tuned adapter on it."""
     if name not in available_adapters(studio, sid):
         raise CensorError(f"no {name} adapter in this session yet: run the comparison with {name} first")

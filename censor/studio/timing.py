@@ -2,8 +2,9 @@
 
 The same library calls the studio's buttons make: open a session from the pool, label 100 images
 (the oracle plays the person, marking ``--feature``), train the default reward, render the default
-censored gallery (32 images, 30 steps, time guidance, ω 4). Repeats training and gallery
-``--reps`` times and prints each, so the README's wall times can be re-measured on any machine.
+censored gallery (``COUNT`` images, ``STEPS`` steps, the default guidance, automatic strength).
+Repeats training and gallery ``--reps`` times and prints each, so the README's wall times can be
+re-measured on any machine.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import time
 
 import numpy as np
 
-from censor.core.settings import DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
+from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
 from censor.eval.features import is_malign
-from censor.studio.core import PAGE_SIZE, Studio
+from censor.studio.common import PAGE_SIZE
+from censor.studio.core import Studio
 
 
 def session_timing(feature: str = "bags", labels: int = 100, reps: int = 3, log=print) -> None:
@@ -40,9 +42,9 @@ def session_timing(feature: str = "bags", labels: int = 100, reps: int = 3, log=
         info = studio.train(sid, r.method, r.kind, r.members, r.iterations, r.alpha)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        res = studio.censored_gallery(sid, g.kind, g.weight, g.backward_steps, g.recurrence, STEPS, 0, 32,
+        res = studio.censored_gallery(sid, g.kind, g.weight, g.backward_steps, g.recurrence, STEPS, 0, COUNT,
                                       feature=feature, auto=True)
         log(f"rep {rep + 1}: train {train_s:.1f}s (reward alone {info['train_seconds']:.1f}s), "
-            f"gallery 32 x {STEPS} steps with automatic strength {time.perf_counter() - t:.1f}s "
+            f"gallery {COUNT} x {STEPS} steps with automatic strength {time.perf_counter() - t:.1f}s "
             f"(ω {res['settings']['weight']:g}), oracle {res['oracle']['baseline']} -> {res['oracle']['censored']}, "
             f"drift {res['drift']['censored']['tv']:.2f} (chance {res['drift']['censored']['chance']:.2f})")

@@ -1,0 +1,69 @@
+"""What every studio tab shares: the server-side bounds a person's numbers are held to, the crash
+hygiene around a job, and how images are shown. No UI code and no method logic here."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import logging
+
+import numpy as np
+from PIL import Image
+
+from censor.core.errors import CensorError
+from censor.core.settings import STUDIO_LIMITS
+from censor.diffusion.models import DiffusionModel
+
+MAX_GALLERY = 256
+DISPLAY_SIZE = 112
+PAGE_SIZE = 25
+POOL_PER_SESSION = 200
+LIMITS = STUDIO_LIMITS  # server-side bounds of every number a person sets; the UI's sliders read the same
+# Reward training keeps encoder features of every label (~0.4 MB each), so the label count is bounded too.
+MAX_TRAIN_LABELS = 1000
+
+
+def check_range(name: str, value: float, bounds: tuple | None = None) -> float:
+    """``value`` when it is a real number within ``bounds`` (default ``LIMITS[name]``), else a CensorError."""
+    lo, hi = bounds or LIMITS[name]
+    # not a number (None, a string from a hand-made request or a manifest), NaN or inf: refused
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not lo <= value <= hi:
+        raise CensorError(f"{name} must be between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def reported(what: str):
+    """Crash hygiene: an unexpected failure inside a job becomes a one-line CensorError, which the UI
+    shows (Gradio hides other exceptions' messages from users); the traceback goes to the log."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except CensorError:
+                raise
+            except Exception as e:
+                logging.getLogger(__name__).exception("%s failed", what)
+                raise CensorError(f"{what} failed ({type(e).__name__}); your labels are kept, try again") from e
+        return run
+    return wrap
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """An image inline in the label grid's HTML (no file to serve)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def display(images: np.ndarray) -> list[Image.Image]:
+    """Images at the size the galleries show them, pixels kept sharp (nearest neighbour)."""
+    return [Image.fromarray(im).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST) for im in images]
+
+
+def conditioning_info(model: DiffusionModel) -> dict | None:
+    """The prompt or class (and CFG scale) a gallery was sampled with: part of what reproduces it."""
+    c = model.conditioning
+    return None if c is None else dict(kind=c.kind, label=c.label, scale=c.scale)

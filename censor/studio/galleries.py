@@ -1,0 +1,161 @@
+"""The Samples and Censored gallery tabs: fresh samples, and baseline vs censored galleries from the
+same seeds, with strict mode (``censor.sampling.rejection``), the automatic strength
+(``censor.sampling.strength``), the reward's and the oracle's malign estimates and the oracle-free
+drift figure (``censor.eval.drift``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from censor.core.data import to_uint8
+from censor.core.errors import CensorError
+from censor.core.settings import DEFAULT_GUIDANCE
+from censor.diffusion.models import DiffusionModel
+from censor.eval.drift import DriftMeter
+from censor.eval.features import load_features
+from censor.eval.metrics import malign_fraction
+from censor.gallery.bundles import sha256
+from censor.sampling.kinds import kind_for
+from censor.sampling.loop import sample, seeds_for
+from censor.sampling.rejection import benign_scores, check_probability, reject_sample, session_threshold
+from censor.sampling.strength import auto_strength, reward_benign
+from censor.studio.common import LIMITS, MAX_GALLERY, check_range, display, reported
+from censor.studio.manifest import guidance_settings_dict, settings_guidance
+from censor.studio.resources import Resources
+
+STRICT_P_RANGE = (0.0, 0.99)  # the strict threshold's slider; the server takes any probability in [0, 1)
+MIN_DRIFT_POOL = 50  # fewer pool images than this are too few clusters' worth to measure drift against
+
+
+def _part(progress, start: float, size: float):
+    """A progress callback for the stretch [start, start + size] of a job's bar (None passes through)."""
+    return (lambda f: progress(start + size * f)) if progress else None
+
+
+class Galleries:
+    """What the Samples and Censored gallery tabs call; keeps the drift clusters of the pool and the
+    rewards' weights on it between galleries."""
+
+    def __init__(self, res: Resources):
+        self.res = res
+        self._drift = None  # the drift figure's clusters of the pool, made on first use
+        self._weights_cache: dict[str, np.ndarray] = {}  # reward file sha256 -> its P(benign) on the pool
+
+    def fresh_gallery(self, n: int, steps: int, seed: int,
+                      progress: Callable[[float], None] | None = None) -> list[Image.Image]:
+        if not 1 <= n <= MAX_GALLERY:
+            raise CensorError(f"a gallery holds 1 to {MAX_GALLERY} images, asked for {n}")
+        steps = int(check_range("steps", steps, (1, LIMITS["steps"][1])))  # a quick look may take fewer steps
+        seed = int(check_range("seed", seed))
+        return display(to_uint8(sample(self.res.model, seeds_for(n, seed), steps=steps, progress=progress)))
+
+    @reported("sampling")
+    def censored_gallery(self, sid: str, guidance: str, weight: float, backward: int, recurrence: int,
+                         steps: int, seed: int, count: int, feature: str | None = None,
+                         progress: Callable[[float], None] | None = None,
+                         tuned: tuple[str, DiffusionModel] | None = None, strict: bool = False,
+                         strict_p: float | None = None, auto: bool = False) -> dict:
+        """Baseline and censored galleries from the same seeds, with the oracle-free drift figure.
+
+        ``auto``: pick ω with ``strength.auto_strength`` (a probe ladder on the session's reward)
+        instead of ``weight``; the other guidance settings are the defaults (core.settings).
+
+        ``tuned`` = (name, model): draw the censored side from a fine-tuned model instead (an RLHF
+        or D3PO adapter), guided by the session's reward when ω > 0, unguided when ω = 0.
+        ``strict``: reject what the reward still doubts after guidance (rejection.py), drawing on from
+        the gallery's seeds; threshold ``strict_p`` or, when None, the cross-fitted held-out one.
+        A clean-image reward is guided universally (``sampling.kinds``): ``guidance_note`` says so.
+        """
+        if strict and strict_p is not None:
+            strict_p = check_probability(strict_p)
+        weight = float(check_range("weight", weight))
+        backward, recurrence = int(check_range("backward", backward)), int(check_range("recurrence", recurrence))
+        steps, count = int(check_range("steps", steps)), int(check_range("count", count))
+        seed = int(check_range("seed", seed))
+        res, model = self.res, self.res.model
+        has_reward = res.has_reward(sid)
+        if not has_reward and not (tuned is not None and weight == 0):
+            raise CensorError("train a reward first (Train tab)")
+        reward = res.session_reward(sid) if has_reward else None
+        guidance, note = kind_for(reward, guidance, switch=True) if reward is not None else (guidance, None)
+        censoring = tuned[1] if tuned else model
+        seeds = seeds_for(count, seed)
+        base_settings = DEFAULT_GUIDANCE.with_(kind=guidance, backward_steps=backward, recurrence=recurrence)
+        drift_ready = reward is not None and self._drift_available()
+        chosen = None
+        if auto and reward is not None:
+            chosen = auto_strength(censoring, reward, self.drift_meter, self._pool_weights(sid, reward), base_settings,
+                                   progress=_part(progress, 0, 0.3))
+            weight = float(chosen.weight)
+        settings = dict(guidance_settings_dict(base_settings.with_(weight=weight)), steps=steps, seed=seed,
+                        count=count, method="ddim", eta=0.0, adapter=tuned[0] if tuned else None,
+                        auto=chosen.as_dict() if chosen else None)
+        g = settings_guidance(reward, settings) if reward is not None and weight > 0 else None
+        start = 0.3 if chosen else 0.0
+        base = to_uint8(sample(model, seeds, steps=steps, progress=_part(progress, start, 0.5 - start / 2)))
+        rest = _part(progress, 0.5 + start / 2, 0.5 - start / 2)
+        strict_info, cens_seeds = None, seeds
+        if strict:  # the censored side keeps only images the reward passes: its seeds are the kept ones
+            cens, strict_info = self._strict_side(sid, reward, censoring, g, steps, seed, count, strict_p, rest)
+            cens_seeds = strict_info.pop("seeds")
+            settings.update(count=len(cens_seeds), strict=dict(threshold=strict_info["threshold"],
+                                                               source=strict_info["source"], requested=count))
+        else:
+            cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=rest))
+        sides = (("baseline", base), ("censored", cens))
+        est = None if reward is None else {name: float((benign_scores(reward, imgs, model=model) < 0.5).mean())
+                                           for name, imgs in sides}
+        drift = None
+        if drift_ready:  # the oracle-free fidelity figure: both sides against the pool weighted by r
+            weights = self._pool_weights(sid, reward)
+            drift = {name: self.drift_meter.measure(imgs, weights).as_dict() for name, imgs in sides}
+        result = dict(baseline=base, censored=cens, seeds=cens_seeds, baseline_seeds=seeds, strict=strict_info,
+                      reward_malign=est, settings=settings, drift=drift, guidance_note=note,
+                      reward_sha256=sha256(res.reward_dir(sid) / "reward.safetensors") if reward else None,
+                      fallbacks=g.stats["nonfinite_fallbacks"] if g else 0, oracle=None)
+        if feature and feature in load_features() and tuple(model.image_shape) == (1, 28, 28):  # a Fashion-MNIST oracle
+            result["oracle"] = {name: malign_fraction(res.oracle.judge(imgs), feature) for name, imgs in sides}
+        return result
+
+    def _strict_side(self, sid, reward, model, g, steps, seed, count, strict_p, progress) -> tuple[np.ndarray, dict]:
+        """Strict mode: draw from the gallery's seeds on (guided by ``g``) and keep what the reward passes."""
+        if reward is None:
+            raise CensorError("strict mode filters with the session's reward: train one first (Train tab)")
+        if strict_p is None:  # cross-fitted on the session's labels once per reward, then cached beside it
+            images, labels = self.res.store.training_data(sid)
+            th = session_threshold(self.res.reward_dir(sid), reward, images, labels, self.res.model,
+                                   progress=_part(progress, 0, 0.4))
+            p, source, rest = th["threshold"], "held-out", _part(progress, 0.4, 0.6)
+        else:
+            p, source, rest = strict_p, "user", progress
+        r = reject_sample(model, reward, count, seed, p, guidance=g, steps=steps, progress=rest)
+        if r.kept == 0:
+            raise CensorError(f"strict mode kept no image: {r.summary()}; lower the threshold")
+        return r.images, dict(r.as_dict(), seeds=r.seeds, source=source, summary=r.summary())
+
+    # ---- fidelity without the oracle ---------------------------------------------------------
+    def _drift_available(self) -> bool:
+        try:
+            return len(self.res.pool) >= MIN_DRIFT_POOL
+        except CensorError:  # a model without a labelling pool: no reference to measure drift against
+            return False
+
+    @property
+    def drift_meter(self) -> DriftMeter:
+        """Clusters of the labelling pool in the encoder's feature space, fitted once per studio."""
+        if self._drift is None:
+            self._drift = DriftMeter(self.res.model, self.res.pool.images)
+        return self._drift
+
+    def _pool_weights(self, sid: str, reward) -> np.ndarray:
+        """The reward's P(benign) on every pool image (the p_data·r target), cached per reward file."""
+        key = sha256(self.res.reward_dir(sid) / "reward.safetensors")
+        cache = self._weights_cache
+        if key not in cache:
+            if len(cache) > 16:
+                cache.clear()
+            cache[key] = reward_benign(reward, self.res.model, self.res.pool.images)
+        return cache[key]

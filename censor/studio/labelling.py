@@ -1,0 +1,100 @@
+"""The Label tab: sessions opened from the pool, pages of the label grid, clicks, the method hint,
+and the "most informative first" order (``censor.labels.active``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from censor.labels.active import SessionRanker
+from censor.labels.sessions import STATE_NAMES
+from censor.studio.common import PAGE_SIZE, POOL_PER_SESSION, png_data_uri
+from censor.studio.resources import Resources
+
+
+class Labelling:
+    """What the Label tab calls, for every session of one studio."""
+
+    def __init__(self, res: Resources):
+        self.res = res
+        self._ranker = None  # active labelling, made on first use
+
+    @property
+    def store(self):
+        return self.res.store
+
+    def open_session(self, sid: str | None, instructions: str = "") -> str:
+        """Resume the browser's session if the store knows it, else start one from the pool."""
+        if sid and self.store.exists(sid):
+            return sid
+        sid = self.store.create(str(self.res.model_dir), instructions)
+        pool = self.res.pool
+        take = np.random.default_rng().permutation(len(pool))[:POOL_PER_SESSION]
+        self.store.add_items(sid, pool.images[take], pool.seeds[take], round_=1)
+        return sid
+
+    def page(self, sid: str, page: int, round_: int | None = None) -> list[dict]:
+        """One page of the label grid; showing it counts its images as viewed."""
+        if round_ is None and self.informative_first(sid):
+            ids = self.label_order(sid, upto=(page + 1) * PAGE_SIZE)[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+            by_id = {it["item"]: it for it in self.store.items(sid, limit=1_000_000)}
+            items = [by_id[i] for i in ids]
+        else:
+            items = self.store.items(sid, offset=page * PAGE_SIZE, limit=PAGE_SIZE, round_=round_)
+        self.store.mark_viewed(sid, [it["item"] for it in items])
+        return [dict(id=it["item"], src=png_data_uri(it["image"]), state=STATE_NAMES[it["state"]]) for it in items]
+
+    def click(self, sid: str, item: int) -> str:
+        return STATE_NAMES[self.store.cycle(sid, item)]
+
+    def counts_text(self, sid: str) -> str:
+        c = self.store.counts(sid)
+        return f"viewed {c.viewed} · malign {c.malign} · benign {c.benign} · unsure {c.unsure}"
+
+    def suggest_method(self, sid: str) -> tuple[str, str]:
+        """Benign-dominant -> ensemble, malign-dominant -> imitation (the paper's rule of thumb)."""
+        c = self.store.counts(sid)
+        judged = c.malign + c.benign
+        if judged == 0:
+            return "ensemble", "no labels yet"
+        share = c.malign / judged
+        method = "imitation" if share > 0.5 else "ensemble"
+        return method, f"{100 * share:.0f}% of labelled images are malign → {method}"
+
+    def send_to_labelling(self, sid: str, images: np.ndarray, seeds) -> int:
+        """Imitation learning: a censored gallery becomes the next round to label (most informative
+        first when the session shows the most informative first)."""
+        next_round = 1 + max((it["round"] for it in self.store.items(sid, limit=100_000)), default=0)
+        if self.informative_first(sid) and len(seeds):
+            viewed, _ = self.store.training_data(sid)
+            order = self.ranker.rank_gallery(self.res.model, viewed, np.asarray(images, np.uint8),
+                                             self.res.reward_dir(sid), sid)
+            images, seeds = np.asarray(images)[order], [seeds[i] for i in order]
+        self.store.add_items(sid, images, seeds, round_=next_round)
+        return next_round
+
+    # ---- most informative first --------------------------------------------------------------
+    @property
+    def ranker(self) -> SessionRanker:
+        if self._ranker is None:
+            self._ranker = SessionRanker()
+        return self._ranker
+
+    def informative_first(self, sid: str) -> bool:
+        return self.store.exists(sid) and self.ranker.enabled(self.store.folder(sid))
+
+    def set_informative_first(self, sid: str, on: bool) -> None:
+        """The Label tab's "show most informative first" toggle (kept in the session folder)."""
+        self.store.info(sid)  # unknown session -> CensorError
+        self.ranker.set_enabled(self.store.folder(sid), on)
+
+    def label_order(self, sid: str, upto: int = 0) -> list[int]:
+        """The Label grid's item order when showing the most informative first (every item once)."""
+        return self.ranker.order(self.res.model, self.store, sid, self.res.reward_dir(sid), upto=upto)
+
+    def first_page_of_round(self, sid: str, round_: int) -> int:
+        """The grid page on which a labelling round's first image appears, in the current order."""
+        items = self.store.items(sid, limit=1_000_000)
+        in_round = {it["item"] for it in items if it["round"] == round_}
+        order = self.label_order(sid) if self.informative_first(sid) else [it["item"] for it in items]
+        first = next((k for k, i in enumerate(order) if i in in_round), 0)
+        return first // PAGE_SIZE

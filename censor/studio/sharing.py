@@ -1,0 +1,143 @@
+"""The Share tab: a gallery as a PNG grid and a bundle that reproduces it, sessions as zips, and
+permalinks to imported galleries. The zip formats and their checks are ``censor.gallery.bundles``."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from censor.core.data import to_uint8
+from censor.core.errors import CensorError
+from censor.gallery.bundles import (read_gallery_bundle, read_json, read_png, read_session_bundle, sha256,
+                                    write_gallery_bundle, write_session_bundle)
+from censor.gallery.grid import grid
+from censor.rewards.ensemble import load_reward, model_fingerprint
+from censor.sampling.loop import sample
+from censor.studio.common import check_range, conditioning_info
+from censor.studio.manifest import check_guidance_extras, settings_guidance
+from censor.studio.resources import Resources
+
+PERMALINK = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
+
+
+class Sharing:
+    """What the Share tab (and a ``?bundle=`` link) calls."""
+
+    def __init__(self, res: Resources):
+        self.res = res
+
+    def _share_dir(self, sid: str) -> Path:
+        out = self.res.session_folder(sid) / "share"
+        out.mkdir(exist_ok=True)
+        return out
+
+    def export_gallery(self, sid: str, result: dict) -> tuple[Path, Path]:
+        """A PNG grid and a reproducible zip bundle of the last censored gallery."""
+        if result["settings"].get("adapter"):
+            raise CensorError("a gallery from a fine-tuned adapter cannot be bundled yet (the bundle would have to "
+                              "carry the adapter); share it as a PNG from the gallery instead")
+        res, model, rdir = self.res, self.res.model, self.res.reward_dir(sid)
+        if sha256(rdir / "reward.safetensors") != result["reward_sha256"]:
+            raise CensorError("the reward was retrained after this gallery was rendered; render it again to share it")
+        out = self._share_dir(sid)
+        both = np.concatenate([result["baseline"], result["censored"]])
+        png = out / "gallery.png"
+        grid(both, nrow=len(result["censored"]) if len(result["censored"]) <= 16 else 16).save(png)
+        c = res.store.counts(sid)
+        manifest = dict(model=str(res.model_dir), model_fingerprint=model_fingerprint(model.unet),
+                        conditioning=conditioning_info(model),
+                        settings=result["settings"], seeds=list(map(int, result["seeds"])),
+                        labels=dict(viewed=c.viewed, malign=c.malign, benign=c.benign, unsure=c.unsure),
+                        reward_info={k: v for k, v in res.session_reward(sid).info.items() if not k.startswith("_")},
+                        image_size=list(result["censored"].shape[1:]))
+        bundle = write_gallery_bundle(out / "gallery_bundle.zip", result["baseline"], result["censored"], manifest,
+                                      rdir, png.read_bytes())
+        return png, bundle
+
+    def import_gallery(self, path: str | Path, progress: Callable[[float], None] | None = None) -> dict:
+        """Unpack a gallery bundle, re-sample it from its seeds and reward, and keep it under a permalink id."""
+        token = secrets.token_urlsafe(12)
+        dest = self.res.store.root / "bundles" / token
+        try:
+            b = read_gallery_bundle(path, dest, image_size=tuple(self.res.model.image_shape[1:]))
+            b["token"] = token
+            return self.reproduce(b, progress)
+        except Exception:  # a refused bundle leaves nothing on the (persistent) disk
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+
+    def reproduce(self, bundle: dict, progress: Callable[[float], None] | None = None) -> dict:
+        """Sample an unpacked bundle's seeds again with its settings and reward; compare with its images."""
+        model = self.res.model
+        m = bundle["manifest"]
+        if m.get("model_fingerprint") != model_fingerprint(model.unet):
+            raise CensorError("this bundle was made with another diffusion model than the one loaded here")
+        if m.get("conditioning") != conditioning_info(model):
+            raise CensorError(f"this bundle was sampled with {m.get('conditioning') or 'no prompt or class'}; this studio "
+                              f"samples with {conditioning_info(model) or 'no prompt or class'}")
+        settings = m["settings"]
+        # every number in the uploader's manifest is held to the same bounds as the UI's
+        if not isinstance(settings, dict) or settings.get("guidance") not in ("time", "universal"):
+            raise CensorError("manifest.json: settings need a guidance of 'time' or 'universal'")
+        for name in ("weight", "backward", "recurrence", "steps", "count"):
+            check_range(name, settings.get(name))
+        check_guidance_extras(settings)
+        if len(m["seeds"]) != settings["count"]:
+            raise CensorError("manifest.json: count and seeds disagree")
+        reward = load_reward(bundle["reward_dir"], model)
+        images = to_uint8(sample(model, m["seeds"], steps=int(settings["steps"]),
+                                 guidance=settings_guidance(reward, settings), progress=progress))
+        stored = bundle["censored"]
+        diff = np.abs(images.astype(int) - stored.astype(int)).reshape(len(images), -1).max(1) if stored is not None else None
+        return dict(token=bundle.get("token"), manifest=m, censored=images, stored=stored,
+                    identical=int((diff == 0).sum()) if diff is not None else 0,
+                    max_pixel_diff=int(diff.max()) if diff is not None else None)
+
+    def open_permalink(self, token: str) -> dict:
+        """The gallery bundle imported under ``token`` (a permalink-style view)."""
+        if not token or not PERMALINK.match(token):
+            raise CensorError("unknown gallery link")
+        folder = self.res.store.root / "bundles" / token
+        if not (folder / "manifest.json").is_file():
+            raise CensorError("unknown gallery link")
+        m = read_json(folder / "manifest.json")
+        size = tuple(m.get("image_size", (28, 28)))
+        n = int(m.get("images", {}).get("censored", 0))
+        return dict(manifest=m, censored=np.stack([read_png(folder / f"censored_{i:03d}.png", size) for i in range(n)]))
+
+    def export_session(self, sid: str) -> Path:
+        """The session's images, labels and reward as a zip of safetensors + JSON."""
+        store, rdir = self.res.store, self.res.reward_dir(sid)
+        return write_session_bundle(self._share_dir(sid) / "session_bundle.zip", store.info(sid),
+                                    store.items(sid, limit=100_000), rdir if rdir.exists() else None)
+
+    def import_session(self, path: str | Path) -> str:
+        """A new session holding the bundle's images, labels and reward (the original stays untouched)."""
+        store, model = self.res.store, self.res.model
+        with tempfile.TemporaryDirectory(dir=store.root) as tmp:
+            b = read_session_bundle(path, tmp)
+            if tuple(b["images"].shape[1:]) != tuple(model.image_shape[1:]):
+                raise CensorError(f"the session's images are {'x'.join(map(str, b['images'].shape[1:]))}, "
+                                  f"this model makes {'x'.join(map(str, model.image_shape[1:]))}")
+            if b["reward_dir"] is not None:
+                load_reward(b["reward_dir"], model)  # refuse a reward for another model or image size
+            sid = store.create(str(self.res.model_dir), str(b["info"].get("instructions", "")))
+            for rnd in sorted({int(it["round"]) for it in b["items"]}):
+                idx = [i for i, it in enumerate(b["items"]) if int(it["round"]) == rnd]
+                ids = store.add_items(sid, b["images"][idx], [int(b["items"][i]["seed"]) for i in idx], round_=rnd)
+                for i, item_id in zip(idx, ids):
+                    if b["items"][i]["state"]:
+                        store.set_state(sid, item_id, int(b["items"][i]["state"]))
+                store.mark_viewed(sid, [item_id for i, item_id in zip(idx, ids) if b["items"][i]["viewed"]])
+            if b["reward_dir"] is not None:
+                rdir = self.res.reward_dir(sid)
+                rdir.mkdir(parents=True, exist_ok=True)
+                for name in ("reward.safetensors", "reward.json"):
+                    shutil.copy(Path(b["reward_dir"]) / name, rdir / name)
+        return sid

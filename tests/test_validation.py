@@ -1,0 +1,44 @@
+"""The studio's held-out check of a freshly trained reward (censor/rewards/validation.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+import censor.rewards.validation as validation
+from censor.rewards.validation import balanced_accuracy, held_out_accuracy
+
+
+class AllBenign:
+    time_dependent = True
+
+    def benign_prob(self, x, t):
+        return torch.ones(len(x))
+
+
+def test_held_out_check_is_balanced_so_all_benign_scores_one_half(tiny_model, monkeypatch):
+    monkeypatch.setattr(validation, "train_reward", lambda *a, **k: AllBenign())
+    labels = np.array([0] * 10 + [1] * 30)
+    images = np.zeros((40, 28, 28), dtype=np.uint8)
+    # plain accuracy would read ~75% for a reward that never calls anything malign
+    assert held_out_accuracy(images, labels, kind="ddpm-encoder", diffusion=tiny_model, iterations=10,
+                             alpha=0.1) == 0.5
+
+
+def test_held_out_check_needs_enough_labels_of_each_class(monkeypatch):
+    calls = []
+    monkeypatch.setattr(validation, "train_reward", lambda *a, **k: calls.append(k) or AllBenign())
+    images = np.zeros((40, 28, 28), dtype=np.uint8)
+    for labels in (np.array([0] * 5 + [1] * 24), np.array([0] * 4 + [1] * 36), np.array([1] * 40)):
+        assert held_out_accuracy(images[:len(labels)], labels, kind="half-unet", diffusion=None, iterations=10,
+                                 alpha=0.1) is None
+    assert calls == []  # refused before any training
+    held_out_accuracy(images, np.array([0] * 5 + [1] * 35), kind="half-unet", diffusion=None, iterations=60,
+                      alpha=0.3)
+    assert calls == [dict(kind="half-unet", diffusion=None, members=1, alpha=0.3, iterations=30)]
+
+
+def test_balanced_accuracy_is_the_mean_of_the_class_hit_rates():
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    assert balanced_accuracy(np.array([0, 0, 0, 1, 1, 0]), labels) == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert balanced_accuracy(np.ones(6, int), labels) == 0.5
+    assert balanced_accuracy(np.array([1, 1]), np.array([1, 1])) == 1.0  # one class present: its hit rate
