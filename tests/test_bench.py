@@ -128,7 +128,7 @@ def test_a_budget_without_malign_examples_is_reported_not_crashed(fixture_images
 
 
 def test_the_baseline_is_sampled_once_per_model_and_reused(tmp_path, tiny_model, monkeypatch):
-    from censor.bench import censoring as bench
+    from censor.bench import harness as bench
 
     first = bench.cached_baseline(tiny_model, 6, 2, tmp_path)
     assert len(list(tmp_path.glob("baseline_*_n6_s2.safetensors"))) == 1
@@ -162,7 +162,7 @@ def test_fewshot_scores_on_real_truth_and_reports_unavailable_inits(fixture_imag
 
 
 def test_guidance_timing_interleaves_settings_and_takes_median_ratios(tiny_model, monkeypatch):
-    from censor.bench import censoring as bench
+    from censor.bench import timing as bench
     from censor.rewards.architectures import build_member
     from censor.rewards.ensemble import RewardEnsemble
 
@@ -187,7 +187,7 @@ def test_guidance_timing_interleaves_settings_and_takes_median_ratios(tiny_model
 
 
 def test_guidance_timing_really_samples(tiny_model):
-    from censor.bench import censoring as bench
+    from censor.bench import timing as bench
     from censor.rewards.architectures import build_member
     from censor.rewards.ensemble import RewardEnsemble
 

@@ -36,14 +36,15 @@ def cmd_bench(a) -> None:
 
 
 def cmd_bench_timing(a) -> None:
-    from censor.bench.censoring import BenchConfig, collect_labels_and_train, time_guidance
+    from censor.bench.censoring import BenchConfig, collect_labels_and_train
+    from censor.bench.timing import time_guidance
     from censor.diffusion.models import load_diffusion
     from censor.eval.oracle import load_oracle
     from censor.labels.pool import load_pool
 
     model = load_diffusion(a.model)
     cfg = BenchConfig(feature=a.feature, budget=a.budget, steps=a.steps, seeds=1)
-    reward, _, _ = collect_labels_and_train(cfg, model, load_oracle(), load_pool(model_dir=a.model), seed=0)
+    reward = collect_labels_and_train(cfg, model, load_oracle(), load_pool(model_dir=a.model), seed=0).reward
     if reward is None:
         raise CensorError(f"the {a.budget} viewed images hold one class only; raise --budget")
     result = time_guidance(model, reward, n=a.n, steps=a.steps, reps=a.reps,
