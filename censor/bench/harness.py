@@ -19,6 +19,7 @@ share is here, once:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -95,19 +96,30 @@ class Harness:
 
     def __init__(self, model, oracle, reference: dict, feature: str, steps: int, per_seed: int, slices: int = 1,
                  total: int | None = None, cache_dir=None):
-        self.model, self.oracle, self.feature, self.steps, self.per_seed = model, oracle, feature, steps, per_seed
-        total = total or per_seed * slices
+        self.model, self.oracle, self.reference, self.steps, self.per_seed = model, oracle, reference, steps, per_seed
+        self.slices, total = slices, total or per_seed * slices
         self.seeds = seeds_for(total, GALLERY_SEED)
         self.baseline = cached_baseline(model, total, steps, cache_dir)
-        second = cached_baseline(model, total, steps, cache_dir, seed=FLOOR_SEED)
+        self.second = cached_baseline(model, total, steps, cache_dir, seed=FLOOR_SEED)
         self.unguided_rate = unguided_rate(model, self.seeds[:min(per_seed, TIMING_N)], steps)
-        self.judge_all = GalleryJudge(oracle, feature, reference, self.baseline, second, n_real=per_seed)
-        if slices == 1 and total == per_seed:
+        self.fingerprint = model_fingerprint(model.unet)
+        self._judge(feature)
+
+    def _judge(self, feature: str) -> None:
+        self.feature = feature
+        self.judge_all = GalleryJudge(self.oracle, feature, self.reference, self.baseline, self.second,
+                                      n_real=self.per_seed)
+        if self.slices == 1 and len(self.baseline) == self.per_seed:
             self.judges = [self.judge_all]
         else:  # recall on the same n as each censored gallery
-            self.judges = [GalleryJudge(oracle, feature, reference, self.baseline[self.slice(s)], n_real=per_seed)
-                           for s in range(slices)]
-        self.fingerprint = model_fingerprint(model.unet)
+            self.judges = [GalleryJudge(self.oracle, feature, self.reference, self.baseline[self.slice(s)],
+                                        n_real=self.per_seed) for s in range(self.slices)]
+
+    def for_feature(self, feature: str) -> "Harness":
+        """The same baseline, floor and timing, judged for another feature (no sampling again)."""
+        other = copy.copy(self)
+        other._judge(feature)
+        return other
 
     @property
     def floor(self) -> float | None:
