@@ -18,7 +18,7 @@ draw every batch from the 1,000-image pool. Malign-dominant ones (``imitation``)
 from the pool, and every later batch from a censored gallery of ``candidates`` images guided by the
 current reward (an imitation round of ``batch`` labels, training resumed): ``random`` labels the
 first ``batch`` of that gallery, ``active`` the ``batch`` it ranks highest. Only the labelled images
-count as viewed. The oracle judges galleries (through the benchmarks' shared ``evaluate.GalleryJudge``:
+count as viewed. The oracle judges galleries (through the benchmarks' one harness, ``bench.harness``:
 malign %, tv against the baseline's benign class histogram with its floor, recall, confident) and
 drives the simulated labeller, nothing else.
 

@@ -7,7 +7,7 @@ person's time at budget 100), a reward is trained on its labels (imitation: furt
 galleries censored by the previous round), and n / seeds images are sampled with guidance from that
 seed's own slice of the baseline's fixed seeds, so every censored image has its unguided twin and the
 pooled figures rest on n independent images. Every malign % is reported next to what shows whether
-the rest of the distribution survived (``evaluate.GalleryJudge``): tv of the class histogram against
+the rest of the distribution survived (``bench.harness``, the one harness of every benchmark): tv of the class histogram against
 the baseline's benign images with its floor, k-NN recall against the real benign test images
 (overall and per class), the oracle-confident fraction, the oracle-free drift figure, and a grid.
 Results go to JSON + markdown.
