@@ -196,7 +196,7 @@ def markdown_table(result: dict) -> str:
 
 def plot(result: dict, path: str | Path) -> None:
     """Malign % (with its interval) against the human labels each method spent."""
-    import matplotlib
+    import matplotlib  # heavy and only needed for the figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -23,15 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from censor.bench.harness import (
-    Arm,
-    Harness,
-    comparison_grid,
-    fmt,
-    median,
-    save,
-    tv_cell,
-)
+from censor.bench.harness import Arm, Harness, comparison_grid, fmt, median, save, seed_share, tv_cell
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.core.settings import (
@@ -215,7 +207,7 @@ def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: s
     """``cfg.n`` is the total over labelling seeds: each seed censors its own ceil(n / seeds) noises
     (disjoint slices of the baseline's seeds), so the pooled figures rest on n independent images and
     every censored image has its unguided twin in the baseline."""
-    per_seed = -(-cfg.n // cfg.seeds)
+    per_seed = seed_share(cfg.n, cfg.seeds)
     h = Harness(model, oracle, reference, cfg.feature, cfg.steps, per_seed, slices=cfg.seeds, cache_dir=cache_dir)
     unguided_s = h.unguided_rate * per_seed  # wall time of one seed's gallery, on the same images and batch
     base = h.baseline_row(unguided_s=round(unguided_s, 1))

@@ -71,6 +71,11 @@ def cached_baseline(model, n: int, steps: int, cache_dir: str | Path | None, see
     return images
 
 
+def seed_share(n: int, seeds: int) -> int:
+    """Images each labelling seed censors when ``n`` is the total over ``seeds``: ceil(n / seeds)."""
+    return -(-n // seeds)
+
+
 def unguided_rate(model, seeds, steps: int) -> float:
     """Seconds per image of unguided sampling of ``seeds``: what every guided arm is divided by."""
     t0 = time.perf_counter()

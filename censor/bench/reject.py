@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from censor.bench.censoring import BenchConfig, collect_labels_and_train, make_guidance
-from censor.bench.harness import GALLERY_SEED, Arm, Harness, fmt, median, save, tv_cell
+from censor.bench.harness import GALLERY_SEED, Arm, Harness, fmt, median, save, seed_share, tv_cell
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.eval.features import is_malign
@@ -106,7 +106,7 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
                      cap_factor: float = DEFAULT_CAP_FACTOR, log=print) -> dict:
     """Every labelling seed censors the same ceil(n / seeds) gallery seeds three ways (the modes);
     the baseline row is over all n baseline images."""
-    per_seed = -(-cfg.n // cfg.seeds)
+    per_seed = seed_share(cfg.n, cfg.seeds)
     h = Harness(model, oracle, reference, cfg.feature, cfg.steps, per_seed, total=cfg.n, cache_dir=cache_dir)
     gallery_seeds, baseline = h.gallery(0)
     unguided, store_path = _unguided_store(h, cache_dir)
@@ -258,7 +258,7 @@ def combined_table(results: list[dict], link: str = "bench") -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         b, c = r["baseline"], r["config"]
-        feat = f"[{c['feature']}]({link}/{r['name']}.png) ({c['seeds']} × {-(-c['n'] // c['seeds'])})"
+        feat = f"[{c['feature']}]({link}/{r['name']}.png) ({c['seeds']} × {seed_share(c['n'], c['seeds'])})"
         lines.append(f"| {feat} | baseline | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] "
                      f"(n={b['n']}) | {_floor(b)} | 1.00× | {b['confident']:.2f} | – | – | {b['s_per_image']:.3f} | "
                      f"{b['s_per_image']:.3f} |")
