@@ -28,14 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from censor.bench.censoring import BenchConfig, collect_labels_and_train
 from censor.bench.harness import Arm, Harness, fmt, median, save, tv_cell
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.core.settings import DEFAULT_GUIDANCE, MEMBERS
 from censor.eval.features import feature_spec
-from censor.labels.imitation import pool_view
 from censor.labels.labeller import SimulatedLabeller
-from censor.rewards.training import train_reward
 from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample
 from rlhf.adapters import save_adapter
@@ -96,6 +95,8 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             progress(min(1.0, done[0] / total))
 
     h = Harness(model, oracle, reference, cfg.feature, cfg.steps, cfg.n, cache_dir=cache_dir)
+    labelling = BenchConfig(feature=cfg.feature, budget=cfg.budget, method="ensemble", members=cfg.members,
+                            steps=cfg.steps)
     tick()
 
     def sampled(tuned, labels, train_s, reward=None) -> Arm:
@@ -109,15 +110,12 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
         if "baseline" in methods and seed == 0:  # one baseline gallery: the same images for every seed
             yield "baseline", Arm(h.baseline, dict(labels=0, train_s=0.0, sample_s_per_image=h.unguided_rate))
         reward = None
-        if {"censored", "rlhf", "d3po+censored"} & methods:
-            view = pool_view(len(pool), cfg.budget, seed)
-            labels = SimulatedLabeller(oracle, cfg.feature, seed=seed).label(pool.images[view])
-            if labels.min() == labels.max():
-                raise CensorError(f"seed {seed}: the {len(labels)} viewed images hold one class only; "
+        if {"censored", "rlhf", "d3po+censored"} & methods:  # the bench's session: view, label, train the ensemble
+            session = collect_labels_and_train(labelling, model, oracle, pool, seed, log)
+            if session.reward is None:
+                raise CensorError(f"seed {seed}: the {session.viewed} viewed images hold one class only; "
                                   "raise --budget")
-            reward = train_reward(pool.images[view], labels, kind="ddpm-encoder", diffusion=model,
-                                  members=cfg.members, seed=seed)
-            reward_s = reward.info["train_seconds"]
+            reward, reward_s = session.reward, session.reward.info["train_seconds"]
         if "censored" in methods:
             yield "censored", sampled(model, cfg.budget, reward_s, reward)
         if "rlhf" in methods:
