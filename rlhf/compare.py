@@ -14,7 +14,7 @@ Per labelling seed, every method gets the same simulated labeller (the censoring
 
 Each fine-tuned model is then sampled with the same deterministic sampler and gallery seeds as
 the baseline, so every difference in the table comes from the method. Every gallery is judged by the
-benchmarks' shared ``censor.evaluate.GalleryJudge``: malign % (Wilson-pooled over seeds), tv of its
+benchmarks' one harness (``censor.bench.harness``): malign % (Wilson-pooled over seeds), tv of its
 class histogram against the baseline's benign one (floor: a second unguided gallery from
 ``FLOOR_SEED``), recall against the real benign test images and the oracle-confident fraction.
 """
@@ -22,24 +22,22 @@ class histogram against the baseline's benign one (floor: a second unguided gall
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from censor.bench.censoring import FLOOR_SEED, GALLERY_SEED, cached_baseline, machine
+from censor.bench.censoring import BenchConfig, collect_labels_and_train
+from censor.bench.harness import Arm, Harness, fmt, median, save, tv_cell
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.core.settings import DEFAULT_GUIDANCE, MEMBERS
 from censor.eval.features import feature_spec
-from censor.eval.judge import GalleryJudge
 from censor.labels.labeller import SimulatedLabeller
-from censor.rewards.ensemble import model_fingerprint
-from censor.rewards.training import train_reward
 from censor.sampling.guidance import guidance_for
-from censor.sampling.loop import sample, seeds_for
+from censor.sampling.loop import sample
+from rlhf.adapters import save_adapter
 from rlhf.train import D3POConfig, DDPOConfig, labels_from, reward_from, train_d3po, train_ddpo
 
 METHODS = ("baseline", "censored", "rlhf", "d3po", "d3po+censored")
@@ -83,11 +81,11 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
                 ) -> dict:
     """All methods on the same labels per seed; rows pool the seeds. Returns the JSON-ready result.
 
-    ``adapter_dir``: where the first seed's RLHF and D3PO adapters are saved (``<dir>/rlhf``,
-    ``<dir>/d3po``), so the studio can sample from them afterwards.
+    Every method is an arm of the benchmark harness: one gallery (the same n seeds for every
+    labelling seed), judged and timed against the same unguided baseline. ``adapter_dir``: where the
+    first seed's RLHF and D3PO adapters are saved (``<dir>/rlhf``, ``<dir>/d3po``), so the studio
+    can sample from them afterwards.
     """
-    from rlhf.adapters import save_adapter
-
     total = 1 + cfg.seeds * len(cfg.methods)
     done = [0]
 
@@ -96,48 +94,31 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
         if progress is not None:
             progress(min(1.0, done[0] / total))
 
-    gallery = seeds_for(cfg.n, GALLERY_SEED)
-    baseline = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
-    # a second unguided gallery of the same n from disjoint seeds (seeds_for(n, FLOOR_SEED)): the tv floor
-    second = cached_baseline(model, cfg.n, cfg.steps, cache_dir, seed=FLOOR_SEED)
-    gallery_judge = GalleryJudge(oracle, cfg.feature, reference, baseline, second, n_real=cfg.n)
-    base_recall = gallery_judge.base_recall
-    t0 = time.time()
-    sample(model, gallery[: min(cfg.n, 50)], steps=cfg.steps)
-    unguided_per_image = (time.time() - t0) / min(cfg.n, 50)
-    runs = {m: [] for m in cfg.methods}
+    h = Harness(model, oracle, reference, cfg.feature, cfg.steps, cfg.n, cache_dir=cache_dir)
+    labelling = BenchConfig(feature=cfg.feature, budget=cfg.budget, method="ensemble", members=cfg.members,
+                            steps=cfg.steps)
     tick()
 
-    def judge(method, seed, images, labels, train_s, sample_s):
-        row = gallery_judge(images)
-        row["class_recall_ratio"] = {str(c): v for c, v in row["class_recall_ratio"].items()}  # as JSON keeps them
-        runs[method].append(dict(seed=seed, labels=int(labels), **row, train_s=round(train_s, 1),
-                                 sample_s_per_image=sample_s / len(images)))
-        ratio = "n/a" if row["recall_ratio"] is None else f"{row['recall_ratio']:.2f}×"
-        log(f"  seed {seed} {method:>14}: {row['malign_pct']:.2f}% malign [{row['ci_pct'][0]:.2f}, "
-            f"{row['ci_pct'][1]:.2f}] (n={row['n']})  tv {row['tv']:.3f}  recall {ratio}  labels {labels}  "
-            f"train {train_s:.0f}s")
-        tick()
+    def sampled(tuned, labels, train_s, reward=None) -> Arm:
+        t = time.time()
+        images = _sample(tuned, h.seeds, cfg, reward)
+        return Arm(images, dict(labels=int(labels), train_s=round(train_s, 1),
+                                sample_s_per_image=(time.time() - t) / len(images)))
 
-    for seed in range(cfg.seeds):
-        if "baseline" in runs and seed == 0:  # one baseline gallery: the same images for every seed
-            judge("baseline", seed, baseline, 0, 0.0, unguided_per_image * cfg.n)
-        labeller = SimulatedLabeller(oracle, cfg.feature, seed=seed)
+    def arms(seed):
+        methods = set(cfg.methods)
+        if "baseline" in methods and seed == 0:  # one baseline gallery: the same images for every seed
+            yield "baseline", Arm(h.baseline, dict(labels=0, train_s=0.0, sample_s_per_image=h.unguided_rate))
         reward = None
-        if {"censored", "rlhf", "d3po+censored"} & set(cfg.methods):
-            view = np.random.default_rng(seed).choice(len(pool), size=min(cfg.budget, len(pool)), replace=False)
-            labels = labeller.label(pool.images[view])
-            if labels.min() == labels.max():
-                raise CensorError(f"seed {seed}: the {len(labels)} viewed images hold one class only; "
+        if {"censored", "rlhf", "d3po+censored"} & methods:  # the bench's session: view, label, train the ensemble
+            session = collect_labels_and_train(labelling, model, oracle, pool, seed, log)
+            if session.reward is None:
+                raise CensorError(f"seed {seed}: the {session.viewed} viewed images hold one class only; "
                                   "raise --budget")
-            reward = train_reward(pool.images[view], labels, kind="ddpm-encoder", diffusion=model,
-                                  members=cfg.members, seed=seed)
-            reward_s = reward.info["train_seconds"]
-        if "censored" in runs:
-            t = time.time()
-            imgs = _sample(model, gallery, cfg, reward)
-            judge("censored", seed, imgs, cfg.budget, reward_s, time.time() - t)
-        if "rlhf" in runs:
+            reward, reward_s = session.reward, session.reward.info["train_seconds"]
+        if "censored" in methods:
+            yield "censored", sampled(model, cfg.budget, reward_s, reward)
+        if "rlhf" in methods:
             tuned = copy.deepcopy(model)
             t = time.time()
             train_ddpo(tuned, reward_from(reward), DDPOConfig(
@@ -147,9 +128,8 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             train_s = time.time() - t + reward_s
             if adapter_dir is not None and seed == 0:
                 save_adapter(tuned.unet, Path(adapter_dir) / "rlhf", dict(method="rlhf", feature=cfg.feature))
-            t = time.time()
-            judge("rlhf", seed, _sample(tuned, gallery, cfg), cfg.budget, train_s, time.time() - t)
-        if {"d3po", "d3po+censored"} & set(cfg.methods):
+            yield "rlhf", sampled(tuned, cfg.budget, train_s)
+        if {"d3po", "d3po+censored"} & methods:
             tuned = copy.deepcopy(model)
             groups = cfg.budget // cfg.d3po_group_size
             d3po_labeller = SimulatedLabeller(oracle, cfg.feature, seed=1000 + seed)
@@ -162,27 +142,25 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             log(f"  seed {seed} d3po: {d3po_labels} labels, {sum(info['pairs'])} preference pairs")
             if adapter_dir is not None and seed == 0:
                 save_adapter(tuned.unet, Path(adapter_dir) / "d3po", dict(method="d3po", feature=cfg.feature))
-            if "d3po" in runs:
-                t = time.time()
-                judge("d3po", seed, _sample(tuned, gallery, cfg), d3po_labels, d3po_s, time.time() - t)
-            if "d3po+censored" in runs:
-                t = time.time()
-                imgs = _sample(tuned, gallery, cfg, reward)
-                judge("d3po+censored", seed, imgs, d3po_labels + cfg.budget, d3po_s + reward_s, time.time() - t)
+            if "d3po" in methods:
+                yield "d3po", sampled(tuned, d3po_labels, d3po_s)
+            if "d3po+censored" in methods:
+                yield "d3po+censored", sampled(tuned, d3po_labels + cfg.budget, d3po_s + reward_s, reward)
 
-    rows = {m: _pool_seeds(gallery_judge, r, unguided_per_image) for m, r in runs.items() if r}
-    result = dict(config=asdict(cfg), feature=cfg.feature, dominance=feature_spec(cfg.feature)["dominance"],
-                  machine=machine(), model_fingerprint=model_fingerprint(model.unet),
-                  baseline_recall=base_recall,
-                  baseline=dict(gallery_judge.baseline_row(), sample_s_per_image=unguided_per_image),
-                  methods=rows, runs=runs)
+    def logged(method, row):
+        log(f"  seed {row['seed']} {method:>14}: {row['malign_pct']:.2f}% malign [{row['ci_pct'][0]:.2f}, "
+            f"{row['ci_pct'][1]:.2f}] (n={row['n']})  tv {row['tv']:.3f}  recall {fmt(row['recall_ratio'], '{:.2f}×')}  "
+            f"labels {row['labels']}  train {row['train_s']:.0f}s")
+        tick()
+
+    runs, _ = h.run(cfg.seeds, arms, on_row=logged)
+    runs = {m: runs.get(m, []) for m in cfg.methods}
+    rows = {m: _pool_seeds(h, r) for m, r in runs.items() if r}
+    result = dict(config=asdict(cfg), **h.header(), baseline_recall=h.judge_all.base_recall,
+                  baseline=h.baseline_row(sample_s_per_image=h.unguided_rate), methods=rows, runs=runs)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         stem = f"compare_{cfg.feature}_b{cfg.budget}"
-        (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-        (out / f"{stem}.md").write_text(markdown_table(result))
-        plot(result, out / f"{stem}.png")
+        plot(result, save(out_dir, stem, result, markdown_table(result)) / f"{stem}.png")
     return result
 
 
@@ -191,25 +169,16 @@ def _sample(model, seeds, cfg: CompareConfig, reward=None) -> np.ndarray:
     return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=guidance))
 
 
-def _pool_seeds(gallery_judge: GalleryJudge, runs: list[dict], unguided_per_image: float) -> dict:
-    """One method's row: the shared judge's pooling over seeds (Wilson malign %, tv of the pooled class
+def _pool_seeds(h: Harness, runs: list[dict]) -> dict:
+    """One method's row: the harness's pooling over seeds (Wilson malign %, tv of the pooled class
     histogram and its floor, mean recall ratio and confident), plus labels, training and sampling times.
     ``time_ratio``: the method's sampling seconds per image over unguided sampling's (the baseline's)."""
-    row = gallery_judge.pool(runs)
-    per_image = float(np.median([r["sample_s_per_image"] for r in runs]))
+    row = h.pool(runs)
+    per_image = median(runs, "sample_s_per_image")
     row.update(labels=float(np.mean([r["labels"] for r in runs])),
                recall=float(np.mean([r["recall"] for r in runs])),
-               train_s=float(np.median([r["train_s"] for r in runs])),
-               sample_s_per_image=per_image,
-               time_ratio=per_image / unguided_per_image if unguided_per_image > 0 else None)
+               train_s=median(runs, "train_s"), sample_s_per_image=per_image, time_ratio=h.time_ratio(per_image))
     return row
-
-
-def _tv(r: dict) -> str:
-    """``tv (floor)``; "n/a" for rows saved before tv was measured."""
-    if r.get("tv") is None:
-        return "n/a"
-    return f"{r['tv']:.3f}" + ("" if r.get("tv_floor") is None else f" ({r['tv_floor']:.3f})")
 
 
 def markdown_table(result: dict) -> str:
@@ -217,16 +186,15 @@ def markdown_table(result: dict) -> str:
              "| method | malign % [95% CI] | tv (floor) | recall vs baseline | confident | human labels | training s | "
              "sampling s / image |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
-        ratio = "n/a" if r["recall_ratio"] is None else f"{r['recall_ratio']:.2f}×"
         lines.append(f"| {name} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}] (n={r['n']}) | "
-                     f"{_tv(r)} | {ratio} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
+                     f"{tv_cell(r)} | {fmt(r['recall_ratio'], '{:.2f}×')} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
                      f"{r['sample_s_per_image']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: str | Path) -> None:
     """Malign % (with its interval) against the human labels each method spent."""
-    import matplotlib
+    import matplotlib  # heavy and only needed for the figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

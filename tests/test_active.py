@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from censor.bench.active import labels_to_target, summary_table
+from censor.bench.active_report import labels_to_target, summary_table
 from censor.core.errors import CensorError
 from censor.labels.ranking import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
 from censor.labels.pool import Pool

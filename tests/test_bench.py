@@ -128,7 +128,7 @@ def test_a_budget_without_malign_examples_is_reported_not_crashed(fixture_images
 
 
 def test_the_baseline_is_sampled_once_per_model_and_reused(tmp_path, tiny_model, monkeypatch):
-    from censor.bench import censoring as bench
+    from censor.bench import harness as bench
 
     first = bench.cached_baseline(tiny_model, 6, 2, tmp_path)
     assert len(list(tmp_path.glob("baseline_*_n6_s2.safetensors"))) == 1
@@ -162,7 +162,7 @@ def test_fewshot_scores_on_real_truth_and_reports_unavailable_inits(fixture_imag
 
 
 def test_guidance_timing_interleaves_settings_and_takes_median_ratios(tiny_model, monkeypatch):
-    from censor.bench import censoring as bench
+    from censor.bench import timing as bench
     from censor.rewards.architectures import build_member
     from censor.rewards.ensemble import RewardEnsemble
 
@@ -187,7 +187,7 @@ def test_guidance_timing_interleaves_settings_and_takes_median_ratios(tiny_model
 
 
 def test_guidance_timing_really_samples(tiny_model):
-    from censor.bench import censoring as bench
+    from censor.bench import timing as bench
     from censor.rewards.architectures import build_member
     from censor.rewards.ensemble import RewardEnsemble
 
@@ -204,3 +204,82 @@ def test_bench_table_reads_bench_rows_only(tmp_path):
     (tmp_path / "compare_bags_b98.json").write_text(json.dumps(dict(config={}, methods={})))
     (tmp_path / "timing.json").write_text(json.dumps([1, 2]))
     assert [r["name"] for r in collect(tmp_path)] == ["bags_x"]
+
+
+def test_the_harness_slices_disjoint_seeds_and_judges_what_an_arm_keeps(tmp_path, tiny_model):
+    """Each labelling seed censors its own slice of the baseline; an arm that keeps nothing (rejection)
+    is judged as nothing, and pools to the whole interval instead of crashing."""
+    from censor.bench.harness import GALLERY_SEED, Arm, Harness
+    from censor.sampling.loop import seeds_for
+
+    h = Harness(tiny_model, load_oracle(), load_reference(), "bags", 2, per_seed=5, slices=2, cache_dir=tmp_path)
+    assert h.seeds == seeds_for(10, GALLERY_SEED) and len(h.baseline) == 10 and len(h.judges) == 2
+    (s0, b0), (s1, b1) = h.gallery(0), h.gallery(1)
+    assert not set(s0) & set(s1) and np.array_equal(b1, h.baseline[5:])
+    empty, judgement = h.judge(h.baseline[:0])
+    assert empty["n"] == 0 and judgement is None
+    assert h.pool([empty]) == dict(malign=0, n=0, malign_pct=None, ci_pct=[0.0, 100.0], tv=None, tv_floor=h.floor,
+                                   recall_ratio=None, confident=None)
+    runs, first = h.run(2, lambda seed: iter([("unguided", Arm(h.gallery(seed)[1], dict(cost=seed)))]))
+    assert [r["seed"] for r in runs["unguided"]] == [0, 1] and [r["cost"] for r in runs["unguided"]] == [0, 1]
+    pooled = h.pool(runs["unguided"])
+    base = h.baseline_row()
+    assert pooled["n"] == base["n"] == 10 and pooled["malign"] == base["malign"]  # the baseline, censored by nothing
+    assert pooled["tv"] == pytest.approx(h.judge_all.tv(h.judge_all.base), abs=1e-9)
+    other = h.for_feature("watermark")  # judged anew, nothing sampled again
+    assert other.feature == "watermark" and other.baseline is h.baseline and h.feature == "bags"
+
+
+def test_draw_store_samples_only_new_seeds_and_charges_every_image(tiny_model):
+    from censor.bench.reject import DrawStore
+    from censor.core.data import to_uint8
+    from censor.sampling.loop import sample, seeds_for
+
+    seeds = seeds_for(6, 3)
+    first = to_uint8(sample(tiny_model, seeds[:4], steps=2))
+    store = DrawStore(tiny_model, 2, None, seeds[:4], first, np.full(4, 0.5))
+    got = store(seeds[2:6])  # two drawn before, two new
+    assert np.array_equal(got, to_uint8(sample(tiny_model, seeds[2:6], steps=2)))
+    assert store.seeds == seeds and len(store.images) == 6
+    assert store.charged_s == pytest.approx(1.0 + store.cost[4:].sum())
+    assert np.array_equal(store(seeds[:2]), first[:2]) and len(store.images) == 6  # nothing sampled again
+
+
+def test_an_imitation_round_labels_what_it_shows_and_retrains_resuming(tiny_model, fixture_images):
+    from censor.labels.imitation import imitation_round, round_seeds
+
+    one = set(round_seeds(50, 0, 2))
+    assert not one & set(round_seeds(50, 1, 2)) and not one & set(round_seeds(50, 0, 3))  # per seed and round
+    labeller = SimulatedLabeller(load_oracle(), "bags")
+    images, labels = fixture_images["images"][:3], np.array([1, 0, 1])
+    seen = {}
+
+    def train(imgs, labs, resume):
+        seen.update(n=len(imgs), labels=labs, resume=resume)
+        return "retrained"
+
+    out_images, out_labels, reward = imitation_round(
+        tiny_model, labeller, "previous", None, images, labels, count=4, session_seed=0, round_=2, steps=2,
+        train=train, pick=lambda gallery: gallery[:2])
+    assert reward == "retrained" and seen["resume"] == "previous" and seen["n"] == 5 == len(out_images)
+    assert labeller.viewed == 2 and np.array_equal(out_labels[:3], labels) and len(out_labels) == 5
+
+
+def test_benchmark_options_come_from_the_config_and_reach_it():
+    import argparse
+
+    from censor.cli.bench import BENCH_FIELDS, config_from_args, register_bench
+    from censor.core.settings import DEFAULT_GUIDANCE
+
+    p = argparse.ArgumentParser()
+    register_bench(p.add_subparsers())
+    a = p.parse_args(["bench"])
+    assert config_from_args(BenchConfig, a, BENCH_FIELDS) == BenchConfig()
+    a = p.parse_args(["bench-reject", "--method", "union", "--threshold", "0.3", "--weight", "3"])
+    assert a.method == "union" and a.reject_threshold == 0.3 and a.weight == 3.0 and a.steps == 25
+    assert a.every == DEFAULT_GUIDANCE.every
+    from censor.cli.args import guidance_from_args
+
+    assert guidance_from_args(a).threshold is None  # the rejection threshold is not the guidance hinge
+    with pytest.raises(SystemExit):
+        p.parse_args(["bench", "--method", "magic"])

@@ -18,7 +18,7 @@ draw every batch from the 1,000-image pool. Malign-dominant ones (``imitation``)
 from the pool, and every later batch from a censored gallery of ``candidates`` images guided by the
 current reward (an imitation round of ``batch`` labels, training resumed): ``random`` labels the
 first ``batch`` of that gallery, ``active`` the ``batch`` it ranks highest. Only the labelled images
-count as viewed. The oracle judges galleries (through the benchmarks' shared ``evaluate.GalleryJudge``:
+count as viewed. The oracle judges galleries (through the benchmarks' one harness, ``bench.harness``:
 malign %, tv against the baseline's benign class histogram with its floor, recall, confident) and
 drives the simulated labeller, nothing else.
 
@@ -36,22 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
-from censor.bench.censoring import FLOOR_SEED, GALLERY_SEED, cached_baseline, comparison_grid, machine
+from censor.bench.active_report import STRATEGIES, TARGET_PCT, labels_to_target, summarize
+from censor.bench.harness import Harness, comparison_grid
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
 from censor.eval.features import feature_spec
-from censor.eval.judge import GalleryJudge
 from censor.labels.active import ActiveWeights, EncoderFeatures, member_probs, rank
+from censor.labels.imitation import imitation_round
 from censor.labels.labeller import SimulatedLabeller
-from censor.rewards.ensemble import model_fingerprint
 from censor.rewards.training import train_reward
 from censor.sampling.guidance import guidance_for
-from censor.sampling.loop import sample, seeds_for
-
-STRATEGIES = ("random", "active")
-TARGET_PCT = 1.0
-
+from censor.sampling.loop import sample
 
 @dataclass
 class ActiveBenchConfig:
@@ -96,30 +92,25 @@ def method_for(feature: str) -> str:
 
 
 class Context:
-    """What every cell shares: the model, oracle, pool, cached encoder features and the baseline."""
+    """What every cell shares: the model, oracle, pool, cached encoder features and the harness
+    (baseline of the same n fixed seeds for every cell, its floor, unguided timing), judged per feature."""
 
     def __init__(self, cfg: ActiveBenchConfig, model, oracle, pool, reference, cache_dir=None, log=print):
-        self.cfg, self.model, self.oracle, self.pool, self.reference, self.log = cfg, model, oracle, pool, reference, log
+        self.cfg, self.model, self.oracle, self.pool, self.log = cfg, model, oracle, pool, log
         t0 = time.time()
         self.pool_features = EncoderFeatures(model, pool.images)
         log(f"pool encoder features: {len(pool)} images in {time.time() - t0:.1f}s")
-        self.gallery_seeds = seeds_for(cfg.n, GALLERY_SEED)
-        self.baseline = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
-        self.second = cached_baseline(model, cfg.n, cfg.steps, cache_dir, seed=FLOOR_SEED)  # the tv floor
-        self.judged_baseline = oracle.judge(self.baseline)
-        # wall-time reference for time_ratio: unguided sampling of the gallery seeds, measured here
-        timing_n = min(cfg.n, 100)
-        t0 = time.time()
-        sample(model, self.gallery_seeds[:timing_n], steps=cfg.steps)
-        self.unguided_s = (time.time() - t0) * cfg.n / timing_n
-        self._judges = {}
+        self.harness = Harness(model, oracle, reference, cfg.features[0], cfg.steps, cfg.n, cache_dir=cache_dir)
+        self.gallery_seeds, self.baseline = self.harness.gallery(0)
+        self.judged_baseline = self.harness.judge_all.base
+        self.unguided_s = self.harness.unguided_rate * cfg.n  # wall time of one gallery, for time_ratio
+        self._harnesses = {cfg.features[0]: self.harness}
 
-    def judge(self, feature: str) -> GalleryJudge:
-        """The shared judge of ``feature``'s galleries (recall against its first n real benign test images)."""
-        if feature not in self._judges:
-            self._judges[feature] = GalleryJudge(self.oracle, feature, self.reference, self.baseline, self.second,
-                                                 n_real=self.cfg.n)
-        return self._judges[feature]
+    def judge(self, feature: str) -> Harness:
+        """The harness judging ``feature``'s galleries (recall against its first n real benign test images)."""
+        if feature not in self._harnesses:
+            self._harnesses[feature] = self.harness.for_feature(feature)
+        return self._harnesses[feature]
 
     def baseline_row(self, feature: str) -> dict:
         return dict(self.judge(feature).baseline_row(), unguided_s=round(self.unguided_s, 2))
@@ -132,21 +123,22 @@ def _train(cfg, ctx, images, labels, seed, resume=None):
                         alpha=cfg.alpha, iterations=cfg.iterations, seed=seed, resume=resume)
 
 
+def _guidance(cfg: ActiveBenchConfig, reward):
+    return guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.weight))
+
+
 def _evaluate(cfg, ctx, feature, reward) -> dict:
     t0 = time.time()
     if reward is None:
         censored = ctx.baseline
     else:
-        guidance = guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.weight))
-        censored = to_uint8(sample(ctx.model, ctx.gallery_seeds, steps=cfg.steps, guidance=guidance))
+        censored = to_uint8(sample(ctx.model, ctx.gallery_seeds, steps=cfg.steps, guidance=_guidance(cfg, reward)))
     seconds = time.time() - t0
-    j = ctx.oracle.judge(censored)
-    judge = ctx.judge(feature)
-    ev = judge(censored, j)
-    ev["class_recall_ratio"] = {str(c): v for c, v in ev["class_recall_ratio"].items()}  # as the cell's JSON keeps them
+    h = ctx.judge(feature)
+    ev, j = h.judge(censored)
     # no reward: the gallery *is* the unguided baseline, so it costs what unguided sampling costs
-    ratio = 1.0 if reward is None else (seconds / ctx.unguided_s if ctx.unguided_s > 0 else None)
-    ev.update(tv_floor=judge.floor, sample_s=round(seconds, 1), time_ratio=ratio, no_reward=reward is None)
+    ratio = 1.0 if reward is None else h.time_ratio(seconds / cfg.n)
+    ev.update(tv_floor=h.floor, sample_s=round(seconds, 1), time_ratio=ratio, no_reward=reward is None)
     return ev, censored, j
 
 
@@ -163,10 +155,8 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
     images = np.zeros((0, *pool.images.shape[1:]), np.uint8)
     labels = np.zeros(0, np.int64)
     reward, points, select_s, train_s = None, [], 0.0, 0.0
-    cell = dict(settings=cfg.cell_settings(feature), feature=feature, dominance=feature_spec(feature)["dominance"],
-                strategy=strategy, seed=seed, machine=machine(),
-                model_fingerprint=model_fingerprint(ctx.model.unet), baseline=ctx.baseline_row(feature),
-                points=points, complete=False)
+    cell = dict(settings=cfg.cell_settings(feature), **ctx.judge(feature).header(), strategy=strategy, seed=seed,
+                baseline=ctx.baseline_row(feature), points=points, complete=False)
     for budget in range(cfg.batch, cfg.budgets[-1] + 1, cfg.batch):
         t0 = time.time()
         # from the pool: every ensemble batch, and an imitation session's first (or any round
@@ -179,24 +169,39 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
                 pick = rank(feats.embedding, labelled, probs, weights, k=cfg.batch, seed=seed)
             labelled[pick] = True
             new = pool.images[pick]
-        else:  # imitation round: a censored gallery from the current reward, `batch` of it labelled
-            gallery = to_uint8(sample(ctx.model, seeds_for(cfg.candidates, 20_000 + 100 * seed + budget),
-                                      steps=cfg.steps, guidance=guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.weight))))
-            if strategy == "random":
-                new = gallery[: cfg.batch]
-            else:
-                both = EncoderFeatures(ctx.model, np.concatenate([images, gallery]))
-                seen = np.arange(len(both)) < len(images)
-                pick = rank(both.embedding, seen, member_probs(reward, features=both), weights, k=cfg.batch, seed=seed)
-                new = np.concatenate([images, gallery])[pick]
-        select_s += time.time() - t0
-        images = np.concatenate([images, new])
-        labels = np.concatenate([labels, labeller.label(new)])
-        needs_reward = budget in cfg.budgets or strategy == "active" or method == "imitation"
-        if needs_reward:
-            t1 = time.time()
-            reward = _train(cfg, ctx, images, labels, seed, resume=reward if method == "imitation" else None)
-            train_s += time.time() - t1
+            select_s += time.time() - t0
+            images = np.concatenate([images, new])
+            labels = np.concatenate([labels, labeller.label(new)])
+            if budget in cfg.budgets or strategy == "active" or method == "imitation":
+                t1 = time.time()
+                reward = _train(cfg, ctx, images, labels, seed, resume=reward if method == "imitation" else None)
+                train_s += time.time() - t1
+        else:  # imitation round: a censored gallery of `candidates` from the current reward, `batch` labelled
+            clock = {}
+
+            def chosen(gallery, images=images, reward=reward):
+                if strategy == "random":
+                    out = gallery[: cfg.batch]
+                else:
+                    both = EncoderFeatures(ctx.model, np.concatenate([images, gallery]))
+                    seen = np.arange(len(both)) < len(images)
+                    pick = rank(both.embedding, seen, member_probs(reward, features=both), weights, k=cfg.batch,
+                                seed=seed)
+                    out = np.concatenate([images, gallery])[pick]
+                clock["select"] = time.time() - t0  # sampling the gallery and ranking it
+                return out
+
+            def timed_train(imgs, labs, resume):
+                t1 = time.time()
+                out = _train(cfg, ctx, imgs, labs, seed, resume=resume)
+                clock["train"] = time.time() - t1
+                return out
+
+            images, labels, reward = imitation_round(
+                ctx.model, labeller, reward, _guidance(cfg, reward), images, labels, count=cfg.candidates,
+                session_seed=seed, round_=budget, steps=cfg.steps, train=timed_train, pick=chosen)
+            select_s += clock["select"]
+            train_s += clock["train"]
         if budget in cfg.budgets:
             ev, censored, judged = _evaluate(cfg, ctx, feature, reward)
             points.append(dict(budget=budget, viewed=labeller.viewed, malign_labels=int((labels == 0).sum()),
@@ -224,23 +229,6 @@ def save_cell(path: Path, ctx: Context, cell: dict, censored=None, judged=None) 
     if censored is not None:
         comparison_grid(cell["settings"]["feature"], ctx.baseline, censored, ctx.judged_baseline,
                         judged).save(path.with_suffix(".png"))
-
-
-def labels_to_target(points: list[dict], target: float = TARGET_PCT, kept: bool = False) -> int | None:
-    """The smallest budget whose censored malign % is ≤ target (None: not reached in the grid).
-
-    ``kept``: the smallest budget from which *every* later budget of the grid stays ≤ target. With
-    150 judged images one lucky gallery (0 or 1 malign) reaches 1% at a true rate of 2-3%, and a
-    grid of several budgets gives several chances, so the first hit alone flatters the noisier curve.
-    """
-    points = sorted(points, key=lambda p: p["budget"])
-    if not kept:
-        hits = [p["budget"] for p in points if p["malign_pct"] <= target]
-        return min(hits) if hits else None
-    first = None
-    for p in points:
-        first = (first or p["budget"]) if p["malign_pct"] <= target else None
-    return first
 
 
 def cell_path(out: Path, feature: str, strategy: str, seed: int) -> Path:
@@ -277,125 +265,3 @@ def run_active_bench(cfg: ActiveBenchConfig, model, oracle, pool, reference, out
     return cells
 
 
-# ---- summary: table and plot ------------------------------------------------------------------
-
-def load_cells(out_dir) -> list[dict]:
-    cells = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*_s*.json"))]
-    return [c for c in cells if isinstance(c, dict) and "points" in c and "strategy" in c]
-
-
-def _group(cells):
-    by = {}
-    for c in cells:
-        by.setdefault((c["settings"]["feature"], c["strategy"]), []).append(c)
-    return by
-
-
-def summary_table(cells: list[dict]) -> str:
-    """Markdown: per feature and strategy, malign % median [min–max over seeds] per budget, labels to ≤ 1%."""
-    if not cells:
-        return "(no cells yet)\n"
-    budgets = sorted({p["budget"] for c in cells for p in c["points"]})
-    head = ("| feature | strategy | seeds | " + " | ".join(f"malign % at {b}" for b in budgets)
-            + f" | tv (floor) at {budgets[-1]} (median)"
-            + f" | labels to ≤ {TARGET_PCT:g}% per seed (first hit) | median | ≤ {TARGET_PCT:g}% reached and kept per seed "
-            f"| median | malign labels at {', '.join(map(str, budgets))} "
-            f"(median) | recall vs baseline at {budgets[-1]} (median) | oracle-confident at {budgets[-1]} (median) |\n|"
-            + "---|" * (len(budgets) + 11) + "\n")
-    rows = []
-    for (feature, strategy), group in sorted(_group(cells).items(), key=lambda kv: (kv[0][0], STRATEGIES.index(kv[0][1]))):
-        group = sorted(group, key=lambda c: c["seed"])
-        cols = []
-        for b in budgets:
-            vals = [p["malign_pct"] for c in group for p in c["points"] if p["budget"] == b]
-            cols.append(f"{np.median(vals):.2f} [{min(vals):.2f}–{max(vals):.2f}]" if vals else "–")
-        cols.append(_tv_cell(group, budgets[-1]))
-        done = [c for c in group if c.get("complete")]
-        reach = []
-        for kept in (False, True):
-            per_seed = [labels_to_target(c["points"], kept=kept) for c in done]
-            reach += [" / ".join("–" if v is None else str(v) for v in per_seed) or "–",
-                      _median_labels(per_seed, budgets[-1]) if per_seed else "–"]
-        mal = [np.median([p["malign_labels"] for c in group for p in c["points"] if p["budget"] == b] or [np.nan])
-               for b in budgets]
-        rec = [p["recall_ratio"] for c in group for p in c["points"] if p["budget"] == budgets[-1] and p["recall_ratio"]]
-        conf = [p["confident"] for c in group for p in c["points"] if p["budget"] == budgets[-1] and "confident" in p]
-        rows.append(f"| {feature} | {strategy} | {len(group)}{'' if len(done) == len(group) else f' ({len(done)} complete)'} | "
-                    + " | ".join(cols) + f" | {' | '.join(reach)} | " + " / ".join(f"{m:g}" for m in mal)
-                    + f" | {f'{np.median(rec):.2f}×' if rec else '–'} | {f'{np.median(conf):.2f}' if conf else '–'} |")
-    return head + "\n".join(rows) + "\n"
-
-
-def _tv_cell(group: list[dict], budget: int) -> str:
-    """Median tv over seeds at ``budget`` with the baseline's floor; "n/a" for cells saved before tv."""
-    tvs = [p["tv"] for c in group for p in c["points"] if p["budget"] == budget and p.get("tv") is not None]
-    if not tvs:
-        return "n/a"
-    floors = [c.get("baseline", {}).get("tv_floor") for c in group]
-    floors += [p.get("tv_floor") for c in group for p in c["points"]]
-    floors = [f for f in floors if f is not None]
-    return f"{np.median(tvs):.3f}" + (f" ({floors[0]:.3f})" if floors else "")
-
-
-def _median_labels(per_seed: list, top: int) -> str:
-    """Median with 'not reached' counted as beyond the grid (so it is the largest)."""
-    vals = sorted(per_seed, key=lambda v: float("inf") if v is None else v)
-    mid = vals[(len(vals) - 1) // 2] if len(vals) % 2 else None
-    if len(vals) % 2 == 0:
-        a, b = vals[len(vals) // 2 - 1], vals[len(vals) // 2]
-        mid = None if a is None or b is None else (a + b) / 2
-    return f"not reached within {top}" if mid is None else f"{mid:g}"
-
-
-def plot(cells: list[dict], path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401
-
-    groups = _group(cells)
-    features = sorted({f for f, _ in groups})
-    if not features:
-        return None
-    fig, axes = plt.subplots(1, len(features), figsize=(4.2 * len(features), 3.6), squeeze=False)
-    colors = {"random": "#777777", "active": "#d03030"}
-    for ax, feature in zip(axes[0], features):
-        for strategy in STRATEGIES:
-            group = groups.get((feature, strategy))
-            if not group:
-                continue
-            budgets = sorted({p["budget"] for c in group for p in c["points"]})
-            vals = [[p["malign_pct"] for c in group for p in c["points"] if p["budget"] == b] for b in budgets]
-            med = [np.median(v) for v in vals]
-            ax.plot(budgets, med, "o-", color=colors[strategy], label=f"{strategy} (median of {len(group)})")
-            ax.fill_between(budgets, [min(v) for v in vals], [max(v) for v in vals], color=colors[strategy], alpha=0.15)
-        base = group[0]["baseline"]["malign_pct"]
-        ax.axhline(TARGET_PCT, color="k", ls="--", lw=1, label="1% target")
-        ax.set_title(f"{feature} (baseline {base:.1f}%)")
-        ax.set_xlabel("labels viewed")
-        ax.set_ylabel("oracle malign % (censored)")
-        ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_ylim(bottom=0, top=100)
-        ax.set_yticks([0, 0.5, 1, 2, 5, 10, 20, 50, 100])
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set_xticks(budgets)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def summarize(out_dir="docs/bench/active", plot_path=None, log=print) -> str:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cells = load_cells(out)
-    table = summary_table(cells)
-    (out / "summary.md").write_text(table)
-    p = plot(cells, plot_path or out / "active_labelling.png")
-    log(table + (f"plot: {p}" if p else ""))
-    return table

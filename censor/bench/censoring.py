@@ -7,7 +7,7 @@ person's time at budget 100), a reward is trained on its labels (imitation: furt
 galleries censored by the previous round), and n / seeds images are sampled with guidance from that
 seed's own slice of the baseline's fixed seeds, so every censored image has its unguided twin and the
 pooled figures rest on n independent images. Every malign % is reported next to what shows whether
-the rest of the distribution survived (``evaluate.GalleryJudge``): tv of the class histogram against
+the rest of the distribution survived (``bench.harness``, the one harness of every benchmark): tv of the class histogram against
 the baseline's benign images with its floor, k-NN recall against the real benign test images
 (overall and per class), the oracle-confident fraction, the oracle-free drift figure, and a grid.
 Results go to JSON + markdown.
@@ -19,26 +19,33 @@ import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-import torch
 
+from censor.bench.harness import Arm, Harness, comparison_grid, fmt, median, save, seed_share, tv_cell
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
-from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, GuidanceSettings
-from censor.eval.features import feature_spec, is_malign
-from censor.eval.judge import GalleryJudge
-from censor.gallery.grid import grid
+from censor.core.settings import (
+    ALPHA,
+    DEFAULT_GUIDANCE,
+    DEFAULT_REWARD,
+    GUIDANCE_KINDS,
+    ITERATIONS,
+    MEMBERS,
+    METHODS,
+    GuidanceSettings,
+)
+from censor.eval.drift import DriftMeter
+from censor.eval.features import feature_spec
+from censor.labels.imitation import imitation_round, pool_view
 from censor.labels.labeller import SimulatedLabeller
-from censor.rewards.ensemble import model_fingerprint
+from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.rewards.training import train_reward
-from censor.sampling.guidance import GUIDANCE_KINDS, Guidance, guidance_for
-from censor.sampling.loop import sample, seeds_for
+from censor.sampling.guidance import Guidance, guidance_for
+from censor.sampling.loop import sample
+from censor.sampling.strength import auto_strength, reward_benign
 
-METHODS = ("single", "union", "ensemble", "imitation")
-GUIDANCES = GUIDANCE_KINDS
-GALLERY_SEED = 10_000  # the benchmark's fixed gallery seeds; the pool uses seed 1, so they never overlap
-FLOOR_SEED = 40_000  # a second unguided gallery from disjoint seeds: the sampling floor of tv
 D = DEFAULT_GUIDANCE
 
 
@@ -46,7 +53,7 @@ D = DEFAULT_GUIDANCE
 class BenchConfig:
     feature: str = "watermark"
     budget: int = 100
-    method: str = "ensemble"
+    method: str = DEFAULT_REWARD.method
     guidance: str = D.kind
     reward: str | None = None  # default: ddpm-encoder for time guidance, resnet18 for universal
     members: int = MEMBERS
@@ -78,8 +85,8 @@ class BenchConfig:
         feature_spec(self.feature)
         if self.method not in METHODS:
             raise CensorError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.guidance not in GUIDANCES:
-            raise CensorError(f"unknown guidance {self.guidance!r}; use one of {', '.join(GUIDANCES)}")
+        if self.guidance not in GUIDANCE_KINDS:
+            raise CensorError(f"unknown guidance {self.guidance!r}; use one of {', '.join(GUIDANCE_KINDS)}")
         if self.reward is None:
             self.reward = "resnet18" if self.guidance == "universal" else "ddpm-encoder"
         if min(self.budget, self.n, self.steps, self.seeds, self.members, self.rounds) < 1:
@@ -122,8 +129,6 @@ def make_guidance(cfg: BenchConfig, reward, drift=None) -> Guidance:
     automatic strength (``drift`` = (DriftMeter on the pool, the reward's weights on it))."""
     settings = guidance_settings(cfg)
     if cfg.auto:
-        from censor.sampling.strength import auto_strength
-
         if drift is None:
             raise CensorError("automatic strength needs the drift meter of the pool")
         choice = auto_strength(drift[0].model, reward, drift[0], drift[1], settings)
@@ -135,12 +140,18 @@ def make_guidance(cfg: BenchConfig, reward, drift=None) -> Guidance:
 
 def pool_drift(meter, reward, model, pool) -> tuple:
     """(meter, the reward's P(benign) on the pool images): what ``make_guidance`` and the drift figure need."""
-    from censor.sampling.strength import reward_benign
-
     return meter, reward_benign(reward, model, pool.images)
 
 
-def _train(cfg: BenchConfig, model, images, labels, seed, resume=None):
+def train_for_method(cfg: BenchConfig, model, images, labels, seed, resume=None):
+    """The reward of ``cfg.method`` on these labels: what each method means *in the benchmark*.
+
+    - ``single``: ONE bootstrap member (trained on a resample of the labels, as one member of an
+      ensemble is), so single vs ensemble measures what the other K-1 members add. The studio's
+      "single" is one model on all labels: that is the bench's ``union``.
+    - ``union``: one member on all labels;
+    - ``ensemble`` and ``imitation``: ``cfg.members`` bootstrap members (imitation adds rounds).
+    """
     members = 1 if cfg.method in ("single", "union") else cfg.members
     return train_reward(images, labels, kind=cfg.reward, diffusion=model, members=members, alpha=cfg.alpha,
                         iterations=cfg.iterations, batch_size=cfg.batch_size, init=cfg.init, seed=seed,
@@ -158,55 +169,37 @@ def _reward_cache(cfg: BenchConfig, model, seed: int, cache_dir) -> Path | None:
     return Path(cache_dir) / "rewards" / model_fingerprint(model.unet) / key
 
 
-def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, log=print, cache_dir=None,
-                             meter=None):
-    """What a person does in a session: view, label, train (and for imitation, repeat on censored galleries)."""
-    from censor.rewards.ensemble import load_reward
+class Labelled(NamedTuple):
+    """One simulated session: its reward (None when the views held one class only) and everything labelled."""
 
+    reward: object
+    images: np.ndarray
+    labels: np.ndarray
+    viewed: int
+
+
+def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, log=print, cache_dir=None,
+                             meter=None) -> Labelled:
+    """What a person does in a session: view, label, train (and for imitation, repeat on censored galleries)."""
     labeller = SimulatedLabeller(oracle, cfg.feature, cfg.flip_rate, seed=seed)
-    view = np.random.default_rng(seed).choice(len(pool), size=min(cfg.budget, len(pool)), replace=False)
+    view = pool_view(len(pool), cfg.budget, seed)
     images, labels = pool.images[view], labeller.label(pool.images[view])
     if (labels == 0).sum() == 0 or (labels == 1).sum() == 0:
-        return None, labels, labeller.viewed  # nothing to learn from: a real outcome of small budgets
+        return Labelled(None, images, labels, labeller.viewed)  # nothing to learn from: a real outcome of small budgets
     cached = _reward_cache(cfg, model, seed, cache_dir)
     if cached is not None and (cached / "reward.json").is_file():
-        reward = load_reward(cached, model)
-        reward.info["_labelled"] = (images, labels)
-        return reward, labels, labeller.viewed
-    reward = _train(cfg, model, images, labels, seed)
+        return Labelled(load_reward(cached, model), images, labels, labeller.viewed)
+    reward = train_for_method(cfg, model, images, labels, seed)
     if cached is not None:
         reward.save(cached)
-    rounds = cfg.rounds if cfg.method == "imitation" else 1
-    for r in range(2, rounds + 1):
+    for r in range(2, (cfg.rounds if cfg.method == "imitation" else 1) + 1):
         log(f"  imitation round {r}: labelling {cfg.budget} censored images")
         drift = pool_drift(meter, reward, model, pool) if cfg.auto else None
-        gallery = to_uint8(sample(model, seeds_for(cfg.budget, 20_000 + 100 * seed + r), steps=cfg.steps,
-                                  guidance=make_guidance(cfg, reward, drift)))
-        images = np.concatenate([images, gallery])
-        labels = np.concatenate([labels, labeller.label(gallery)])
-        reward = _train(cfg, model, images, labels, seed, resume=reward)
-    reward.info["_labelled"] = (images, labels)  # in memory only: bench_reject cross-fits its threshold on them
-    return reward, labels, labeller.viewed
-
-
-def cached_baseline(model, n: int, steps: int, cache_dir: str | Path | None, seed: int = GALLERY_SEED) -> np.ndarray:
-    """The unguided gallery for the benchmark's fixed seeds, kept on disk per model, n and steps.
-
-    Every configuration compares against the same baseline, so it is sampled once per model.
-    """
-    from safetensors.torch import load_file, save_file
-
-    path = None
-    if cache_dir is not None:
-        tag = "" if seed == GALLERY_SEED else f"_seed{seed}"
-        path = Path(cache_dir) / f"baseline_{model_fingerprint(model.unet)}_n{n}_s{steps}{tag}.safetensors"
-        if path.is_file():
-            return load_file(str(path))["images"].numpy()
-    images = to_uint8(sample(model, seeds_for(n, seed), steps=steps, show_bar=True))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"images": torch.from_numpy(np.ascontiguousarray(images))}, str(path))
-    return images
+        images, labels, reward = imitation_round(
+            model, labeller, reward, make_guidance(cfg, reward, drift), images, labels, count=cfg.budget,
+            session_seed=seed, round_=r, steps=cfg.steps,
+            train=lambda i, lab, resume: train_for_method(cfg, model, i, lab, seed, resume=resume))
+    return Labelled(reward, images, labels, labeller.viewed)
 
 
 def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
@@ -214,84 +207,56 @@ def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: s
     """``cfg.n`` is the total over labelling seeds: each seed censors its own ceil(n / seeds) noises
     (disjoint slices of the baseline's seeds), so the pooled figures rest on n independent images and
     every censored image has its unguided twin in the baseline."""
-    per_seed = -(-cfg.n // cfg.seeds)
-    total = per_seed * cfg.seeds
-    all_seeds = seeds_for(total, GALLERY_SEED)
-    baseline_all = cached_baseline(model, total, cfg.steps, cache_dir)
-    second = cached_baseline(model, total, cfg.steps, cache_dir, seed=FLOOR_SEED)
-    slices = [slice(s * per_seed, (s + 1) * per_seed) for s in range(cfg.seeds)]
-    # wall-time reference measured in this run, on the same images and batch as the guided galleries
-    timing_n = min(per_seed, 100)
-    t0 = time.time()
-    sample(model, all_seeds[:timing_n], steps=cfg.steps)
-    unguided_s = (time.time() - t0) * per_seed / timing_n
-    judge_all = GalleryJudge(oracle, cfg.feature, reference, baseline_all, second, n_real=per_seed)
-    judges = [GalleryJudge(oracle, cfg.feature, reference, baseline_all[sl], n_real=per_seed) for sl in slices]
-    base = judge_all.baseline_row()  # recall on the same n as each censored gallery: the mean over slices
-    base.update(precision=float(np.mean([j.base_precision for j in judges])),
-                recall=float(np.mean([j.base_recall for j in judges])), unguided_s=round(unguided_s, 1))
-    from censor.eval.drift import DriftMeter
-
+    per_seed = seed_share(cfg.n, cfg.seeds)
+    h = Harness(model, oracle, reference, cfg.feature, cfg.steps, per_seed, slices=cfg.seeds, cache_dir=cache_dir)
+    unguided_s = h.unguided_rate * per_seed  # wall time of one seed's gallery, on the same images and batch
+    base = h.baseline_row(unguided_s=round(unguided_s, 1))
     meter = DriftMeter(model, pool.images)  # the oracle-free drift figure, as the studio shows it
-    log(f"baseline: {judge_all.base_rate}  recall {base['recall']:.3f} on {per_seed}  tv floor {judge_all.floor:.3f}  "
+    log(f"baseline: {h.judge_all.base_rate}  recall {base['recall']:.3f} on {per_seed}  tv floor {h.floor:.3f}  "
         f"({unguided_s:.0f}s unguided for {per_seed})")
-    runs = []
-    for seed in range(cfg.seeds):
-        judge, baseline, gallery_seeds = judges[seed], baseline_all[slices[seed]], all_seeds[slices[seed]]
-        reward, labels, viewed = collect_labels_and_train(cfg, model, oracle, pool, seed, log, cache_dir, meter)
-        drift, auto_s = None, 0.0
-        if reward is None:
-            log(f"  seed {seed}: the {viewed} viewed images held only one class; no reward, gallery unchanged")
-            guidance, censored, guided_s = None, baseline, unguided_s
-        else:
-            drift = pool_drift(meter, reward, model, pool)
-            t1 = time.time()
-            guidance = make_guidance(cfg, reward, drift)
-            auto_s = time.time() - t1  # the automatic strength's probe ladder (0 without --auto)
-            censored = to_uint8(sample(model, gallery_seeds, steps=cfg.steps, guidance=guidance, show_bar=True))
-            guided_s = time.time() - t1
-        jc = oracle.judge(censored)
-        row = judge(censored, jc)
-        row["tv"] = judge_all.tv(jc)
-        row["drift"] = meter.measure(censored, drift[1] if drift else None).as_dict()
-        row["auto"] = guidance.stats.get("auto") if guidance else None
-        runs.append(dict(
-            seed=seed, viewed=viewed, labels=int(len(labels)), malign_labels=int((labels == 0).sum()), **row,
-            reward_train_s=reward.info["train_seconds"] if reward else 0.0,
-            guided_s=round(guided_s, 1), auto_s=round(auto_s, 1), nonfinite_fallbacks=guidance.stats["nonfinite_fallbacks"] if guidance else 0,
-            no_reward=reward is None,
-        ))
-        log(f"  seed {seed}: {row['malign_pct']:.2f}% malign  tv {row['tv']:.3f}  drift {row['drift']['tv']:.3f}"
+
+    def arms(seed):
+        gallery_seeds, baseline = h.gallery(seed)
+        s = collect_labels_and_train(cfg, model, oracle, pool, seed, log, cache_dir, meter)
+        if s.reward is None:
+            log(f"  seed {seed}: the {s.viewed} viewed images held only one class; no reward, gallery unchanged")
+            yield "censored", Arm(baseline, _record(s, None, None, unguided_s, 0.0, meter, baseline))
+            return
+        drift = pool_drift(meter, s.reward, model, pool)
+        t1 = time.time()
+        guidance = make_guidance(cfg, s.reward, drift)
+        auto_s = time.time() - t1  # the automatic strength's probe ladder (0 without --auto)
+        censored = to_uint8(sample(model, gallery_seeds, steps=cfg.steps, guidance=guidance, show_bar=True))
+        yield "censored", Arm(censored, _record(s, guidance, drift, time.time() - t1, auto_s, meter, censored))
+
+    def logged(_, row):
+        log(f"  seed {row['seed']}: {row['malign_pct']:.2f}% malign  tv {row['tv']:.3f}  drift {row['drift']['tv']:.3f}"
             + (f" (auto ω {row['auto']['weight']:g})" if row["auto"] else "") + f"  recall {row['recall']:.3f} "
             f"({_ratio(row['recall_ratio'])})  confident {row['confident']:.2f}  "
-            f"reward {runs[-1]['reward_train_s']:.0f}s  sampling {guided_s:.0f}s")
-        if seed == 0 and out_dir is not None:
-            _save_grids(out_dir, cfg, baseline, censored, judge.base, jc)
-    censored_block = judge_all.pool(runs)
-    censored_block.update(reward_train_s=float(np.median([r["reward_train_s"] for r in runs])),
-                          guided_s=float(np.median([r["guided_s"] for r in runs])),
-                          time_ratio=float(np.median([r["guided_s"] for r in runs])) / unguided_s)
-    result = dict(
-        config=asdict(cfg), name=cfg.name, feature=cfg.feature, dominance=feature_spec(cfg.feature)["dominance"],
-        machine=machine(), model_fingerprint=model_fingerprint(model.unet),
-        baseline=base, censored=censored_block, runs=runs,
-    )
+            f"reward {row['reward_train_s']:.0f}s  sampling {row['guided_s']:.0f}s")
+
+    runs, first = h.run(cfg.seeds, arms, on_row=logged)
+    runs = runs["censored"]
+    censored_block = h.pool(runs)
+    censored_block.update(reward_train_s=median(runs, "reward_train_s"), guided_s=median(runs, "guided_s"),
+                          time_ratio=median(runs, "guided_s") / unguided_s)
+    result = dict(config=asdict(cfg), name=cfg.name, **h.header(), baseline=base, censored=censored_block, runs=runs)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{cfg.name}.json").write_text(json.dumps(result, indent=1))
-        (out / f"{cfg.name}.md").write_text(markdown_rows([result]))
+        save(out_dir, cfg.name, result, markdown_rows([result]))
+        images, jc = first["censored"]
+        comparison_grid(cfg.feature, h.gallery(0)[1], images, h.judges[0].base, jc).save(Path(out_dir) / f"{cfg.name}.png")
     return result
 
 
-def machine() -> str:
-    """Where a row was measured, in words: every timing is only comparable within one machine."""
-    import os
-    import platform
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (GPU)"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+def _record(s: Labelled, guidance, drift, guided_s: float, auto_s: float, meter, images) -> dict:
+    """What a bench row holds beside the judgement: labels, drift, times, the automatic strength's choice."""
+    return dict(viewed=s.viewed, labels=int(len(s.labels)), malign_labels=int((s.labels == 0).sum()),
+                drift=meter.measure(images, drift[1] if drift else None).as_dict(),
+                auto=guidance.stats.get("auto") if guidance else None,
+                reward_train_s=s.reward.info["train_seconds"] if s.reward else 0.0,
+                guided_s=round(guided_s, 1), auto_s=round(auto_s, 1),
+                nonfinite_fallbacks=guidance.stats["nonfinite_fallbacks"] if guidance else 0,
+                no_reward=s.reward is None)
 
 
 def collect(out_dir: str | Path) -> list[dict]:
@@ -303,34 +268,12 @@ def collect(out_dir: str | Path) -> list[dict]:
 
 
 def _ratio(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}×"
-
-
-def comparison_grid(feature: str, baseline, censored, jb, jc, rows: int = 5):
-    """``rows`` rows of 10 baseline images over as many of the censored ones from the same seeds,
-    malign ones (by the oracle's judgements ``jb``/``jc``) framed red: the bench grids."""
-    k = 10 * rows
-    both = np.concatenate([baseline[:k], censored[:k]])
-    marks = np.concatenate([is_malign(jb, feature)[:k], is_malign(jc, feature)[:k]])
-    return grid(both, nrow=10, marks=marks)
-
-
-def _save_grids(out_dir, cfg, baseline, censored, jb, jc) -> None:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    comparison_grid(cfg.feature, baseline, censored, jb, jc).save(out / f"{cfg.name}.png")
+    return fmt(x, "{:.2f}×")
 
 
 HEADER = ("| run | baseline malign % [95% CI] | censored malign % [95% CI] | tv (floor) | recall vs baseline | "
           "confident (base → censored) | reward train s | sampling s (unguided → guided) |\n"
           "|---|---|---|---|---|---|---|---|\n")
-
-
-def _tv(c: dict, b: dict) -> str:
-    if c.get("tv") is None:
-        return "n/a"
-    floor = b.get("tv_floor")
-    return f"{c['tv']:.3f}" + ("" if floor is None else f" ({floor:.3f})")
 
 
 def markdown_rows(results: list[dict], link: str | None = None) -> str:
@@ -341,38 +284,7 @@ def markdown_rows(results: list[dict], link: str | None = None) -> str:
         name = f"[{r['name']}]({link}/{r['name']}.png)" if link else r["name"]
         rows.append(
             f"| {name} | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] | "
-            f"{c['malign_pct']:.2f} [{c['ci_pct'][0]:.2f}, {c['ci_pct'][1]:.2f}] (n={c['n']}) | {_tv(c, b)} | "
+            f"{c['malign_pct']:.2f} [{c['ci_pct'][0]:.2f}, {c['ci_pct'][1]:.2f}] (n={c['n']}) | {tv_cell(c, b)} | "
             f"{_ratio(c['recall_ratio'])} | {b['confident']:.2f} → {c['confident']:.2f} | {c['reward_train_s']:.1f} | "
             f"{b['unguided_s']:.0f} → {c['guided_s']:.0f} ({c['time_ratio']:.2f}×) |")
     return HEADER + "\n".join(rows) + "\n"
-
-
-def time_guidance(model, reward, n: int = 64, steps: int = 25, reps: int = 5,
-                  settings: GuidanceSettings = DEFAULT_GUIDANCE, everies=(1, 2, 4), log=print) -> dict:
-    """Wall time of guided (``settings``, the default unless given) vs unguided sampling, same
-    seeds, batch and steps, interleaved; time guidance also with its gradient reused (``everies``).
-
-    The settings take turns inside every repetition, so a neighbour's load on a shared machine
-    hits them alike; the ratios are medians over repetitions. Returns seconds and ratios.
-    """
-    if min(n, steps, reps) < 1:
-        raise CensorError("n, steps and reps must be positive")
-    seeds = seeds_for(n, GALLERY_SEED)
-    runs = {"unguided": None}
-    if settings.kind == "time":
-        runs.update({f"time every {k}": guidance_for(reward, settings.with_(every=k)) for k in everies})
-    else:
-        runs[settings.kind] = guidance_for(reward, settings)
-    seconds = {name: [] for name in runs}
-    sample(model, seeds[: min(n, 4)], steps=2)  # warm-up: first-call allocations are not the method's cost
-    for rep in range(reps):
-        for name, guidance in runs.items():
-            t0 = time.perf_counter()
-            sample(model, seeds, steps=steps, guidance=guidance)
-            seconds[name].append(time.perf_counter() - t0)
-        log(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items()))
-    base = np.array(seconds["unguided"])
-    ratios = {name: float(np.median(np.array(s) / base)) for name, s in seconds.items() if name != "unguided"}
-    return dict(machine=machine(), model_fingerprint=model_fingerprint(model.unet), n=n, steps=steps, reps=reps,
-                settings=settings.as_dict(), seconds={k: [round(x, 2) for x in v] for k, v in seconds.items()},
-                median_s={k: float(np.median(v)) for k, v in seconds.items()}, ratio_median=ratios)

@@ -19,7 +19,9 @@ import torch
 
 from censor.core.data import to_model_range
 from censor.core.errors import CensorError
+from censor.core.settings import ITERATIONS
 from censor.eval.features import feature_spec
+from censor.labels.imitation import pool_view
 from censor.labels.labeller import SimulatedLabeller
 from censor.rewards.architectures import TIME_DEPENDENT
 from censor.rewards.training import train_reward
@@ -51,9 +53,9 @@ def true_benign(feature: str, labels: np.ndarray, watermark: np.ndarray) -> np.n
 
 
 def run_fewshot(feature: str, budget: int, model, oracle, pool, test_images: np.ndarray, test_labels: np.ndarray,
-                test_watermark: np.ndarray, variants=VARIANTS, iterations: int = 300, seed: int = 0,
+                test_watermark: np.ndarray, variants=VARIANTS, iterations: int = ITERATIONS, seed: int = 0,
                 ts=(0, 300, 600), log=print) -> list[dict]:
-    view = np.random.default_rng(seed).choice(len(pool), size=min(budget, len(pool)), replace=False)
+    view = pool_view(len(pool), budget, seed)  # the images a bench session of this seed views first
     labels = SimulatedLabeller(oracle, feature, seed=seed).label(pool.images[view])
     if labels.min() == labels.max():
         raise CensorError(f"the {budget} viewed images hold one class only; raise the budget")

@@ -14,37 +14,27 @@ Unguided draws do not depend on the reward, so they are sampled once per model a
 the cache folder and shared by seeds and features; every draw is charged the sampling time it took
 when it was made (for the cached baseline prefix: this run's measured unguided time per image), so
 "seconds per accepted image" counts sampling and scoring of every drawn image. The oracle only judges,
-through the benchmarks' shared ``evaluate.GalleryJudge``: malign % (Wilson), tv of the kept images'
+through the benchmarks' shared harness (``bench.harness``): malign % (Wilson), tv of the kept images'
 class histogram against the baseline's benign one (its floor from a second unguided gallery, ``FLOOR_SEED``),
 recall against the real benign test images and the oracle-confident fraction.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-from censor.bench.censoring import (
-    FLOOR_SEED,
-    GALLERY_SEED,
-    BenchConfig,
-    cached_baseline,
-    collect_labels_and_train,
-    machine,
-    make_guidance,
-)
+from censor.bench.censoring import BenchConfig, collect_labels_and_train, make_guidance
+from censor.bench.harness import GALLERY_SEED, Arm, Harness, fmt, median, save, seed_share, tv_cell
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
-from censor.eval.features import feature_spec, is_malign
-from censor.eval.judge import GalleryJudge
-from censor.eval.metrics import class_histogram, pooled_rate
+from censor.eval.features import is_malign
 from censor.gallery.grid import grid
-from censor.rewards.ensemble import model_fingerprint
 from censor.sampling.loop import sample, seeds_for
 from censor.sampling.rejection import (
     DEFAULT_CAP_FACTOR,
@@ -58,173 +48,136 @@ MODES = ("reject", "guide", "guide+reject")
 
 
 class DrawStore:
-    """Images for a growing prefix of ``seeds_for(·, GALLERY_SEED)``, each with the seconds it cost."""
+    """Images already drawn, by their seeds, each with the seconds it cost: a ``reject_sample`` sampler
+    that samples only seeds it has not drawn before and charges every image it hands out."""
 
-    def __init__(self, model, steps: int, guidance=None, images=None, cost=None):
+    def __init__(self, model, steps: int, guidance=None, seeds=(), images=None, cost=None):
         self.model, self.steps, self.guidance = model, steps, guidance
         self.images = np.zeros((0, *model.image_shape[1:]), dtype=np.uint8) if images is None else images
         self.cost = np.zeros(len(self.images)) if cost is None else np.asarray(cost, dtype=float)
+        self.seeds = [int(s) for s in seeds]
+        self.index = {s: i for i, s in enumerate(self.seeds)}
         self.charged_s = 0.0
 
     def __call__(self, seeds) -> np.ndarray:
-        start = int(seeds[0]) - GALLERY_SEED * 100_003
-        end = start + len(seeds)
-        if end > len(self.images):
-            new = seeds_for(end, GALLERY_SEED)[len(self.images):]
+        new = [int(s) for s in seeds if int(s) not in self.index]
+        if new:
             t0 = time.perf_counter()
             imgs = to_uint8(sample(self.model, new, steps=self.steps, guidance=self.guidance))
             dt = time.perf_counter() - t0
+            self.index.update({s: len(self.seeds) + i for i, s in enumerate(new)})
+            self.seeds += new
             self.images = np.concatenate([self.images, imgs])
             self.cost = np.concatenate([self.cost, np.full(len(new), dt / len(new))])
-        self.charged_s += float(self.cost[start:end].sum())
-        return self.images[start:end]
+        rows = [self.index[int(s)] for s in seeds]
+        self.charged_s += float(self.cost[rows].sum())
+        return self.images[rows]
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"images": torch.from_numpy(np.ascontiguousarray(self.images)),
-                   "cost": torch.from_numpy(self.cost)}, str(path))
+                   "cost": torch.from_numpy(self.cost), "seeds": torch.tensor(self.seeds, dtype=torch.int64)},
+                  str(path))
 
 
-def _unguided_store(model, steps, baseline_all, unguided_rate, cache_dir) -> tuple[DrawStore, Path | None]:
-    from safetensors.torch import load_file
-
+def _unguided_store(h: Harness, cache_dir) -> tuple[DrawStore, Path | None]:
+    """The unguided draws of every earlier run (they do not depend on the reward), else the baseline,
+    charged this run's unguided seconds per image."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"reject_draws_{model_fingerprint(model.unet)}_s{steps}.safetensors"
+        path = Path(cache_dir) / f"reject_draws_{h.fingerprint}_s{h.steps}.safetensors"
         if path.is_file():
             t = load_file(str(path))
-            if len(t["images"]) >= len(baseline_all):
-                return DrawStore(model, steps, None, t["images"].numpy(), t["cost"].numpy()), path
-    return DrawStore(model, steps, None, baseline_all.copy(), np.full(len(baseline_all), unguided_rate)), path
+            if len(t["images"]) >= len(h.baseline):
+                # stores written before they kept their seeds hold a prefix of the gallery seeds
+                seeds = t["seeds"].tolist() if "seeds" in t else seeds_for(len(t["images"]), GALLERY_SEED)
+                return DrawStore(h.model, h.steps, None, seeds, t["images"].numpy(), t["cost"].numpy()), path
+    return DrawStore(h.model, h.steps, None, h.seeds, h.baseline.copy(), np.full(len(h.baseline), h.unguided_rate)), path
 
 
-KNN_K = 3  # k of the shared k-NN recall (evaluate.knn_precision_recall): it needs more than k images
-
-
-def _judge(judge: GalleryJudge, judge_all: GalleryJudge, images):
-    """One mode's kept images through the shared judge (recall on the per-seed baseline, tv against the
-    whole baseline, as in ``bench``). Adapter for what a rejection mode can keep and a plain gallery
-    cannot: nothing at all, or too few images for k-NN recall (then only counts, tv and confidence)."""
-    if len(images) == 0:
-        return dict(malign=0, n=0, recall=None, recall_ratio=None, confident=None, tv=None, class_shares=None), None
-    j = judge.oracle.judge(images)
-    if len(images) > KNN_K:
-        row = judge(images, j)
-    else:
-        bad = is_malign(j, judge.feature)
-        row = dict(pooled_rate(int(bad.sum()), len(bad)), precision=None, recall=None, recall_ratio=None,
-                   class_recall_ratio={}, confident=float(j.confident.mean()),
-                   class_shares=[round(float(x), 4) for x in class_histogram(j)],
-                   watermark_share=float(j.watermarked.mean()))
-    row["tv"] = judge_all.tv(j)
-    row["class_recall_ratio"] = {str(c): v for c, v in row["class_recall_ratio"].items()}  # as JSON keeps them
-    return row, j
+def _accounted(result, store: DrawStore) -> dict:
+    """A rejection arm's record: the draws, their charged sampling seconds and the seconds per kept image."""
+    return dict(result.as_dict(), charged_sampling_s=round(store.charged_s, 2),
+                s_per_accepted=(store.charged_s + result.scoring_s) / max(result.kept, 1))
 
 
 def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir=None, cache_dir=None,
                      threshold: float | None = None, recall: float = DEFAULT_RECALL, folds: int = DEFAULT_FOLDS,
                      cap_factor: float = DEFAULT_CAP_FACTOR, log=print) -> dict:
-    per_seed = -(-cfg.n // cfg.seeds)
-    gallery_seeds = seeds_for(per_seed, GALLERY_SEED)
-    baseline_all = cached_baseline(model, cfg.n, cfg.steps, cache_dir)
-    second = cached_baseline(model, cfg.n, cfg.steps, cache_dir, seed=FLOOR_SEED)  # the tv floor
-    baseline = baseline_all[:per_seed]
-    timing_n = min(per_seed, 100)
-    t0 = time.perf_counter()
-    sample(model, gallery_seeds[:timing_n], steps=cfg.steps)
-    unguided_rate = (time.perf_counter() - t0) / timing_n
-    unguided, store_path = _unguided_store(model, cfg.steps, baseline_all, unguided_rate, cache_dir)
-    judge_all = GalleryJudge(oracle, cfg.feature, reference, baseline_all, second, n_real=per_seed)
-    judge = GalleryJudge(oracle, cfg.feature, reference, baseline, n_real=per_seed)  # recall on the same n
-    jb = judge.base
-    base = judge_all.baseline_row()
-    base.update(precision=judge.base_precision, recall=judge.base_recall, s_per_image=unguided_rate)
-    log(f"baseline {judge_all.base_rate}, recall {judge.base_recall:.3f} on {per_seed}, tv floor "
-        f"{judge_all.floor:.3f}; unguided {unguided_rate:.3f} s/image")
+    """Every labelling seed censors the same ceil(n / seeds) gallery seeds three ways (the modes);
+    the baseline row is over all n baseline images."""
+    per_seed = seed_share(cfg.n, cfg.seeds)
+    h = Harness(model, oracle, reference, cfg.feature, cfg.steps, per_seed, total=cfg.n, cache_dir=cache_dir)
+    gallery_seeds, baseline = h.gallery(0)
+    unguided, store_path = _unguided_store(h, cache_dir)
+    base = h.baseline_row(s_per_image=h.unguided_rate)
+    log(f"baseline {h.judge_all.base_rate}, recall {base['recall']:.3f} on {per_seed}, tv floor "
+        f"{h.floor:.3f}; unguided {h.unguided_rate:.3f} s/image")
     cap = math.ceil(cap_factor * per_seed)
-    runs = []
-    for seed in range(cfg.seeds):
-        reward, labels, viewed = collect_labels_and_train(cfg, model, oracle, pool, seed, log)
-        if reward is None:
-            raise CensorError(f"labelling seed {seed}: the {viewed} viewed images hold one class only; raise --budget")
-        images, labels = reward.info["_labelled"]
-        if threshold is None:
-            th = heldout_threshold(images, labels, kind=cfg.reward, diffusion=model, members=len(reward.members),
-                                   alpha=cfg.alpha, iterations=cfg.iterations, folds=folds,
-                                   recall=recall, seed=seed)
+    seeds_info = []
+
+    def arms(seed):
+        s = collect_labels_and_train(cfg, model, oracle, pool, seed, log)
+        if s.reward is None:
+            raise CensorError(f"labelling seed {seed}: the {s.viewed} viewed images hold one class only; raise --budget")
+        if threshold is None:  # cross-fitted on the session's own labels
+            th = heldout_threshold(s.images, s.labels, kind=cfg.reward, diffusion=model, members=len(s.reward.members),
+                                   alpha=cfg.alpha, iterations=cfg.iterations, folds=folds, recall=recall, seed=seed)
         else:
             th = dict(threshold=float(threshold), user=True, seconds=0.0)
         log(f"  seed {seed}: threshold p={th['threshold']:.4f} (held-out benign pass "
             f"{th.get('heldout_benign_pass', float('nan')):.2f}, {th['seconds']:.0f}s)")
-        run = dict(seed=seed, labels=int(len(labels)), malign_labels=int((labels == 0).sum()),
-                   reward_train_s=reward.info["train_seconds"],
-                   threshold={k: v for k, v in th.items()}, modes={})
+        seeds_info.append(dict(seed=seed, labels=int(len(s.labels)), malign_labels=int((s.labels == 0).sum()),
+                               reward_train_s=s.reward.info["train_seconds"], threshold=dict(th)))
         unguided.charged_s = 0.0
-        rj = reject_sample(model, reward, per_seed, GALLERY_SEED, th["threshold"], steps=cfg.steps, cap=cap,
+        rj = reject_sample(model, s.reward, per_seed, GALLERY_SEED, th["threshold"], steps=cfg.steps, cap=cap,
                            sampler=unguided)
-        run["modes"]["reject"] = dict(rj.as_dict(), charged_sampling_s=round(unguided.charged_s, 2),
-                                      s_per_accepted=(unguided.charged_s + rj.scoring_s) / max(rj.kept, 1))
+        yield "reject", Arm(rj.images, _accounted(rj, unguided))
         t1 = time.perf_counter()
-        guided_imgs = to_uint8(sample(model, gallery_seeds, steps=cfg.steps, guidance=make_guidance(cfg, reward)))
+        guided_imgs = to_uint8(sample(model, gallery_seeds, steps=cfg.steps, guidance=make_guidance(cfg, s.reward)))
         guide_s = time.perf_counter() - t1
-        run["modes"]["guide"] = dict(kept=per_seed, drawn=per_seed, dropped=0, sampled=per_seed, capped=False,
-                                     charged_sampling_s=round(guide_s, 2), s_per_accepted=guide_s / per_seed)
-        guided = DrawStore(model, cfg.steps, make_guidance(cfg, reward), guided_imgs, np.full(per_seed, guide_s / per_seed))
-        gr = reject_sample(model, reward, per_seed, GALLERY_SEED, th["threshold"], steps=cfg.steps, cap=cap,
+        yield "guide", Arm(guided_imgs, dict(kept=per_seed, drawn=per_seed, dropped=0, sampled=per_seed, capped=False,
+                                             charged_sampling_s=round(guide_s, 2), s_per_accepted=guide_s / per_seed))
+        # guide+reject: its first batch *is* the guide gallery, charged what it cost
+        guided = DrawStore(model, cfg.steps, make_guidance(cfg, s.reward), gallery_seeds, guided_imgs,
+                           np.full(per_seed, guide_s / per_seed))
+        gr = reject_sample(model, s.reward, per_seed, GALLERY_SEED, th["threshold"], steps=cfg.steps, cap=cap,
                            sampler=guided)
-        run["modes"]["guide+reject"] = dict(gr.as_dict(), charged_sampling_s=round(guided.charged_s, 2),
-                                            s_per_accepted=(guided.charged_s + gr.scoring_s) / max(gr.kept, 1))
-        kept_images = {"reject": rj.images, "guide": guided_imgs, "guide+reject": gr.images}
-        judged = {}
-        for mode in MODES:
-            m, judged[mode] = _judge(judge, judge_all, kept_images[mode])
-            run["modes"][mode].update(m)
-            run["modes"][mode]["time_ratio"] = (run["modes"][mode]["s_per_accepted"] / unguided_rate
-                                                if unguided_rate > 0 else None)
-            log(f"    {mode:13s} malign {m['malign']}/{m['n']}  tv {_f(m['tv'], '{:.3f}')}  "
-                f"recall {m['recall_ratio'] or float('nan'):.2f}x  "
-                f"drawn {run['modes'][mode]['drawn']}  {run['modes'][mode]['s_per_accepted']:.3f} s/accepted")
-        runs.append(run)
-        if seed == 0 and out_dir is not None:
-            _save_grid(out_dir, _name(cfg, threshold, cap_factor), cfg.feature, baseline, jb, kept_images, judged)
+        yield "guide+reject", Arm(gr.images, _accounted(gr, guided))
+
+    def logged(mode, m):
+        m["time_ratio"] = h.time_ratio(m["s_per_accepted"])
+        log(f"    {mode:13s} malign {m['malign']}/{m['n']}  tv {fmt(m['tv'], '{:.3f}', '–')}  "
+            f"recall {m['recall_ratio'] or float('nan'):.2f}x  drawn {m['drawn']}  {m['s_per_accepted']:.3f} s/accepted")
+
+    rows, first = h.run(cfg.seeds, arms, on_row=logged)
+    runs = [dict(info, modes={mode: rows[mode][i] for mode in MODES}) for i, info in enumerate(seeds_info)]
+    name = _name(cfg, threshold, cap_factor)
+    if out_dir is not None:
+        _save_grid(out_dir, name, cfg.feature, baseline, h.judges[0].base, first)
     if store_path is not None:
         unguided.save(store_path)
-    result = dict(kind="reject-bench", name=_name(cfg, threshold, cap_factor), config=dict(vars(cfg)),
-                  feature=cfg.feature, dominance=feature_spec(cfg.feature)["dominance"],
+    result = dict(kind="reject-bench", name=name, config=dict(vars(cfg), window=list(cfg.window)), **h.header(),
                   reject=dict(threshold=threshold, recall=recall, folds=folds, cap_factor=cap_factor, cap_per_seed=cap),
-                  machine=machine(), model_fingerprint=model_fingerprint(model.unet),
-                  baseline=base, modes={mode: _pool(runs, mode, judge_all, unguided_rate) for mode in MODES},
-                  runs=runs)
-    result["config"]["window"] = list(cfg.window)
+                  baseline=base, modes={mode: _pool(runs, mode, h) for mode in MODES}, runs=runs)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{result['name']}.json").write_text(json.dumps(result, indent=1, default=float))
-        (out / f"{result['name']}.md").write_text(markdown_table(result))
+        save(out_dir, name, result, markdown_table(result))
     return result
 
 
-def _pool(runs, mode, judge_all: GalleryJudge, unguided_rate: float) -> dict:
-    """One mode over the labelling seeds: the shared judge's pooling (Wilson counts, tv of the pooled
+def _pool(runs, mode, h: Harness) -> dict:
+    """One mode over the labelling seeds: the harness's pooling (Wilson counts, tv of the pooled
     histogram and its floor) over the seeds that kept images, plus the draw and time accounting."""
     rows = [r["modes"][mode] for r in runs]
-    judged = [r for r in rows if r["n"]]
-    if judged:
-        out = judge_all.pool(judged)
-    else:  # no seed kept an image: nothing to judge (the Wilson interval of 0/0 is all of [0, 100])
-        out = dict(malign=0, n=0, malign_pct=None, ci_pct=[0.0, 100.0], tv=None, tv_floor=judge_all.floor,
-                   recall_ratio=None, confident=None)
+    out = h.pool(rows)
     seconds = sum(r["charged_sampling_s"] + r.get("scoring_s", 0.0) for r in rows)
     kept = sum(r["kept"] for r in rows)
     s_per_accepted = seconds / kept if kept else None
     out.update(drawn=sum(r["drawn"] for r in rows), dropped=sum(r["dropped"] for r in rows),
                sampled=sum(r["sampled"] for r in rows), kept=kept, requested=sum(r.get("requested", r["kept"]) for r in rows),
                capped_seeds=sum(bool(r["capped"]) for r in rows),
-               s_per_accepted=s_per_accepted, seconds=round(seconds, 1),
-               time_ratio=s_per_accepted / unguided_rate if s_per_accepted is not None and unguided_rate > 0 else None,
-               reward_train_s=float(np.median([r["reward_train_s"] for r in runs])),
+               s_per_accepted=s_per_accepted, seconds=round(seconds, 1), time_ratio=h.time_ratio(s_per_accepted),
+               reward_train_s=median(runs, "reward_train_s"),
                threshold_s=float(np.median([r["threshold"]["seconds"] for r in runs])),
                thresholds=[round(r["threshold"]["threshold"], 4) for r in runs])
     return out
@@ -236,14 +189,15 @@ def _name(cfg: BenchConfig, threshold, cap_factor) -> str:
     return f"reject_{cfg.name}{extra}"
 
 
-def _save_grid(out_dir, name, feature, baseline, jb, kept, judged) -> None:
+def _save_grid(out_dir, name, feature, baseline, jb, first) -> None:
     """Rows of 10: baseline, reject, guide, guide+reject (2 rows each; malign framed red)."""
     blocks, marks = [baseline[:20]], [is_malign(jb, feature)[:20]]
     for mode in MODES:
-        imgs = kept[mode][:20]
+        imgs, judged = first[mode]
+        imgs = imgs[:20]
         pad = 20 - len(imgs)
         blocks.append(np.concatenate([imgs, np.zeros((pad, *baseline.shape[1:]), np.uint8)]) if pad else imgs)
-        m = is_malign(judged[mode], feature)[:20] if judged[mode] is not None else np.zeros(0, bool)
+        m = is_malign(judged, feature)[:20] if judged is not None else np.zeros(0, bool)
         marks.append(np.concatenate([m, np.zeros(pad, bool)]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,18 +206,6 @@ def _save_grid(out_dir, name, feature, baseline, jb, kept, judged) -> None:
 
 def _per_kept(m: dict) -> str:
     return f"{m['drawn'] / m['kept']:.2f}×" if m["kept"] else "none kept"
-
-
-def _f(x, fmt="{:.2f}") -> str:
-    return "–" if x is None else fmt.format(x)
-
-
-def _tv(m: dict, b: dict) -> str:
-    """``tv (floor)`` of a mode; "n/a" for rows saved before tv was measured (or with nothing kept)."""
-    if m.get("tv") is None:
-        return "n/a"
-    floor = m.get("tv_floor", b.get("tv_floor"))
-    return f"{m['tv']:.3f}" + ("" if floor is None else f" ({floor:.3f})")
 
 
 def _floor(b: dict) -> str:
@@ -280,11 +222,11 @@ def markdown_table(result: dict, link: str | None = None) -> str:
              f"| baseline (unguided) | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] (n={b['n']}) | "
              f"{_floor(b)} | 1.00× | {b['confident']:.2f} | – | – | – | {b['s_per_image']:.3f} | – |"]
     for mode, m in result["modes"].items():
-        ci = (f"{_f(m['malign_pct'])} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})"
+        ci = (f"{fmt(m['malign_pct'], missing='–')} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})"
               if m["n"] else "– (none kept)")
-        lines.append(f"| {mode} | {ci} | {_tv(m, b)} | {_f(m['recall_ratio'], '{:.2f}×')} | {_f(m['confident'])} | "
+        lines.append(f"| {mode} | {ci} | {tv_cell(m, b)} | {fmt(m['recall_ratio'], '{:.2f}×', '–')} | {fmt(m['confident'], missing='–')} | "
                      f"{m['drawn']} / {m['kept']} ({_per_kept(m)}) | {m['dropped']} | "
-                     f"{m['capped_seeds']} | {_f(m['s_per_accepted'], '{:.3f}')} | "
+                     f"{m['capped_seeds']} | {fmt(m['s_per_accepted'], '{:.3f}', '–')} | "
                      f"{' / '.join(f'{t:.3f}' for t in m['thresholds']) if mode != 'guide' else '–'} |")
     m = result["modes"]["reject"]
     lines += ["", f"Reward training {m['reward_train_s']:.0f} s and threshold cross-fitting {m['threshold_s']:.0f} s "
@@ -316,14 +258,14 @@ def combined_table(results: list[dict], link: str = "bench") -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         b, c = r["baseline"], r["config"]
-        feat = f"[{c['feature']}]({link}/{r['name']}.png) ({c['seeds']} × {-(-c['n'] // c['seeds'])})"
+        feat = f"[{c['feature']}]({link}/{r['name']}.png) ({c['seeds']} × {seed_share(c['n'], c['seeds'])})"
         lines.append(f"| {feat} | baseline | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] "
                      f"(n={b['n']}) | {_floor(b)} | 1.00× | {b['confident']:.2f} | – | – | {b['s_per_image']:.3f} | "
                      f"{b['s_per_image']:.3f} |")
         for mode, m in r["modes"].items():
             ci = (f"{m['malign_pct']:.2f} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})" if m["n"]
                   else "– (none kept)")
-            lines.append(f"| | {mode} | {ci} | {_tv(m, b)} | {_f(m['recall_ratio'], '{:.2f}×')} | {_f(m['confident'])} | "
+            lines.append(f"| | {mode} | {ci} | {tv_cell(m, b)} | {fmt(m['recall_ratio'], '{:.2f}×', '–')} | {fmt(m['confident'], missing='–')} | "
                          f"{m['drawn']} / {m['kept']} ({_per_kept(m)}) | {m['capped_seeds']} | "
-                         f"{_f(m['s_per_accepted'], '{:.3f}')} | {_f(normalised_s_per_accepted(r, mode), '{:.3f}')} |")
+                         f"{fmt(m['s_per_accepted'], '{:.3f}', '–')} | {fmt(normalised_s_per_accepted(r, mode), '{:.3f}', '–')} |")
     return "\n".join(lines) + "\n"

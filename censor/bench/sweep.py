@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from censor.bench.censoring import BenchConfig, guidance_kwargs, machine, run_bench
+from censor.bench.censoring import BenchConfig, guidance_kwargs, run_bench
+from censor.bench.harness import machine
 from censor.core.settings import GuidanceSettings
 from censor.eval.features import load_features
 

@@ -12,10 +12,10 @@ cost either.
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
+from censor.bench.timing import interleaved
 from censor.core.errors import CensorError
 from censor.diffusion.denoisers import Conditioning
 from censor.diffusion.models import DiffusionModel
@@ -72,12 +72,13 @@ def _reward(kind: str, model: DiffusionModel) -> RewardEnsemble:
 
 
 def _guidance(mode: str, time_reward, clean_reward):
+    """The guidance a mode times (ω 1 and the default learning rate: neither changes the cost)."""
     if mode == "unguided":
         return None
     if mode == "time":
         return build_guidance(time_reward, "time", 1.0)
     backward = 3 if mode == "universal+backward" else 0
-    return build_guidance(clean_reward, "universal", 1.0, backward_steps=backward, backward_lr=0.01,
+    return build_guidance(clean_reward, "universal", 1.0, backward_steps=backward,
                           recurrence=1 if mode == "universal+recurrence" else 0)
 
 
@@ -94,21 +95,21 @@ def measure_throughput(model: DiffusionModel, n: int = 8, steps: int = 25, reps:
     time_reward = _reward("half-unet", model) if "time" in modes else None
     clean_reward = _reward("resnet18", model) if any(m.startswith("universal") for m in modes) else None
     seeds = seeds_for(n, 0)
-    seconds = {m: [] for m in modes}
     peak = {}
+
+    def run(m):
+        sample(model, seeds, steps=steps, guidance=_guidance(m, time_reward, clean_reward), batch_size=n)
+        if cuda:
+            torch.cuda.synchronize()
+            peak[m] = max(peak.get(m, 0), torch.cuda.max_memory_allocated())
+
+    def before():
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
     sample(model, seeds[:1], steps=2)  # warm-up: allocator, kernels, lazy imports
-    for r in range(reps):
-        for m in modes:
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            sample(model, seeds, steps=steps, guidance=_guidance(m, time_reward, clean_reward), batch_size=n)
-            if cuda:
-                torch.cuda.synchronize()
-                peak[m] = max(peak.get(m, 0), torch.cuda.max_memory_allocated())
-            seconds[m].append(time.perf_counter() - t0)
-            log(f"rep {r + 1}/{reps} {m}: {seconds[m][-1]:.2f}s")
+    seconds = interleaved({m: (lambda m=m: run(m)) for m in modes}, reps, log, before=before)
     med = {m: statistics.median(v) for m, v in seconds.items()}
     base = med.get("unguided")
     rows = [dict(mode=m, median_seconds=round(med[m], 3), images_per_second=round(n / med[m], 4),

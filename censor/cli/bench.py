@@ -1,49 +1,109 @@
-"""The benchmark commands of ``python -m censor``: each parses its options and calls one harness run."""
+"""The benchmark commands of ``python -m censor``: each parses its options and calls one harness run.
+
+A benchmark's options come from its config dataclass (``add_config_args``: the default, type and
+choices of each field) and the guidance knobs from ``core.settings`` (``add_settings_args``), so
+no default is restated here.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
-from censor.bench.censoring import BenchConfig
+from censor.bench.active import ActiveBenchConfig, run_active_bench
+from censor.bench.active_report import STRATEGIES, summarize
+from censor.bench.censoring import BenchConfig, collect, collect_labels_and_train, guidance_kwargs, markdown_rows, run_bench
+from censor.bench.fewshot import VARIANTS, run_fewshot, save
 from censor.bench.reject import markdown_table as reject_table
 from censor.bench.reject import run_reject_bench
 from censor.bench.sweep import run_sweep, summary_table, write_summary
-from censor.cli.args import add_guidance_args, add_model_args, guidance_from_args, positive_int
-from censor.core.data import DEFAULT_DATA_DIR
+from censor.bench.throughput import ARCHS, MODES, markdown, measure_throughput, random_arch
+from censor.bench.timing import time_guidance
+from censor.cli.args import (
+    add_guidance_args,
+    add_model_args,
+    add_settings_args,
+    guidance_from_args,
+    model_from_args,
+    positive_int,
+    runtime_from_args,
+)
+from censor.core.data import DEFAULT_DATA_DIR, load_watermarked
 from censor.core.errors import CensorError
-from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
-from censor.diffusion.models import EMBEDDED_MODEL_DIR
+from censor.core.settings import DEFAULT_GUIDANCE, ITERATIONS, METHODS, GuidanceSettings, RewardSettings
+from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
+from censor.diffusion.runtime import apply_runtime
 from censor.eval.features import load_features
+from censor.eval.oracle import load_oracle, load_reference
+from censor.labels.pool import load_pool
 from censor.sampling.rejection import DEFAULT_CAP_FACTOR, DEFAULT_FOLDS, DEFAULT_RECALL
+
+CACHE = "runs/bench_cache"  # the shared unguided baselines, draws and first-round rewards
+CHOICES = dict(method=METHODS, reward=RewardSettings.knobs()["kind"].choices, init=("random", "backbone", "imagenet"),
+               strategies=STRATEGIES)
+HELP = dict(
+    budget="images the labeller views per round", rounds="imitation rounds",
+    n="censored images in total, split evenly over the labelling seeds; the baseline has n",
+    flip_rate="share of labels the labeller gets wrong",
+    auto="automatic strength per reward (the studio's default), from --weight up",
+    weight=GuidanceSettings.knobs()["weight"].help, batch="labels added between rankings",
+    candidates="imitation: censored images per round",
+)
+BENCH_FIELDS = ("feature", "budget", "method", "reward", "members", "alpha", "iterations", "rounds", "n", "steps",
+                "seeds", "flip_rate", "init", "auto")
+
+
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def add_config_args(p: argparse.ArgumentParser, cls, names, helps: dict | None = None, **defaults) -> None:
+    """One ``--field-name`` option per named field of a benchmark's config dataclass: its default
+    (or the one given), whole numbers as positive counts, a flag for a bool, choices from ``CHOICES``."""
+    by_name = {f.name: f for f in fields(cls)}
+    for name in names:
+        default = defaults.get(name, _default(by_name[name]))
+        flag, help_ = "--" + name.replace("_", "-"), {**HELP, **(helps or {})}.get(name)
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=name, action="store_true", default=default, help=help_)
+        elif isinstance(default, (tuple, list)):
+            p.add_argument(flag, dest=name, nargs="+", default=list(default), help=help_,
+                           type=positive_int if all(isinstance(x, int) for x in default) else str,
+                           choices=CHOICES.get(name))
+        else:
+            kind = positive_int if isinstance(default, int) else float if isinstance(default, float) else str
+            p.add_argument(flag, dest=name, type=kind, default=default, choices=CHOICES.get(name), help=help_)
+
+
+def config_from_args(cls, a, names, **extra):
+    return cls(**{name: getattr(a, name) for name in names}, **extra)
+
+
+def _inputs(a):
+    """The model, oracle, pool and reference every benchmark judges with."""
+    model = load_diffusion(a.model)
+    return model, load_oracle(), load_pool(model_dir=a.model), load_reference()
+
+
+def _paths(p: argparse.ArgumentParser, out: str, cache: bool = True) -> None:
+    p.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    p.add_argument("--out", default=out, help="folder for the JSON, markdown and grids")
+    if cache:
+        p.add_argument("--cache", default=CACHE, help="where the shared unguided baseline is kept")
 
 
 def cmd_bench(a) -> None:
-    from censor.bench.censoring import BenchConfig, guidance_kwargs, run_bench
-    from censor.diffusion.models import load_diffusion
-    from censor.eval.oracle import load_oracle, load_reference
-    from censor.labels.pool import load_pool
-
-    cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, reward=a.reward, members=a.members,
-                      alpha=a.alpha, iterations=a.iterations, rounds=a.rounds, n=a.n, steps=a.steps, seeds=a.seeds,
-                      flip_rate=a.flip_rate, init=a.init, auto=a.auto, **guidance_kwargs(guidance_from_args(a)))
-    model = load_diffusion(a.model)
-    result = run_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
-                       cache_dir=a.cache)
-    from censor.bench.censoring import markdown_rows
-
+    cfg = config_from_args(BenchConfig, a, BENCH_FIELDS, **guidance_kwargs(guidance_from_args(a)))
+    result = run_bench(cfg, *_inputs(a), out_dir=a.out, cache_dir=a.cache)
     print(markdown_rows([result]))
 
 
 def cmd_bench_timing(a) -> None:
-    from censor.bench.censoring import BenchConfig, collect_labels_and_train, time_guidance
-    from censor.diffusion.models import load_diffusion
-    from censor.eval.oracle import load_oracle
-    from censor.labels.pool import load_pool
-
     model = load_diffusion(a.model)
     cfg = BenchConfig(feature=a.feature, budget=a.budget, steps=a.steps, seeds=1)
-    reward, _, _ = collect_labels_and_train(cfg, model, load_oracle(), load_pool(model_dir=a.model), seed=0)
+    reward = collect_labels_and_train(cfg, model, load_oracle(), load_pool(model_dir=a.model), seed=0).reward
     if reward is None:
         raise CensorError(f"the {a.budget} viewed images hold one class only; raise --budget")
     result = time_guidance(model, reward, n=a.n, steps=a.steps, reps=a.reps,
@@ -58,8 +118,6 @@ def cmd_bench_timing(a) -> None:
 
 
 def cmd_bench_table(a) -> None:
-    from censor.bench.censoring import collect, markdown_rows
-
     rows = collect(a.out)
     if not rows:
         raise CensorError(f"no bench results (*.json) in {a.out}")
@@ -67,12 +125,6 @@ def cmd_bench_table(a) -> None:
 
 
 def cmd_fewshot(a) -> None:
-    from censor.bench.fewshot import VARIANTS, run_fewshot, save
-    from censor.core.data import load_watermarked
-    from censor.diffusion.models import load_diffusion
-    from censor.eval.oracle import load_oracle
-    from censor.labels.pool import load_pool
-
     test = load_watermarked("test", a.data)  # real images with known truth; the oracle only labels the pool
     variants = [v for v in VARIANTS if f"{v[0]}/{v[1]}" in a.variants] if a.variants else VARIANTS
     model = load_diffusion(a.model)
@@ -82,34 +134,21 @@ def cmd_fewshot(a) -> None:
     print(save(rows, a.feature, a.out).read_text(), end="")
 
 
-def cmd_bench_active(a) -> None:
-    from censor.bench.active import ActiveBenchConfig, run_active_bench, summarize
+ACTIVE_FIELDS = ("features", "strategies", "seeds", "budgets", "batch", "n", "steps", "weight", "candidates",
+                 "iterations")
 
+
+def cmd_bench_active(a) -> None:
     if a.summary:
         summarize(a.out)
         return
-    from censor.diffusion.models import load_diffusion
-    from censor.eval.oracle import load_oracle, load_reference
-    from censor.labels.pool import load_pool
-
-    cfg = ActiveBenchConfig(features=tuple(a.features), strategies=tuple(a.strategies), seeds=a.seeds,
-                            budgets=tuple(a.budgets), batch=a.batch, n=a.n, steps=a.steps, weight=a.weight,
-                            candidates=a.candidates, iterations=a.iterations,
-                            weights=dict(ActiveBenchConfig().weights, malign=a.malign_weight))
-    model = load_diffusion(a.model)
-    run_active_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
-                     cache_dir=a.cache)
+    cfg = config_from_args(ActiveBenchConfig, a, ACTIVE_FIELDS,
+                           weights=dict(ActiveBenchConfig().weights, malign=a.malign_weight))
+    run_active_bench(cfg, *_inputs(a), out_dir=a.out, cache_dir=a.cache)
 
 
 def cmd_bench_throughput(a) -> None:
-    from censor.bench.throughput import markdown, measure_throughput, random_arch
-    from censor.cli.args import model_from_args, runtime_from_args
-    from censor.diffusion.runtime import apply_runtime
-
-    if a.arch:
-        model = apply_runtime(random_arch(a.arch), runtime_from_args(a))
-    else:
-        model = model_from_args(a)
+    model = apply_runtime(random_arch(a.arch), runtime_from_args(a)) if a.arch else model_from_args(a)
     result = measure_throughput(model, n=a.n, steps=a.steps, reps=a.reps, modes=a.modes.split(","))
     text = markdown(result)
     print(text)
@@ -123,37 +162,20 @@ def cmd_bench_throughput(a) -> None:
 
 def register_bench(sub) -> None:
     b = sub.add_parser("bench", help="censoring benchmark with the simulated labeller and the oracle")
-    b.add_argument("--feature", default="watermark")
-    b.add_argument("--budget", type=positive_int, default=100, help="images the labeller views per round")
-    b.add_argument("--method", default="ensemble", choices=["single", "union", "ensemble", "imitation"])
-    b.add_argument("--reward", default=None, choices=["ddpm-encoder", "half-unet", "resnet18"])
-    b.add_argument("--members", type=positive_int, default=MEMBERS)
-    b.add_argument("--alpha", type=float, default=ALPHA)
-    b.add_argument("--iterations", type=positive_int, default=ITERATIONS)
+    add_config_args(b, BenchConfig, BENCH_FIELDS)
     add_guidance_args(b)
-    b.add_argument("--auto", action="store_true", help="automatic strength per reward (the studio's default), from --weight up")
-    b.add_argument("--rounds", type=positive_int, default=3, help="imitation rounds")
-    b.add_argument("--n", type=positive_int, default=1000,
-                   help="censored images in total, split evenly over the labelling seeds; the baseline has n")
-    b.add_argument("--steps", type=positive_int, default=50)
-    b.add_argument("--seeds", type=positive_int, default=3)
-    b.add_argument("--flip-rate", type=float, default=0.0, help="share of labels the labeller gets wrong")
-    b.add_argument("--init", default="random", choices=["random", "backbone", "imagenet"])
-    b.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
-    b.add_argument("--out", default="docs/bench", help="folder for the JSON, markdown and grid")
-    b.add_argument("--cache", default="runs/bench_cache", help="where the shared unguided baseline is kept")
+    _paths(b, "docs/bench")
     b.set_defaults(fn=cmd_bench)
 
     f = sub.add_parser("fewshot", help="few-shot accuracy of each reward kind and initialisation")
     f.add_argument("--feature", default="bags")
     f.add_argument("--budget", type=positive_int, default=100)
-    f.add_argument("--iterations", type=positive_int, default=300)
+    f.add_argument("--iterations", type=positive_int, default=ITERATIONS)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--test", type=positive_int, default=2000, help="real test images to score on")
     f.add_argument("--variants", nargs="*", default=None, help="e.g. ddpm-encoder/random resnet18/backbone")
     f.add_argument("--data", default=str(DEFAULT_DATA_DIR))
-    f.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
-    f.add_argument("--out", default="docs/bench")
+    _paths(f, "docs/bench", cache=False)
     f.set_defaults(fn=cmd_fewshot)
 
     g = sub.add_parser("bench-timing", help="wall time of time guidance vs unguided sampling, interleaved reps")
@@ -171,12 +193,12 @@ def register_bench(sub) -> None:
 
     tp = sub.add_parser("bench-throughput", help="images/s and peak GPU memory, unguided vs each guidance kind")
     add_model_args(tp)
-    tp.add_argument("--arch", default=None, choices=["ddpm-256", "dit-xl-2-256", "sd15-unet"],
+    tp.add_argument("--arch", default=None, choices=ARCHS,
                     help="a random model with this hub architecture instead of --model (cost does not depend on weights)")
     tp.add_argument("--n", type=positive_int, default=8)
     tp.add_argument("--steps", type=positive_int, default=25)
     tp.add_argument("--reps", type=positive_int, default=3)
-    tp.add_argument("--modes", default="unguided,time,universal,universal+backward,universal+recurrence")
+    tp.add_argument("--modes", default=",".join(MODES))
     tp.add_argument("--out", default=None, help="JSON path (a .md beside it)")
     tp.set_defaults(fn=cmd_bench_throughput)
 
@@ -189,117 +211,66 @@ def register_bench(sub) -> None:
     add_sweep_parser(sub)
 
     ab = sub.add_parser("bench-active", help="active vs random labelling: labels needed to reach <= 1%% malign")
-    ab.add_argument("--features", nargs="+", default=["bags", "watermark", "not-footwear"])
-    ab.add_argument("--strategies", nargs="+", default=["random", "active"], choices=["random", "active"])
-    ab.add_argument("--seeds", type=positive_int, default=3)
-    ab.add_argument("--budgets", type=positive_int, nargs="+", default=[20, 40, 60, 100])
-    ab.add_argument("--batch", type=positive_int, default=20, help="labels added between rankings")
-    ab.add_argument("--n", type=positive_int, default=300, help="censored images judged per budget")
-    ab.add_argument("--steps", type=positive_int, default=25)
-    ab.add_argument("--weight", type=float, default=DEFAULT_GUIDANCE.weight, help="ω of the default guidance (censor/defaults.py)")
-    ab.add_argument("--candidates", type=positive_int, default=60, help="imitation: censored images per round")
-    ab.add_argument("--iterations", type=positive_int, default=300, help="reward training iterations per member")
-    ab.add_argument("--malign-weight", type=float, default=1.0,
+    add_config_args(ab, ActiveBenchConfig, ACTIVE_FIELDS, helps=dict(n="censored images judged per budget"))
+    ab.add_argument("--malign-weight", type=float, default=ActiveBenchConfig().weights["malign"],
                     help="weight of the ranking's likely-malign term (0: uncertainty, disagreement and coverage "
                          "only, as in the first issue-8 runs)")
-    ab.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
-    ab.add_argument("--out", default="docs/bench/active")
-    ab.add_argument("--cache", default="runs/bench_cache")
+    _paths(ab, "docs/bench/active")
     ab.add_argument("--summary", action="store_true", help="only rebuild the table and plot from saved cells")
     ab.set_defaults(fn=cmd_bench_active)
 
 
-def add_reject_parser(sub) -> None:
-    from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
-    from censor.diffusion.models import EMBEDDED_MODEL_DIR
+REJECT_FIELDS = ("feature", "budget", "method", "members", "alpha", "iterations", "rounds", "n", "steps", "seeds")
 
+
+def add_reject_parser(sub) -> None:
     r = sub.add_parser("bench-reject", help="rejection vs guidance vs guidance + rejection on the same reward")
-    r.add_argument("--feature", default="bags")
-    r.add_argument("--budget", type=positive_int, default=100)
-    r.add_argument("--method", default="ensemble", choices=["single", "union", "ensemble", "imitation"])
-    r.add_argument("--members", type=positive_int, default=MEMBERS)
-    r.add_argument("--weight", type=float, default=DEFAULT_GUIDANCE.weight, help="ω of the default guidance (defaults.py)")
-    r.add_argument("--alpha", type=float, default=ALPHA)
-    r.add_argument("--iterations", type=positive_int, default=ITERATIONS)
-    r.add_argument("--every", type=positive_int, default=1)
-    r.add_argument("--rounds", type=positive_int, default=3, help="imitation rounds")
-    r.add_argument("--n", type=positive_int, default=1000, help="gallery images in total over the labelling seeds")
-    r.add_argument("--steps", type=positive_int, default=25)
-    r.add_argument("--seeds", type=positive_int, default=3)
-    r.add_argument("--threshold", type=float, default=None,
+    add_config_args(r, BenchConfig, REJECT_FIELDS, helps=dict(n="gallery images in total over the labelling seeds"),
+                    feature="bags", steps=25)
+    # every guidance knob but the hinge threshold: --threshold is the rejection threshold here
+    add_settings_args(r, GuidanceSettings, "guidance", rename={"kind": "--guidance"}, skip=("threshold",),
+                      defaults=replace(DEFAULT_GUIDANCE, kind=None))
+    r.add_argument("--threshold", dest="reject_threshold", type=float, default=None,
                    help="keep images with P(benign) above this (default: cross-fitted, held-out malign recall >= --recall)")
     r.add_argument("--recall", type=float, default=DEFAULT_RECALL)
     r.add_argument("--folds", type=positive_int, default=DEFAULT_FOLDS)
     r.add_argument("--cap-factor", type=float, default=DEFAULT_CAP_FACTOR, help="cap on draws, x the requested count")
-    r.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
-    r.add_argument("--out", default="docs/bench")
-    r.add_argument("--cache", default="runs/bench_cache")
+    _paths(r, "docs/bench")
     r.set_defaults(fn=cmd_bench_reject)
 
 
 def cmd_bench_reject(a) -> None:
-    from censor.diffusion.models import load_diffusion
-    from censor.eval.oracle import load_oracle, load_reference
-    from censor.labels.pool import load_pool
-
     if a.cap_factor < 1:
         raise CensorError("--cap-factor must be >= 1")
-    cfg = BenchConfig(feature=a.feature, budget=a.budget, method=a.method, members=a.members, weight=a.weight,
-                      alpha=a.alpha, iterations=a.iterations, every=a.every, rounds=a.rounds, n=a.n, steps=a.steps,
-                      seeds=a.seeds)
-    model = load_diffusion(a.model)
-    result = run_reject_bench(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(),
-                              out_dir=a.out, cache_dir=a.cache, threshold=a.threshold, recall=a.recall,
-                              folds=a.folds, cap_factor=a.cap_factor)
+    cfg = config_from_args(BenchConfig, a, REJECT_FIELDS, **guidance_kwargs(guidance_from_args(a)))
+    result = run_reject_bench(cfg, *_inputs(a), out_dir=a.out, cache_dir=a.cache, threshold=a.reject_threshold,
+                              recall=a.recall, folds=a.folds, cap_factor=a.cap_factor)
     print(reject_table(result, link="bench"), end="")
 
 
-def add_sweep_parser(sub) -> None:
-    from censor.cli.args import add_guidance_args, positive_int
-    from censor.core.settings import ALPHA, ITERATIONS, MEMBERS
-    from censor.diffusion.models import EMBEDDED_MODEL_DIR
+SWEEP_FIELDS = ("budget", "members", "alpha", "iterations", "rounds", "n", "steps", "seeds")
 
+
+def add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="one set of guidance settings on every feature: one summary table")
     p.add_argument("--features", nargs="+", default=None, help="default: every feature in censor/features.json")
-    p.add_argument("--budget", type=positive_int, default=100)
-    p.add_argument("--members", type=positive_int, default=MEMBERS)
-    p.add_argument("--alpha", type=float, default=ALPHA)
-    p.add_argument("--iterations", type=positive_int, default=ITERATIONS)
-    p.add_argument("--rounds", type=positive_int, default=3, help="imitation rounds (malign-dominant features)")
-    p.add_argument("--n", type=positive_int, default=1000)
-    p.add_argument("--steps", type=positive_int, default=25)
-    p.add_argument("--seeds", type=positive_int, default=3)
-    p.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
-    p.add_argument("--out", default="docs/bench/sweep")
-    p.add_argument("--cache", default="runs/bench_cache")
+    add_config_args(p, BenchConfig, SWEEP_FIELDS, steps=25)
+    _paths(p, "docs/bench/sweep")
     p.add_argument("--summary", action="store_true", help="only rebuild summary.md from the saved rows")
     add_guidance_args(p)
-    p.add_argument("--auto", action="store_true", help="automatic strength per reward (the studio's default)")
+    add_config_args(p, BenchConfig, ("auto",))
     p.set_defaults(fn=cmd_sweep)
 
 
 def cmd_sweep(a) -> None:
-    from censor.cli.args import guidance_from_args
-    from censor.diffusion.models import load_diffusion
-    from censor.eval.oracle import load_oracle, load_reference
-    from censor.labels.pool import load_pool
-
     out = Path(a.out)
     if a.summary:
-        from censor.bench.censoring import collect
-
-        results = collect(out)
-        write_summary(results, out)
+        write_summary(collect(out), out)
         print((out / "summary.md").read_text())
         return
     for f in a.features or []:
         if f not in load_features():
-            from censor.core.errors import CensorError
-
             raise CensorError(f"unknown feature {f!r}; known: {', '.join(load_features())}")
-    base = BenchConfig(budget=a.budget, members=a.members, alpha=a.alpha, iterations=a.iterations, rounds=a.rounds,
-                       n=a.n, steps=a.steps, seeds=a.seeds, auto=a.auto)
-    model = load_diffusion(a.model)
-    results = run_sweep(guidance_from_args(a), model, load_oracle(), load_pool(model_dir=a.model), load_reference(),
-                        out, base, a.features, cache_dir=a.cache)
+    base = config_from_args(BenchConfig, a, SWEEP_FIELDS + ("auto",))
+    results = run_sweep(guidance_from_args(a), *_inputs(a), out, base, a.features, cache_dir=a.cache)
     print(summary_table(results))
