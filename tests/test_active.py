@@ -6,8 +6,8 @@ import torch
 
 from censor.bench.active_report import labels_to_target, summary_table
 from censor.core.errors import CensorError
-from censor.labels.ranking import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
 from censor.labels.pool import Pool
+from censor.labels.ranking import ActiveWeights, EncoderFeatures, informativeness, member_probs, rank
 from censor.studio.core import PAGE_SIZE, Studio
 
 

@@ -7,8 +7,15 @@ import torch
 
 from censor.core.errors import CensorError
 from censor.diffusion.models import build_scheduler
-from censor.diffusion.steps import (ddim_step, eps_from_x0, make_scheduler, renoise, step_alphas, step_stride,
-                                    x0_from_eps)
+from censor.diffusion.steps import (
+    ddim_step,
+    eps_from_x0,
+    make_scheduler,
+    renoise,
+    step_alphas,
+    step_stride,
+    x0_from_eps,
+)
 from censor.sampling.guidance import Guidance, build_guidance
 from censor.sampling.loop import sample, seeds_for
 from censor.sampling.pieces import BackwardGuidance, StepContext, TimeGuidance, UniversalGuidance, shift_eps

@@ -42,12 +42,13 @@ from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
 from censor.eval.features import feature_spec
-from censor.labels.active import ActiveWeights, EncoderFeatures, member_probs, rank
 from censor.labels.imitation import imitation_round
 from censor.labels.labeller import SimulatedLabeller
+from censor.labels.ranking import ActiveWeights, EncoderFeatures, member_probs, rank
 from censor.rewards.training import train_reward
 from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample
+
 
 @dataclass
 class ActiveBenchConfig:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from censor.bench.active import ActiveBenchConfig, run_active_bench
 from censor.bench.active_report import STRATEGIES, summarize
-from censor.bench.censoring import BenchConfig, collect, collect_labels_and_train, guidance_kwargs, markdown_rows, run_bench
+from censor.bench.censoring import (
+    BenchConfig,
+    collect,
+    collect_labels_and_train,
+    guidance_kwargs,
+    markdown_rows,
+    run_bench,
+)
 from censor.bench.fewshot import VARIANTS, run_fewshot, save
 from censor.bench.reject import markdown_table as reject_table
 from censor.bench.reject import run_reject_bench

@@ -16,8 +16,18 @@ from PIL import Image
 
 from censor.diffusion.models import DiffusionModel
 from censor.studio import training
-from censor.studio.common import (LIMITS, MAX_GALLERY, MAX_TRAIN_LABELS, PAGE_SIZE, POOL_PER_SESSION, check_range,
-                                  conditioning_info, display, png_data_uri, reported)
+from censor.studio.common import (
+    LIMITS,
+    MAX_GALLERY,
+    MAX_TRAIN_LABELS,
+    PAGE_SIZE,
+    POOL_PER_SESSION,
+    check_range,
+    conditioning_info,
+    display,
+    png_data_uri,
+    reported,
+)
 from censor.studio.galleries import Galleries
 from censor.studio.labelling import Labelling
 from censor.studio.manifest import check_guidance_extras, guidance_from_settings, guidance_settings_dict

@@ -14,8 +14,15 @@ import numpy as np
 
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
-from censor.gallery.bundles import (read_gallery_bundle, read_json, read_png, read_session_bundle, sha256,
-                                    write_gallery_bundle, write_session_bundle)
+from censor.gallery.bundles import (
+    read_gallery_bundle,
+    read_json,
+    read_png,
+    read_session_bundle,
+    sha256,
+    write_gallery_bundle,
+    write_session_bundle,
+)
 from censor.gallery.grid import grid
 from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.sampling.loop import sample
