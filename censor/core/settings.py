@@ -21,7 +21,11 @@ from censor.core.errors import CensorError
 GUIDANCE_KINDS = ("time", "universal", "manifold", "particles")
 COMBINES = ("sum", "mean", "min", "mean-std")
 HINGE_QUANTILES = (0.05, 0.1, 0.2, 0.5)  # the quantiles a reward's benign-score table holds
-METHODS = ("single", "union", "ensemble", "imitation")  # how labels become a reward (README, "Methods")
+# How labels become a reward. "ensemble": K bootstrap members; "imitation": an ensemble grown over
+# rounds of labelled censored galleries; "union": one model on all labels. "single" is one model on
+# all labels in the studio, but ONE BOOTSTRAP MEMBER in the benchmarks (bench.censoring.train_for_method),
+# so that bench rows single vs ensemble measure what the other K-1 members add.
+METHODS = ("single", "union", "ensemble", "imitation")
 
 
 @dataclass(frozen=True)
