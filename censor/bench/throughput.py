@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 
 import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
 
 from censor.bench.timing import interleaved
 from censor.core.errors import CensorError
@@ -28,15 +29,11 @@ MODES = ("unguided", "time", "universal", "universal+backward", "universal+recur
 
 
 def _sched(**kw):
-    from diffusers import DDPMScheduler
-
     return DDPMScheduler(num_train_timesteps=1000, **kw)
 
 
 def random_arch(name: str) -> DiffusionModel:
     """A model with the published architecture of a hub checkpoint and random weights."""
-    from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
-
     if name == "ddpm-256":  # google/ddpm-church-256 / ddpm-bedroom-256 (113.7M parameters)
         unet = UNet2DModel(sample_size=256, in_channels=3, out_channels=3, layers_per_block=2,
                            block_out_channels=(128, 128, 256, 256, 512, 512),

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers.utils import logging as dlog
+from huggingface_hub import constants
 
 from censor.core.errors import CensorError
 from censor.diffusion.denoisers import Conditioning, network_kind
@@ -31,15 +33,12 @@ def _first_line(e: Exception) -> str:
 
 
 def hub_offline() -> bool:
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
 def load_pipeline(source: str):
     """``DiffusionPipeline.from_pretrained`` on a folder or hub id; any failure is one ``CensorError``."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
+    from transformers.utils import logging as tlog  # transformers costs ~2 s: only hub pipelines need it
 
     # per-component loading bars and config type notes are noise here; restored afterwards
     saved = [(m, m.is_progress_bar_enabled(), m.get_verbosity()) for m in (dlog, tlog)]
@@ -56,8 +55,6 @@ def load_pipeline(source: str):
 
 
 def _load_pipeline(source: str):
-    from diffusers import DiffusionPipeline
-
     local = Path(source).expanduser()
     kwargs = dict(use_safetensors=True)
     if local.is_dir():
