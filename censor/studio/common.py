@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import base64
 import functools
+import html
 import io
 import logging
+import re
+import string
 
 import numpy as np
 from PIL import Image
@@ -22,6 +25,32 @@ POOL_PER_SESSION = 200
 LIMITS = STUDIO_LIMITS  # server-side bounds of every number a person sets; the UI's sliders read the same
 # Reward training keeps encoder features of every label (~0.4 MB each), so the label count is bounded too.
 MAX_TRAIN_LABELS = 1000
+# A shared public Space: one heavy job (training, a gallery, a reproduction, a comparison) per browser at
+# a time, each stopped after JOB_TIME_LIMIT_S; a queued job that never started stops counting after
+# QUEUED_EXPIRY_S (its browser went away and Gradio dropped it).
+JOBS_PER_CLIENT = 1
+JOB_TIME_LIMIT_S = 15 * 60
+QUEUED_EXPIRY_S = 120
+# Gradio's uploads and outputs in its cache: swept every hour, deleted once a day old (Blocks(delete_cache=))
+DELETE_CACHE = (3600, 86400)
+# The key that signs each browser's stored session id: $CENSOR_SECRET on a Space, else made once in the data folder
+SECRET_ENV, SECRET_FILE, MIN_SECRET_CHARS = "CENSOR_SECRET", "browser_secret", 16
+MAX_TEXT = 200  # the longest string an uploaded manifest may hold in any field
+SHOWN_VALUE = 40  # how much of a refused value a message echoes (escaped)
+_MARKDOWN = str.maketrans({c: "\\" + c for c in string.punctuation if c not in "&<>;"})
+
+
+def inert(text) -> str:
+    """``text`` as literal characters in Markdown and HTML: no link, heading, tag or autolink can form."""
+    flat = " ".join(str(text).split())
+    return html.escape(flat, quote=False).translate(_MARKDOWN)
+
+
+def shown(value) -> str:
+    """A refused value as a message (a toast, a Markdown line) may quote it: short, letters, digits and
+    ``.+-`` only, so it reads the same and forms nothing in any renderer."""
+    r = re.sub(r"[^\w .+-]", "?", repr(value))
+    return r if len(r) <= SHOWN_VALUE else r[:SHOWN_VALUE] + "…"
 
 
 def check_range(name: str, value: float, bounds: tuple | None = None) -> float:
@@ -30,7 +59,7 @@ def check_range(name: str, value: float, bounds: tuple | None = None) -> float:
     # not a number (None, a string from a hand-made request or a manifest), NaN or inf: refused
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not lo <= value <= hi:
-        raise CensorError(f"{name} must be between {lo} and {hi}, got {value!r}")
+        raise CensorError(f"{name} must be between {lo} and {hi}, got {shown(value)}")
     return value
 
 

@@ -1,4 +1,5 @@
-"""A gallery's guidance settings as its result and its bundle's manifest store them, and back.
+"""A gallery's guidance settings as its result and its bundle's manifest store them, and back; and the
+check of an uploaded manifest, field by field, before any of it is used or shown.
 
 The manifest names two fields differently from ``GuidanceSettings`` (``guidance`` for ``kind``,
 ``backward`` for ``backward_steps``); every other field keeps its name.
@@ -6,8 +7,20 @@ The manifest names two fields differently from ``GuidanceSettings`` (``guidance`
 
 from __future__ import annotations
 
+import math
+import re
+
+from censor.core.errors import CensorError
 from censor.core.settings import GuidanceSettings
 from censor.sampling.guidance import Guidance, guidance_for
+from censor.studio.common import MAX_TEXT, check_range, shown
+
+WHERE = "manifest.json: "
+_SLIDERS = {"weight": float, "backward": int, "recurrence": int, "steps": int, "count": int, "seed": int}
+_RESULT = {"method", "eta", "adapter", "auto", "strict"}  # what a render adds to the guidance fields
+_TOP = {"model", "model_fingerprint", "conditioning", "settings", "seeds", "labels", "reward_info", "image_size",
+        "reward_sha256", "versions", "images"}
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def guidance_settings_dict(g: GuidanceSettings) -> dict:
@@ -30,9 +43,105 @@ def check_guidance_extras(settings: dict) -> None:
     knobs = GuidanceSettings.knobs()
     for name in knobs.keys() - {"kind", "weight", "backward_steps", "recurrence"}:
         if name in settings:
-            knobs[name].check(name, settings[name], "manifest.json: ")
+            _knob(name, settings[name])
 
 
 def settings_guidance(reward, settings: dict) -> Guidance:
     """The guidance a gallery's stored settings describe, for ``reward``: what renders and reproduces it."""
     return guidance_for(reward, guidance_from_settings(settings))
+
+
+def _refuse(what: str) -> CensorError:
+    return CensorError(WHERE + what)
+
+
+def _plain(v, depth: int = 0) -> None:
+    """Plain, bounded JSON all the way down: finite numbers, strings of at most MAX_TEXT characters,
+    short lists and objects, a few levels deep (a manifest is metadata, not a payload)."""
+    if v is None or isinstance(v, (bool, int)):
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise _refuse("numbers must be finite")
+        return
+    if isinstance(v, str):
+        if len(v) > MAX_TEXT:
+            raise _refuse(f"text fields hold at most {MAX_TEXT} characters")
+        return
+    if depth >= 6 or not isinstance(v, (list, dict)) or len(v) > 256:
+        raise _refuse("holds a value nested too deep or too large")
+    for k, x in (v.items() if isinstance(v, dict) else enumerate(v)):
+        if isinstance(v, dict) and (not isinstance(k, str) or len(k) > 40):
+            raise _refuse("field names are short text")
+        _plain(x, depth + 1)
+
+
+def _knob(name: str, v) -> None:
+    """One guidance field against its knob, the refusal naming the field but never echoing the value."""
+    try:
+        GuidanceSettings.knobs()[name].check(name, v, WHERE)
+    except CensorError as e:
+        raise CensorError(str(e).split(", got ", 1)[0]) from None
+
+
+def check_settings(settings) -> None:
+    """Every field of a manifest's ``settings``: its exact type and range, and no field we do not know."""
+    if not isinstance(settings, dict) or settings.get("guidance") not in ("time", "universal"):
+        raise _refuse("settings need a guidance of 'time' or 'universal'")
+    for name, kind in _SLIDERS.items():  # the UI's sliders and boxes: the same bounds as a person's numbers
+        check_range(name, settings.get(name))
+        if kind is int and type(settings[name]) is not int:
+            raise _refuse(f"{name} must be a whole number")
+    check_guidance_extras(settings)
+    known = {"guidance", "backward"} | set(_SLIDERS) | _RESULT | set(GuidanceSettings.knobs())
+    unknown = sorted(set(settings) - known - {"kind", "backward_steps"}) + [k for k in ("kind", "backward_steps")
+                                                                            if k in settings]
+    if unknown:
+        raise _refuse(f"settings has an unknown field {shown(unknown[0])}")
+    if settings.get("method", "ddim") != "ddim":
+        raise _refuse("settings.method must be 'ddim'")
+    eta = settings.get("eta", 0.0)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta != 0:
+        raise _refuse("settings.eta must be 0 (DDIM)")
+    if settings.get("adapter") is not None:
+        raise _refuse("a gallery from a fine-tuned adapter cannot be reproduced here")
+    auto, strict = settings.get("auto"), settings.get("strict")
+    if auto is not None:
+        if not isinstance(auto, dict) or not isinstance(auto.get("reason", ""), str) \
+                or not isinstance(auto.get("trace", []), list):
+            raise _refuse("settings.auto must be null or {weight, reason, trace}")
+        check_range("weight", auto.get("weight"))
+    if strict is not None:
+        if not isinstance(strict, dict) or not isinstance(strict.get("source"), str):
+            raise _refuse("settings.strict must be null or {threshold, source, requested}")
+        check_range("strict threshold", strict.get("threshold"), (0.0, 1.0))
+        check_range("count", strict.get("requested"))
+    _plain(settings)
+
+
+def check_manifest(m: dict) -> None:
+    """An uploaded (or stored) gallery manifest, every field: what it may hold, before anything uses or shows it."""
+    unknown = sorted(set(m) - _TOP)
+    if unknown:
+        raise _refuse(f"unknown field {shown(unknown[0])}")
+    check_settings(m.get("settings"))
+    if not isinstance(m.get("reward_sha256"), str) or not _HEX64.match(m["reward_sha256"]):
+        raise _refuse("reward_sha256 must be 64 hexadecimal digits")
+    for name in ("model", "model_fingerprint"):
+        if not isinstance(m.get(name, ""), str):
+            raise _refuse(f"{name} must be text")
+    c = m.get("conditioning")
+    if c is not None and (not isinstance(c, dict) or set(c) != {"kind", "label", "scale"}
+                          or not isinstance(c["kind"], str) or not isinstance(c["label"], (str, int))
+                          or not (c["scale"] is None or isinstance(c["scale"], (int, float)))):
+        raise _refuse("conditioning must be null or {kind, label, scale}")
+    labels = m.get("labels", {})
+    if not isinstance(labels, dict) or any(type(v) is not int or v < 0 for v in labels.values()) \
+            or not set(labels) <= {"viewed", "malign", "benign", "unsure"}:
+        raise _refuse("labels must map viewed, malign, benign and unsure to counts")
+    for name in ("reward_info", "versions", "images"):
+        if not isinstance(m.get(name, {}), dict):
+            raise _refuse(f"{name} must be an object")
+    if any(not isinstance(v, str) for v in m.get("versions", {}).values()):
+        raise _refuse("versions must map names to version text")
+    _plain(m)

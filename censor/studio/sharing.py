@@ -3,6 +3,7 @@ permalinks to imported galleries. The zip formats and their checks are ``censor.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -26,11 +27,12 @@ from censor.gallery.bundles import (
 from censor.gallery.grid import grid
 from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.sampling.loop import sample
-from censor.studio.common import check_range, conditioning_info
-from censor.studio.manifest import check_guidance_extras, settings_guidance
+from censor.studio.common import conditioning_info, inert, shown
+from censor.studio.manifest import check_manifest, settings_guidance
 from censor.studio.resources import Resources
 
 PERMALINK = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
+VERIFIED = "reproduced.json"  # written by us after an import: which uploaded images this server reproduced
 
 
 class Sharing:
@@ -74,7 +76,9 @@ class Sharing:
         try:
             b = read_gallery_bundle(path, dest, image_size=tuple(self.res.model.image_shape[1:]))
             b["token"] = token
-            return self.reproduce(b, progress)
+            r = self.reproduce(b, progress)
+            (dest / VERIFIED).write_text(json.dumps(dict(identical=r["same"], max_pixel_diff=r["max_pixel_diff"])))
+            return r
         except Exception:  # a refused bundle leaves nothing on the (persistent) disk
             shutil.rmtree(dest, ignore_errors=True)
             raise
@@ -83,18 +87,13 @@ class Sharing:
         """Sample an unpacked bundle's seeds again with its settings and reward; compare with its images."""
         model = self.res.model
         m = bundle["manifest"]
+        check_manifest(m)  # every field, before anything reads or shows one
         if m.get("model_fingerprint") != model_fingerprint(model.unet):
             raise CensorError("this bundle was made with another diffusion model than the one loaded here")
         if m.get("conditioning") != conditioning_info(model):
-            raise CensorError(f"this bundle was sampled with {m.get('conditioning') or 'no prompt or class'}; this studio "
-                              f"samples with {conditioning_info(model) or 'no prompt or class'}")
+            raise CensorError(f"this bundle was sampled with {shown(m.get('conditioning') or 'no prompt or class')}; "
+                              f"this studio samples with {conditioning_info(model) or 'no prompt or class'}")
         settings = m["settings"]
-        # every number in the uploader's manifest is held to the same bounds as the UI's
-        if not isinstance(settings, dict) or settings.get("guidance") not in ("time", "universal"):
-            raise CensorError("manifest.json: settings need a guidance of 'time' or 'universal'")
-        for name in ("weight", "backward", "recurrence", "steps", "count"):
-            check_range(name, settings.get(name))
-        check_guidance_extras(settings)
         if len(m["seeds"]) != settings["count"]:
             raise CensorError("manifest.json: count and seeds disagree")
         reward = load_reward(bundle["reward_dir"], model)
@@ -102,9 +101,9 @@ class Sharing:
                                  guidance=settings_guidance(reward, settings), progress=progress))
         stored = bundle["censored"]
         diff = np.abs(images.astype(int) - stored.astype(int)).reshape(len(images), -1).max(1) if stored is not None else None
-        return dict(token=bundle.get("token"), manifest=m, censored=images, stored=stored,
-                    identical=int((diff == 0).sum()) if diff is not None else 0,
-                    max_pixel_diff=int(diff.max()) if diff is not None else None)
+        same = [bool(d == 0) for d in diff] if diff is not None else [False] * len(images)
+        return dict(token=bundle.get("token"), manifest=m, censored=images, stored=stored, same=same,
+                    identical=sum(same), max_pixel_diff=int(diff.max()) if diff is not None else None)
 
     def open_permalink(self, token: str) -> dict:
         """The gallery bundle imported under ``token`` (a permalink-style view)."""
@@ -114,9 +113,30 @@ class Sharing:
         if not (folder / "manifest.json").is_file():
             raise CensorError("unknown gallery link")
         m = read_json(folder / "manifest.json")
+        check_manifest(m)  # a folder from before these checks is held to them too
         size = tuple(m.get("image_size", (28, 28)))
-        n = int(m.get("images", {}).get("censored", 0))
-        return dict(manifest=m, censored=np.stack([read_png(folder / f"censored_{i:03d}.png", size) for i in range(n)]))
+        n = len(m["seeds"])
+        # only the uploaded images this server reproduced exactly: the others are the uploader's word alone
+        verified = read_json(folder / VERIFIED).get("identical", []) if (folder / VERIFIED).is_file() else []
+        keep = [i for i in range(n) if i < len(verified) and verified[i] is True]
+        images = [read_png(folder / f"censored_{i:03d}.png", size) for i in keep]
+        return dict(manifest=m, total=n, censored=np.stack(images) if images else np.zeros((0, *size), np.uint8))
+
+    def import_text(self, r: dict) -> str:
+        """What the Share tab says after an import (Markdown; every value inert)."""
+        return (f"Reproduced {r['identical']} of {len(r['censored'])} images exactly (largest pixel difference "
+                f"{inert(r['max_pixel_diff'])}). Link to this gallery: `?bundle={r['token']}`")
+
+    def permalink_text(self, token: str, g: dict) -> str:
+        """What a ``?bundle=`` link says above its images (Markdown; every uploaded value inert)."""
+        s = g["manifest"]["settings"]
+        # the token is ours and matched PERMALINK; in a code span escapes would show, so it goes as it is
+        head = (f"Shared gallery `{token}`: {inert(s['guidance'])} guidance, ω = {inert(s['weight'])}, "
+                f"{inert(s['steps'])} steps, seed {inert(s['seed'])}.")
+        k, n = len(g["censored"]), g["total"]
+        if not k:
+            return head + f" None of its {n} images reproduced on this server, so none is shown."
+        return head + f" {k} of its {n} images reproduced exactly on this server; only those are shown."
 
     def export_session(self, sid: str) -> Path:
         """The session's images, labels and reward as a zip of safetensors + JSON."""
