@@ -16,9 +16,10 @@ from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
 from censor.diffusion.sources import options_from_env
 from censor.eval.drift import DRIFT_MESSAGE
 from censor.eval.features import load_features
-from censor.studio.common import LIMITS, PAGE_SIZE, display
+from censor.studio.common import DELETE_CACHE, LIMITS, PAGE_SIZE, display, inert
 from censor.studio.core import Studio
 from censor.studio.galleries import STRICT_P_RANGE
+from censor.studio.space import JobGate, browser_secret
 from censor.studio.rlhf import COMPARE_DEFAULTS, COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
 from rlhf.compare import METHODS as COMPARE_METHODS
 
@@ -75,19 +76,27 @@ paint();
 # The public Space's queue: one run at a time per event (the comparison has its own slot) and at most
 # 32 waiting; beyond that Gradio refuses the request (HTTP 503) and the page says "This application is
 # currently busy. Please try again." (see docs/reliability.md).
-QUEUE = dict(default_concurrency_limit=1, max_size=32)
+# api_open=False: no event may skip the queue (and its one-job-per-browser check) by a direct POST.
+QUEUE = dict(default_concurrency_limit=1, max_size=32, api_open=False)
 MAX_UPLOAD = "64mb"  # bundles and sessions are far smaller; Gradio refuses bigger uploads before they land
 HELP = ("Click an image to mark it **malign** (red); click again for **unsure** (dashed, left out of training); "
         "a third click resets it to benign. Keyboard: arrows move, space or m marks, n / p change page. "
         "Every click is saved at once.")
 
 
-def build_app(studio: Studio | None = None) -> gr.Blocks:
-    """The studio's Blocks, its queue set to ``QUEUE``; ``studio`` defaults to the one ``$CENSOR_MODEL`` names."""
+def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.Blocks:
+    """The studio's Blocks, its queue set to ``QUEUE``; ``studio`` defaults to the one ``$CENSOR_MODEL`` names,
+    ``gate`` (one heavy job per browser, each under a time limit) to ``JobGate()``."""
     if studio is None:
         source, options = options_from_env(os.environ)  # CENSOR_MODEL, CENSOR_PROMPT, ... (censor/sources.py)
         studio = Studio(source, model_options=options, pool_dir=os.environ.get("CENSOR_POOL_DIR"))
     features = ["(none)"] + sorted(load_features())
+    gate = gate or JobGate()
+
+    def one_job_each(request: gr.Request, *inputs):  # the request first: Gradio injects it only there
+        """Heavy events' validator: runs as Gradio queues the job, so a flood is refused at the door."""
+        gate.reserve(request.session_hash)
+        return [gr.validate(True, "") for _ in inputs]  # Gradio wants one verdict per input
 
     def grid_value(sid, page):
         return {"items": studio.page(sid, page)}
@@ -111,10 +120,10 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         page = int(np.clip(page + step, 0, max(0, (total - 1) // PAGE_SIZE)))
         return page, grid_value(sid, page), studio.counts_text(sid), f"page {page + 1} of {max(1, -(-total // PAGE_SIZE))}"
 
-    def on_train(sid, method, kind, members, iterations, alpha, progress=gr.Progress()):
+    def on_train(sid, method, kind, members, iterations, alpha, request: gr.Request, progress=gr.Progress()):
         try:
-            info = studio.train(sid, method, kind, members, iterations, alpha,
-                                progress=lambda f: progress(f, desc="training reward"))
+            with gate.job(request.session_hash, lambda f: progress(f, desc="training reward")) as tick:
+                info = studio.train(sid, method, kind, members, iterations, alpha, progress=tick)
         except CensorError as e:
             raise gr.Error(str(e))
         acc = info.get("held_out_accuracy")
@@ -124,14 +133,14 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                    if acc is not None else " (Too few labels for a held-out check.)"))
 
     def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, source,
-                  strict=False, strict_p=0.0, auto=False, progress=gr.Progress()):
+                  strict=False, strict_p=0.0, auto=False, request: gr.Request = None, progress=gr.Progress()):
         try:
-            tuned = None if source == "base model" else (source, adapted_model(studio, sid, source))
-            r = studio.censored_gallery(sid, guidance, weight, backward, recurrence, steps, int(seed), int(count),
-                                        None if feature == "(none)" else feature,
-                                        progress=lambda f: progress(f, desc="sampling"), tuned=tuned,
-                                        strict=bool(strict), strict_p=float(strict_p) if strict_p else None,
-                                        auto=bool(auto))
+            with gate.job(request.session_hash, lambda f: progress(f, desc="sampling")) as tick:
+                tuned = None if source == "base model" else (source, adapted_model(studio, sid, source))
+                r = studio.censored_gallery(sid, guidance, weight, backward, recurrence, steps, int(seed), int(count),
+                                            None if feature == "(none)" else feature, progress=tick, tuned=tuned,
+                                            strict=bool(strict), strict_p=float(strict_p) if strict_p else None,
+                                            auto=bool(auto))
         except CensorError as e:
             raise gr.Error(str(e))
         lines = [f"Censored side drawn from the {source}" + (" adapter." if tuned else ".")]
@@ -164,10 +173,10 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
             out.append("⚠ " + DRIFT_MESSAGE[0].upper() + DRIFT_MESSAGE[1:] + ".")
         return out
 
-    def on_compare(sid, feature, methods, budget, seeds_, n_, progress=gr.Progress()):
+    def on_compare(sid, feature, methods, budget, seeds_, n_, request: gr.Request, progress=gr.Progress()):
         try:
-            r = run_comparison(studio, sid, feature, methods, int(budget), int(seeds_), int(n_),
-                               progress=lambda f: progress(f, desc="fine-tuning and judging"))
+            with gate.job(request.session_hash, lambda f: progress(f, desc="fine-tuning and judging")) as tick:
+                r = run_comparison(studio, sid, feature, methods, int(budget), int(seeds_), int(n_), progress=tick)
         except CensorError as e:
             raise gr.Error(str(e))
         note = (f"\n\nFine-tuned adapters saved in this session: {', '.join(r['adapters'])}. Pick one as the "
@@ -198,16 +207,15 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
     def on_session_download(sid):
         return [str(studio.export_session(sid))]
 
-    def on_bundle_upload(path, progress=gr.Progress()):
+    def on_bundle_upload(path, request: gr.Request, progress=gr.Progress()):
         if not path:
             return gr.skip(), gr.skip()
         try:
-            r = studio.import_gallery(path, progress=lambda f: progress(f, desc="reproducing"))
+            with gate.job(request.session_hash, lambda f: progress(f, desc="reproducing")) as tick:
+                r = studio.import_gallery(path, progress=tick)
         except CensorError as e:
             raise gr.Error(str(e))
-        text = (f"Reproduced {r['identical']} of {len(r['censored'])} images exactly (largest pixel difference "
-                f"{r['max_pixel_diff']}). Link to this gallery: `?bundle={r['token']}`")
-        return display(r["censored"]), text
+        return display(r["censored"]), studio.sharing.import_text(r)
 
     def on_session_upload(path):
         if not path:
@@ -226,14 +234,12 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         try:
             g = studio.open_permalink(token)
         except CensorError as e:
-            return gr.skip(), f"⚠ {e}", gr.Tabs(selected="share")
-        s_ = g["manifest"]["settings"]
-        text = (f"Shared gallery `{token}`: {s_['guidance']} guidance, ω = {s_['weight']}, "
-                f"{s_['steps']} steps, seed {s_['seed']}.")
-        return display(g["censored"]), text, gr.Tabs(selected="share")
+            return gr.skip(), f"⚠ {inert(e)}", gr.Tabs(selected="share")
+        return display(g["censored"]), studio.sharing.permalink_text(token, g), gr.Tabs(selected="share")
 
-    with gr.Blocks(title="Censoring studio") as demo:
-        saved_sid = gr.BrowserState(None, storage_key="censor-session")
+    with gr.Blocks(title="Censoring studio", delete_cache=DELETE_CACHE) as demo:
+        # a key kept across restarts, so a restarted server can still read the id each browser stored
+        saved_sid = gr.BrowserState(None, storage_key="censor-session", secret=browser_secret(studio.data_dir))
         sid = gr.State(None)
         page = gr.State(0)
         last = gr.State(None)
@@ -338,9 +344,12 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
                 go = gr.Button("Generate")
                 gallery = gr.Gallery(label="samples", columns=8, height="auto", elem_id="gallery")
 
-        def generate(n, steps_, seed_, progress=gr.Progress()):
-            return studio.fresh_gallery(int(n), int(steps_), int(seed_),
-                                        progress=lambda f: progress(f, desc="sampling"))
+        def generate(n, steps_, seed_, request: gr.Request, progress=gr.Progress()):
+            try:
+                with gate.job(request.session_hash, lambda f: progress(f, desc="sampling")) as tick:
+                    return studio.fresh_gallery(int(n), int(steps_), int(seed_), progress=tick)
+            except CensorError as e:
+                raise gr.Error(str(e))
 
         demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion, source]
                   ).then(studio.informative_first, inputs=sid, outputs=informative)
@@ -351,19 +360,24 @@ def build_app(studio: Studio | None = None) -> gr.Blocks:
         grid.submit(on_page, inputs=[sid, page], outputs=[page, grid, counts, page_info], api_name=False)
         next_btn.click(lambda s, p: turn(s, p, 1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
         prev_btn.click(lambda s, p: turn(s, p, -1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
-        train_btn.click(on_train, inputs=[sid, method, kind, members, iterations, alpha], outputs=train_out)
+        # heavy jobs: each its own queue slot (labelling clicks never wait behind them), one per browser
+        train_btn.click(on_train, inputs=[sid, method, kind, members, iterations, alpha], outputs=train_out,
+                        validator=one_job_each)
         censor_btn.click(on_censor, inputs=[sid, guidance, weight, backward, recurrence, steps, seed, count, feature,
                                             source, strict, strict_p, auto],
-                         outputs=[base_gallery, cens_gallery, censor_out, last])
+                         outputs=[base_gallery, cens_gallery, censor_out, last], validator=one_job_each)
         # its own queue slot: a comparison takes minutes and must not hold up labelling or galleries
         cmp_run = cmp_btn.click(on_compare, inputs=[sid, cmp_feature, cmp_methods, cmp_budget, cmp_seeds, cmp_n],
-                                outputs=[cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1)
+                                outputs=[cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1,
+                                validator=one_job_each)
         cmp_cancel.click(None, cancels=[cmp_run])
         send_btn.click(on_send, inputs=[sid, last], outputs=[send_out, page, grid, counts, page_info])
-        go.click(generate, inputs=[n, sample_steps, sample_seed], outputs=gallery, api_name="generate")
+        go.click(generate, inputs=[n, sample_steps, sample_seed], outputs=gallery, api_name="generate",
+                 validator=one_job_each)
         share_btn.click(on_share, inputs=[sid, last], outputs=share_files)
         session_btn.click(on_session_download, inputs=sid, outputs=share_files)
-        bundle_in.upload(on_bundle_upload, inputs=bundle_in, outputs=[shared_gallery, share_out])
+        bundle_in.upload(on_bundle_upload, inputs=bundle_in, outputs=[shared_gallery, share_out],
+                         validator=one_job_each)
         session_in.upload(on_session_upload, inputs=session_in,
                           outputs=[saved_sid, sid, page, grid, counts, page_info, share_out]
                           ).then(studio.informative_first, inputs=sid, outputs=informative)
