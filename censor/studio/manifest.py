@@ -1,5 +1,6 @@
-"""A gallery's guidance settings as its result and its bundle's manifest store them, and back; and the
-check of an uploaded manifest, field by field, before any of it is used or shown.
+"""A gallery's guidance settings as its result and its bundle's manifest store them, and back.
+
+Also the check of an uploaded manifest, field by field, before any of it is used or shown.
 
 The manifest names two fields differently from ``GuidanceSettings`` (``guidance`` for ``kind``,
 ``backward`` for ``backward_steps``); every other field keeps its name.
