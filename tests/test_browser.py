@@ -39,28 +39,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    _require_browser()
-    port = _free_port()
-    env = dict(os.environ, CENSOR_DATA_DIR=str(tmp_path_factory.mktemp("studio")), GRADIO_SERVER_PORT=str(port),
+def _start_app(data_dir: Path, port: int, wait_s: float = 60) -> subprocess.Popen:
+    """``python app.py`` on ``data_dir`` and ``port``, returned once it answers HTTP."""
+    env = dict(os.environ, CENSOR_DATA_DIR=str(data_dir), GRADIO_SERVER_PORT=str(port),
                GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="2")
+    env.pop("CENSOR_SECRET", None)  # the key comes from the data folder, as on a machine without a Space secret
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
     started = time.time()
-    while time.time() - started < 60:
+    while time.time() - started < wait_s:
         try:
-            urllib.request.urlopen(url, timeout=1)
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=1)
+            return proc
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError("app.py exited:\n" + proc.stdout.read())
             time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("app.py did not start in 60 s")
-    yield url, time.time() - started
+    proc.kill()
+    raise RuntimeError(f"app.py did not start in {wait_s:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def studio_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("studio")
+
+
+@pytest.fixture(scope="module")
+def server(studio_dir):
+    _require_browser()
+    port = _free_port()
+    started = time.time()
+    proc = _start_app(studio_dir, port)
+    yield f"http://127.0.0.1:{port}", time.time() - started
     proc.terminate()
     proc.wait(10)
 
@@ -223,3 +233,74 @@ def test_rlhf_tab_runs_a_small_comparison_and_offers_its_adapters(server, browse
     page.get_by_role("tab", name="3 · Censored gallery").click()
     page.locator("#censor-model input").click()
     page.get_by_role("option", name="d3po").wait_for(timeout=10_000)
+
+
+def test_a_kill_and_restart_keeps_the_browsers_session(browser, tmp_path):
+    """Issue 19: after kill -9 and a restart on the same data folder, the same browser (same origin, same
+    localStorage) reloads into its own session, marks and all. Gradio's BrowserState encrypts the stored
+    id with a key; a new random key per launch made every browser start an empty session."""
+    _require_browser()
+    port = _free_port()
+    proc = _start_app(tmp_path / "data", port)
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}")
+        cells = page.locator("#label-grid .cell")
+        cells.first.wait_for(timeout=60_000)
+        for i in (0, 3):
+            cells.nth(i).click()
+        page.wait_for_function("document.querySelector('#counts').innerText.includes('malign 2')", timeout=60_000)
+        proc.kill()  # SIGKILL: no shutdown hooks
+        proc.wait(10)
+        proc = _start_app(tmp_path / "data", port, wait_s=120)
+        page.reload()
+        page.locator("#label-grid .cell").first.wait_for(timeout=60_000)
+        page.wait_for_function("document.querySelector('#counts').innerText.includes('viewed 25 · malign 2')",
+                               timeout=60_000)
+        marked = page.evaluate("[...document.querySelectorAll('#label-grid .cell')].map(c => c.classList.contains('malign'))")
+        assert [i for i, m in enumerate(marked) if m] == [0, 3]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _plant_gallery(folder: Path, seed) -> None:
+    """A gallery folder as an import from before issue 19 left it: the uploader's manifest and images,
+    and no record of what reproduced."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from censor.core.settings import DEFAULT_GUIDANCE
+    from censor.studio.manifest import guidance_settings_dict
+
+    folder.mkdir(parents=True)
+    settings = dict(guidance_settings_dict(DEFAULT_GUIDANCE), steps=5, seed=seed, count=3, method="ddim", eta=0.0,
+                    adapter=None, auto=None)
+    manifest = dict(settings=settings, seeds=[0, 1, 2], images={"baseline": 3, "censored": 3}, image_size=[28, 28],
+                    reward_sha256="0" * 64)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for i in range(3):
+        Image.fromarray(np.full((28, 28), 60 * i, np.uint8)).save(folder / f"censored_{i:03d}.png")
+
+
+def test_a_planted_phishing_link_renders_inert_and_unverified_images_stay_hidden(server, studio_dir, browser):
+    """Issue 19: a ?bundle= link whose manifest's seed was Markdown showed a heading linking to a
+    phishing page, and a link showed the uploaded images even when none reproduced."""
+    url, _ = server
+    phish = "0\n\n# [Your session expired: log in again](https://phish.example/login)\n<img src=x onerror=alert(1)>"
+    _plant_gallery(studio_dir / "bundles" / "phishlink01", phish)
+    _plant_gallery(studio_dir / "bundles" / "unverified1", 0)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(f"{url}/?bundle=phishlink01")
+    ready = "document.querySelector('#share-result') && document.querySelector('#share-result').innerText.trim()"
+    page.wait_for_function(ready, timeout=60_000)
+    result = page.locator("#share-result")
+    assert result.locator("a, h1, h2, h3, img").count() == 0, result.inner_html()
+    assert "phish.example" not in result.inner_html()
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(f"{url}/?bundle=unverified1")
+    page.wait_for_function(ready, timeout=60_000)
+    assert "None of its 3 images reproduced" in page.locator("#share-result").inner_text()
+    assert page.locator("#shared img").count() == 0
