@@ -208,10 +208,10 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         return [str(studio.export_session(sid))]
 
     def on_bundle_upload(path, request: gr.Request, progress=gr.Progress()):
-        if not path:
-            return gr.skip(), gr.skip()
-        try:
+        try:  # the gate first: the validator reserved this job's place, and only the job gives it back
             with gate.job(request.session_hash, lambda f: progress(f, desc="reproducing")) as tick:
+                if not path:
+                    return gr.skip(), gr.skip()
                 r = studio.import_gallery(path, progress=tick)
         except CensorError as e:
             raise gr.Error(str(e))
