@@ -102,6 +102,15 @@ def kills_survived(data: Path, rounds: int = 5, per_round: int = 20) -> dict:
     return dict(kills=rounds, kills_survived=survived, acknowledged_clicks=acked_total, acknowledged_lost=lost)
 
 
+def _one_nan(v: torch.Tensor) -> torch.Tensor:
+    """The same tensor with its first element NaN (floating and complex tensors; others unchanged)."""
+    if not (v.is_floating_point() or v.is_complex()) or v.numel() == 0:
+        return v
+    v = v.clone()
+    v.view(-1)[0] = float("nan")
+    return v
+
+
 def hostile_cases(gallery: dict[str, bytes], session: dict[str, bytes]) -> list[tuple[str, str, dict | bytes]]:
     """(name, endpoint, zip entries or raw bytes): what a hostile visitor uploads."""
     def manifest(**change):
@@ -126,9 +135,8 @@ def hostile_cases(gallery: dict[str, bytes], session: dict[str, bytes]) -> list[
         ("zip-slip entry", g, {**gallery, "../escape.json": b"{}"}),
         ("not a zip", g, os.urandom(4096)),
         ("truncated zip", g, b"truncate"),
-        ("NaN reward weights", g, weights(save_tensors({k: torch.full_like(v, float("nan")) if v.is_floating_point()
-                                                         else v for k, v in member.items()}))),
-        ("complex64 reward weights", g, weights(save_tensors({k: v.to(torch.complex64) * float("nan")
+        ("NaN reward weights", g, weights(save_tensors({k: _one_nan(v) for k, v in member.items()}))),
+        ("complex64 reward weights", g, weights(save_tensors({k: _one_nan(v.to(torch.complex64))
                                                                if v.is_floating_point() else v
                                                                for k, v in member.items()}))),
         ("float8 reward weights", g, weights(save_tensors({k: v.to(torch.float8_e4m3fn) if v.is_floating_point()
@@ -183,7 +191,9 @@ def hostile_inputs(data: Path, work: Path) -> dict:
                 msg = str(e)
                 clear = "\n" not in msg.strip() and not LEAK.search(msg) and "upstream Gradio app" not in msg
                 rows.append(dict(case=name, outcome="refused clearly" if clear else "refused unclearly", message=msg))
-        padded = dict(gallery, **{f"pad{i}.png": bytes(1_000_000) for i in range(100)})
+        # entries the format does not use, each compressible ~100:1 (under the zip-bomb ratio): 100 MB unpacked
+        pad = b"".join(os.urandom(6) + bytes(1018) for _ in range(1000))
+        padded = dict(gallery, **{f"pad{i:03d}.png": pad for i in range(100)})
         before = folder_bytes(data) + folder_bytes(Path(os.environ["GRADIO_TEMP_DIR"]))
         path = _write(work / "padded.zip", padded)
         try:
