@@ -58,6 +58,7 @@ class SessionStore:
         self._mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         self._mem.executescript(SCHEMA)
         self._pending: OrderedDict[str, None] = OrderedDict()
+        self._disk: tuple[float, int] | None = None  # (when, bytes) of the last walk
 
     def _conn(self, sid) -> sqlite3.Connection:
         return self._mem if sid in self._pending else self._db
@@ -162,7 +163,10 @@ class SessionStore:
         return int(blobs) + tree_bytes(self.folder(sid))
 
     def disk_bytes(self) -> int:
-        return tree_bytes(self.root)
+        """The data directory's size, walked at most every 10 s (a walk per new session would not scale)."""
+        if self._disk is None or time.monotonic() - self._disk[0] > 10.0:
+            self._disk = (time.monotonic(), tree_bytes(self.root))
+        return self._disk[1]
 
     def _check_room(self, sid: str, rounds, n: int, new_bytes: int) -> None:
         q = self.quotas
