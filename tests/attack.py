@@ -214,14 +214,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/bench/reliability.json")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--kills", type=int, default=5)
+    p.add_argument("--only", choices=("sessions", "kills", "hostile"), default=None)
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="attack_"))
     os.environ["GRADIO_TEMP_DIR"] = str(work / "gradio")
-    result = dict(sessions=sessions_held(work / "sessions", a.clients), kills=kills_survived(work / "kills", a.kills),
-                  hostile=hostile_inputs(work / "hostile", work))
+    runs = dict(sessions=lambda: sessions_held(work / "sessions", a.clients),
+                kills=lambda: kills_survived(work / "kills", a.kills), hostile=lambda: hostile_inputs(work / "hostile", work))
+    result = {name: run() for name, run in runs.items() if a.only in (None, name)}
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "cases"} for k, v in result.items()}, indent=1))
-    for r in result["hostile"]["cases"]:
+    for r in result.get("hostile", {}).get("cases", []):
         print(f"{r['outcome']:>18}  {r['case']}: {r['message'][:100]}")
     return 0
 
