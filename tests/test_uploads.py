@@ -25,7 +25,7 @@ from censor.diffusion.sources import load_model
 from censor.eval.oracle import load_oracle, load_reference
 from censor.gallery.bundles import read_gallery_bundle, read_session_bundle, safe_extract
 from censor.gallery.grid import save_grid
-from censor.labels.pool import Pool, load_pool
+from censor.labels.pool import Pool, load_pool, make_pool, save_pool
 from censor.rewards import ensemble
 from censor.rewards.architectures import build_member
 from censor.rewards.backbone import load_backbone_into
@@ -239,8 +239,6 @@ def _session_reward_corrupt(tmp: Path, shared):
 
 
 def _setup_pool(tmp: Path, model_dir: Path):
-    from censor.labels.pool import make_pool, save_pool
-
     save_pool(make_pool(load_diffusion(model_dir), model_dir, n=2, steps=1, show_bar=False), tmp / "pool")
 
 
