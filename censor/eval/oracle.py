@@ -121,5 +121,6 @@ def load_reference(folder: str | Path = ORACLE_DIR) -> dict[str, np.ndarray]:
     """Real test-split oracle features, labels and watermark flags written by train_oracle."""
     path = Path(folder) / "reference.safetensors"
     if not path.is_file():
-        raise CensorError(f"oracle folder {shown(folder)} has no {path.name}; run python -m censor train-oracle --reference-only")
+        raise CensorError(f"oracle folder {shown(folder)} has no {path.name}; "
+                          "run python -m censor train-oracle --reference-only")
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_file(str(path)).items()}
