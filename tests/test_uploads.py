@@ -315,6 +315,18 @@ def test_padded_gallery_bundle_keeps_only_what_the_format_defines(shared, tmp_pa
     assert {p.name for p in (tmp_path / "direct").iterdir()} == defined and out["censored"].shape[0] == n
 
 
+def test_images_padded_past_any_png_or_counted_past_a_gallery_are_refused(shared, tmp_path):
+    studio, _, entries, _ = shared
+    before = _bundles(studio)
+    padded_png = {**entries, "censored_000.png": entries["censored_000.png"] + _padding(1, 2_000_000)["grid.png"]}
+    _refused(lambda: studio.import_gallery(_zip(tmp_path / "p.zip", padded_png)),
+             "censored_000.png holds 2000[0-9]+ bytes; no 256x256 image needs more than")
+    m = json.loads(entries["manifest.json"])
+    many = {**entries, "manifest.json": json.dumps({**m, "seeds": list(range(65)), "images": {"censored": 65}})}
+    _refused(lambda: studio.import_gallery(_zip(tmp_path / "m.zip", many)), "at most 64 images, this one 65")
+    assert _bundles(studio) == before
+
+
 def test_padded_session_bundle_keeps_only_what_the_format_defines(shared, tmp_path):
     studio, _, _, sentries = shared
     padded = _zip(tmp_path / "padded.zip", {**sentries, **_padding(12, 2_000_000)})

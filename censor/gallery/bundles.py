@@ -33,6 +33,7 @@ from PIL import Image
 from safetensors.numpy import load_file, save
 
 from censor.core.errors import CensorError, source_name
+from censor.core.settings import STUDIO_LIMITS
 
 MAX_ENTRIES = 600
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
@@ -45,6 +46,8 @@ SESSION_FILES = ("session.json", "images.safetensors", *REWARD_FILES)  # all a s
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_SIDE = 256  # a manifest's image_size beyond this is refused before any image is read
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
+MAX_PNG_BYTES = 8 * MAX_IMAGE_SIDE**2 + 65536  # raw 16-bit RGBA at the largest side, plus chunks
+MAX_GALLERY_IMAGES = STUDIO_LIMITS["count"][1]  # what a censored gallery may hold
 
 
 def versions() -> dict:
@@ -177,7 +180,12 @@ def read_gallery_bundle(path: str | Path, dest: str | Path, image_size: tuple[in
         files = unpack(z, Path(dest), {"manifest.json", *REWARD_FILES})
         manifest = _gallery_manifest(files, image_size)
         n, size = manifest.get("images", {}).get("censored", 0), manifest.get("image_size", [28, 28])
-        files.update(unpack(z, Path(dest), {f"censored_{i:03d}.png" for i in range(n)}))
+        images = {f"censored_{i:03d}.png" for i in range(n)}
+        for info in z.infolist():  # an image padded past any real PNG of its size is never written
+            if info.filename in images and info.file_size > MAX_PNG_BYTES:
+                raise CensorError(f"{info.filename} holds {info.file_size} bytes; no {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} "
+                                  f"image needs more than {MAX_PNG_BYTES}")
+        files.update(unpack(z, Path(dest), images))
     for i in range(n):
         if f"censored_{i:03d}.png" not in files:
             raise CensorError(f"bundle has no censored_{i:03d}.png")
@@ -203,6 +211,8 @@ def _gallery_manifest(files: dict, image_size) -> dict:
     if not isinstance(images, dict) or type(images.get("censored", 0)) is not int:
         raise CensorError("manifest.json: 'images' must map 'censored' to an image count")
     n = images.get("censored", 0)
+    if n > MAX_GALLERY_IMAGES:
+        raise CensorError(f"manifest.json: a gallery holds at most {MAX_GALLERY_IMAGES} images, this one {n}")
     if n != len(seeds):
         raise CensorError("manifest.json: image count and seeds disagree")
     size = manifest.get("image_size", [28, 28])
