@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, source_name
 from censor.diffusion.models import EMBEDDED_MODEL_DIR, DiffusionModel
 from censor.diffusion.sources import load_model
 from censor.eval.oracle import load_oracle
@@ -97,7 +97,7 @@ class Resources:
             if self.pool_dir is None and self.model_dir == EMBEDDED_MODEL_DIR:
                 self._pool = load_pool(model_dir=self.model_dir)
             elif self.pool_dir is None:
-                raise CensorError(f"no sample pool for {self.model_dir}: make one with python -m censor make-pool "
+                raise CensorError(f"no sample pool for {source_name(self.model_dir)!r}: make one with python -m censor make-pool "
                                   "--model ... --out DIR and start the studio with CENSOR_POOL_DIR=DIR")
             else:  # a pool made for this model: checked against its weights (and prompt or class)
                 self._pool = load_pool(self.pool_dir, model_dir=self.model_dir, model=self.model)
