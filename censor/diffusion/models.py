@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, hide_paths, shown
 from censor.diffusion.denoisers import make_denoiser
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -139,18 +139,18 @@ def load_diffusion(folder: str | Path = EMBEDDED_MODEL_DIR, device: str = "cpu")
     """Load ``folder/unet`` and ``folder/scheduler``; any problem becomes one clear ``CensorError``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CensorError(f"model folder {folder} does not exist")
+        raise CensorError(f"model folder {shown(folder)} does not exist")
     unet_dir, sched_dir = folder / "unet", folder / "scheduler"
     for needed in (unet_dir / "config.json", unet_dir / "diffusion_pytorch_model.safetensors",
                    sched_dir / "scheduler_config.json"):
         if not needed.is_file():
-            raise CensorError(f"model folder {folder} is incomplete: {needed.relative_to(folder)} is missing")
+            raise CensorError(f"model folder {shown(folder)} is incomplete: {needed.relative_to(folder)} is missing")
     try:
         json.loads((unet_dir / "config.json").read_text())
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(sched_dir)
     except Exception as e:  # diffusers raises many types for a damaged file; the user needs one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CensorError(f"model folder {folder} is corrupt: {first}") from None
+        raise CensorError(f"model folder {shown(folder)} is corrupt: {hide_paths(first)}") from None
     unet.to(device).eval().requires_grad_(False)
     return DiffusionModel(unet, scheduler)

@@ -17,7 +17,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.utils import logging as dlog
 from huggingface_hub import constants
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, hide_paths, shown, source_name
 from censor.diffusion.denoisers import Conditioning, network_kind
 from censor.diffusion.models import EMBEDDED_MODEL_DIR, DiffusionModel, load_diffusion
 from censor.diffusion.runtime import RuntimeOptions, apply_runtime
@@ -29,7 +29,7 @@ DECODER_KEYS = ("vae", "vqvae")
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return hide_paths(text.splitlines()[0]) if text else type(e).__name__
 
 
 def hub_offline() -> bool:
@@ -62,16 +62,16 @@ def _load_pipeline(source: str):
         try:
             components = json.loads(index.read_text())
         except (OSError, ValueError):
-            raise CensorError(f"model folder {local} has no readable model_index.json (a diffusers pipeline "
+            raise CensorError(f"model folder {shown(local)} has no readable model_index.json (a diffusers pipeline "
                               "folder) and no unet/ + scheduler/ pair") from None
         if "safety_checker" in components:  # the censor is the point here; never needed for sampling
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
             return DiffusionPipeline.from_pretrained(local, **kwargs)
         except Exception as e:  # diffusers raises many types for a damaged folder; the user needs one line
-            raise CensorError(f"model folder {local} could not be loaded: {_first_line(e)}") from None
+            raise CensorError(f"model folder {shown(local)} could not be loaded: {_first_line(e)}") from None
     if source.count("/") != 1 or source.startswith(("/", ".", "~")):
-        raise CensorError(f"model folder {source} does not exist (and it is not a hub id of the form owner/name)")
+        raise CensorError(f"model folder {shown(source)} does not exist (and it is not a hub id of the form owner/name)")
     offline = hub_offline()
     try:
         return DiffusionPipeline.from_pretrained(source, local_files_only=offline, **kwargs)
@@ -142,7 +142,7 @@ def model_from_pipeline(pipe, source: str, prompt: str | None = None, class_labe
     comps = pipe.components
     net = next((comps[k] for k in NETWORK_KEYS if comps.get(k) is not None), None)
     if net is None or comps.get("scheduler") is None:
-        raise CensorError(f"model {source!r} ({type(pipe).__name__}) has no UNet/transformer and scheduler to sample with")
+        raise CensorError(f"model {source_name(source)!r} ({type(pipe).__name__}) has no UNet/transformer and scheduler to sample with")
     vae = next((comps[k] for k in DECODER_KEYS if comps.get(k) is not None), None)
     overrides = {"clip_sample": False} if vae is not None else {}  # latents are not confined to [-1, 1]
     scheduler = DDPMScheduler.from_config(comps["scheduler"].config, **overrides)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from censor.core.data import to_model_range
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, hide_paths, shown
 from censor.diffusion.models import ASSETS_DIR
 
 ORACLE_DIR = ASSETS_DIR / "oracle"
@@ -104,7 +104,7 @@ def load_oracle(folder: str | Path = ORACLE_DIR) -> Oracle:
     folder = Path(folder)
     cfg_path, w_path = folder / "config.json", folder / "model.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
-        raise CensorError(f"oracle folder {folder} needs config.json and model.safetensors; "
+        raise CensorError(f"oracle folder {shown(folder)} needs config.json and model.safetensors; "
                           "retrain with python -m censor train-oracle")
     try:
         cfg = json.loads(cfg_path.read_text())
@@ -112,7 +112,8 @@ def load_oracle(folder: str | Path = ORACLE_DIR) -> Oracle:
         net = OracleNet(**cfg)
         net.load_state_dict(load_file(str(w_path)))
     except Exception as e:
-        raise CensorError(f"oracle folder {folder} is corrupt: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CensorError(f"oracle folder {shown(folder)} is corrupt: "
+                          f"{hide_paths(str(e).splitlines()[0]) if str(e) else type(e).__name__}") from None
     return Oracle(net, metrics)
 
 
@@ -120,5 +121,6 @@ def load_reference(folder: str | Path = ORACLE_DIR) -> dict[str, np.ndarray]:
     """Real test-split oracle features, labels and watermark flags written by train_oracle."""
     path = Path(folder) / "reference.safetensors"
     if not path.is_file():
-        raise CensorError(f"{path} is missing; run python -m censor train-oracle --reference-only")
+        raise CensorError(f"oracle folder {shown(folder)} has no {path.name}; "
+                          "run python -m censor train-oracle --reference-only")
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_file(str(path)).items()}

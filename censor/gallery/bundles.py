@@ -10,10 +10,14 @@ Session bundle: ``session.json`` (instructions, per-image seed, round, label sta
 
 Only JSON, PNG and safetensors are ever read from a user's zip; names must be plain (no folders,
 no ``..``, no absolute paths), and entry count and sizes are capped before anything is unpacked.
+Only the entries a format defines are unpacked (``SESSION_FILES``; a gallery's manifest, reward and
+the censored images its manifest counts): the rest are skipped unread. Bundles name the model by
+fingerprint and folder name or hub id, never by a server path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,17 +32,22 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file, save
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, source_name
+from censor.core.settings import STUDIO_LIMITS
 
 MAX_ENTRIES = 600
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
 MAX_TOTAL_BYTES = 128 * 1024 * 1024
 MAX_RATIO = 200  # uncompressed / compressed per entry: beyond this it is a zip bomb, not images
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.(json|png|safetensors)$")
+MAX_NAME_CHARS = 64  # ours are at most 18 ("images.safetensors"); a long name would only fail the write
+_NAME = re.compile(r"[A-Za-z0-9_.-]+\.(json|png|safetensors)")  # used with fullmatch
 REWARD_FILES = ("reward.safetensors", "reward.json")
+SESSION_FILES = ("session.json", "images.safetensors", *REWARD_FILES)  # all a session bundle keeps
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_SIDE = 256  # a manifest's image_size beyond this is refused before any image is read
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
+MAX_PNG_BYTES = 8 * MAX_IMAGE_SIDE**2 + 65536  # raw 16-bit RGBA at the largest side, plus chunks
+MAX_GALLERY_IMAGES = STUDIO_LIMITS["count"][1]  # what a censored gallery may hold
 
 
 def versions() -> dict:
@@ -60,6 +69,7 @@ def _png(image: np.ndarray) -> bytes:
 def write_gallery_bundle(path: str | Path, baseline: np.ndarray, censored: np.ndarray, manifest: dict,
                          reward_dir: Path, grid_png: bytes) -> Path:
     path = Path(path)
+    manifest = {**manifest, "model": source_name(manifest["model"])} if "model" in manifest else dict(manifest)
     manifest = {**manifest, "reward_sha256": sha256(reward_dir / "reward.safetensors"), "versions": versions(),
                 "images": {"baseline": len(baseline), "censored": len(censored)}}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
@@ -73,9 +83,14 @@ def write_gallery_bundle(path: str | Path, baseline: np.ndarray, censored: np.nd
     return path
 
 
-def safe_extract(path: str | Path, dest: str | Path) -> dict[str, Path]:
-    """Unpack a user's zip into ``dest`` after checking every entry; returns name -> file."""
-    dest = Path(dest)
+def _entry(name: str) -> str:
+    """An uploaded entry's name as a message quotes it: on one line, at most 40 characters."""
+    return repr(name[:40] + ("..." if len(name) > 40 else ""))
+
+
+@contextlib.contextmanager
+def checked_zip(path: str | Path):
+    """The user's zip, open, once every entry's name and size passed (nothing is unpacked yet)."""
     try:
         z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -87,26 +102,43 @@ def safe_extract(path: str | Path, dest: str | Path) -> dict[str, Path]:
         total = 0
         for info in infos:
             name = info.filename
-            if not _NAME.match(name):
-                raise CensorError(f"bundle entry {name!r} refused: only plain .json, .png and .safetensors names")
+            if len(name) > MAX_NAME_CHARS or not _NAME.fullmatch(name):  # "$" would accept a trailing "\n"
+                raise CensorError(f"bundle entry {_entry(name)} refused: only plain .json, .png and .safetensors "
+                                  f"names of at most {MAX_NAME_CHARS} characters")
             if info.file_size > MAX_ENTRY_BYTES or info.file_size > MAX_RATIO * max(info.compress_size, 1) + 4096:
                 raise CensorError(f"bundle entry {name!r} is too large or too compressed (a zip bomb?)")
             total += info.file_size
         if total > MAX_TOTAL_BYTES:
             raise CensorError("bundle unpacks to more than 128 MB")
-        dest.mkdir(parents=True, exist_ok=True)
-        out = {}
-        for info in infos:
-            try:
-                data = z.read(info)  # sizes were checked above; read() also verifies the CRC
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
-                # a truncated or corrupted entry (bad CRC, broken deflate stream, encrypted, odd method)
-                raise CensorError(f"bundle entry {info.filename!r} is corrupt ({type(e).__name__})") from None
-            if len(data) != info.file_size:
-                raise CensorError(f"bundle entry {info.filename!r} does not match its declared size")
-            (dest / info.filename).write_bytes(data)
-            out[info.filename] = dest / info.filename
-        return out
+        yield z
+
+
+def unpack(z: zipfile.ZipFile, dest: Path, keep=None) -> dict[str, Path]:
+    """Write the entries named in ``keep`` (all when None) into ``dest``; the rest are never read."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for info in z.infolist():
+        if keep is not None and info.filename not in keep:
+            continue
+        try:
+            data = z.read(info)  # sizes were checked; read() also verifies the CRC
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
+            # a truncated or corrupted entry (bad CRC, broken deflate stream, encrypted, odd method)
+            raise CensorError(f"bundle entry {info.filename!r} is corrupt ({type(e).__name__})") from None
+        if len(data) != info.file_size:
+            raise CensorError(f"bundle entry {info.filename!r} does not match its declared size")
+        (dest / info.filename).write_bytes(data)
+        out[info.filename] = dest / info.filename
+    return out
+
+
+def safe_extract(path: str | Path, dest: str | Path, keep=None) -> dict[str, Path]:
+    """Unpack a user's zip into ``dest`` after checking every entry; returns name -> file.
+
+    ``keep``: the names a format defines. Anything else is skipped unread, so padding a bundle
+    with entries the app ignores costs the server no disk."""
+    with checked_zip(path) as z:
+        return unpack(z, Path(dest), keep)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -144,7 +176,25 @@ def read_json(path: Path) -> dict:
 
 def read_gallery_bundle(path: str | Path, dest: str | Path, image_size: tuple[int, int] | None = None) -> dict:
     """Unpack and check a gallery bundle; ``image_size`` (H, W): the loaded model's, which the manifest must match."""
-    files = safe_extract(path, dest)
+    with checked_zip(path) as z:  # the manifest and reward first; then only the images the manifest counts
+        files = unpack(z, Path(dest), {"manifest.json", *REWARD_FILES})
+        manifest = _gallery_manifest(files, image_size)
+        n, size = manifest.get("images", {}).get("censored", 0), manifest.get("image_size", [28, 28])
+        images = {f"censored_{i:03d}.png" for i in range(n)}
+        for info in z.infolist():  # an image padded past any real PNG of its size is never written
+            if info.filename in images and info.file_size > MAX_PNG_BYTES:
+                raise CensorError(f"{info.filename} holds {info.file_size} bytes; no {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} "
+                                  f"image needs more than {MAX_PNG_BYTES}")
+        files.update(unpack(z, Path(dest), images))
+    for i in range(n):
+        if f"censored_{i:03d}.png" not in files:
+            raise CensorError(f"bundle has no censored_{i:03d}.png")
+    censored = np.stack([read_png(files[f"censored_{i:03d}.png"], tuple(size)) for i in range(n)]) if n else None
+    return dict(manifest=manifest, censored=censored, reward_dir=Path(dest))
+
+
+def _gallery_manifest(files: dict, image_size) -> dict:
+    """The unpacked manifest, its shape checked before any number in it is trusted."""
     for needed in ("manifest.json", *REWARD_FILES):
         if needed not in files:
             raise CensorError(f"bundle has no {needed}")
@@ -161,6 +211,8 @@ def read_gallery_bundle(path: str | Path, dest: str | Path, image_size: tuple[in
     if not isinstance(images, dict) or type(images.get("censored", 0)) is not int:
         raise CensorError("manifest.json: 'images' must map 'censored' to an image count")
     n = images.get("censored", 0)
+    if n > MAX_GALLERY_IMAGES:
+        raise CensorError(f"manifest.json: a gallery holds at most {MAX_GALLERY_IMAGES} images, this one {n}")
     if n != len(seeds):
         raise CensorError("manifest.json: image count and seeds disagree")
     size = manifest.get("image_size", [28, 28])
@@ -168,16 +220,12 @@ def read_gallery_bundle(path: str | Path, dest: str | Path, image_size: tuple[in
         raise CensorError(f"manifest.json: image_size must be [height, width] of 1 to {MAX_IMAGE_SIDE} pixels")
     if image_size is not None and tuple(size) != tuple(image_size):
         raise CensorError(f"manifest.json: image_size {size} is not this model's {list(image_size)}")
-    for i in range(n):
-        if f"censored_{i:03d}.png" not in files:
-            raise CensorError(f"bundle has no censored_{i:03d}.png")
-    censored = np.stack([read_png(files[f"censored_{i:03d}.png"], tuple(size)) for i in range(n)]) if n else None
-    return dict(manifest=manifest, censored=censored, reward_dir=Path(dest))
+    return manifest
 
 
 def write_session_bundle(path: str | Path, info: dict, items: list[dict], reward_dir: Path | None) -> Path:
     path = Path(path)
-    meta = dict(info={k: info[k] for k in ("instructions", "model")},
+    meta = dict(info=dict(instructions=info["instructions"], model=source_name(info["model"])),
                 items=[{k: it[k] for k in ("seed", "round", "state", "viewed")} for it in items],
                 versions=versions())
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
@@ -190,7 +238,7 @@ def write_session_bundle(path: str | Path, info: dict, items: list[dict], reward
 
 
 def read_session_bundle(path: str | Path, dest: str | Path) -> dict:
-    files = safe_extract(path, dest)
+    files = safe_extract(path, dest, keep=SESSION_FILES)
     for needed in ("session.json", "images.safetensors"):
         if needed not in files:
             raise CensorError(f"session bundle has no {needed}")
@@ -206,5 +254,7 @@ def read_session_bundle(path: str | Path, dest: str | Path) -> dict:
         if (not isinstance(it, dict) or it.get("state") not in (0, 1, 2)
                 or not all(type(it.get(k)) is int and 0 <= it[k] <= MAX_SEED for k in ("seed", "round"))):
             raise CensorError("session.json: every item needs a label state 0, 1 or 2 and an integer seed and round")
+    if not isinstance(meta.get("info", {}), dict):
+        raise CensorError("session.json: 'info' must be a JSON object")
     has_reward = all(name in files for name in REWARD_FILES)
     return dict(info=meta.get("info", {}), items=items, images=images, reward_dir=Path(dest) if has_reward else None)

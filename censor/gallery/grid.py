@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, shown
 
 
 def grid(images: np.ndarray, nrow: int | None = None, scale: int = 2, pad: int = 2,
@@ -38,6 +38,6 @@ def save_grid(images: np.ndarray, path: str | Path, **kw) -> Path:
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise CensorError(f"grid output must end in .png, .jpg or .webp, got {path.name}")
     if path.parent and not path.parent.exists():
-        raise CensorError(f"output folder {path.parent} does not exist")
+        raise CensorError(f"output folder {shown(path.parent)} does not exist")
     grid(images, **kw).save(path)
     return path

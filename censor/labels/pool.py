@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from censor.core.data import to_uint8
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, shown, source_name
 from censor.diffusion.models import ASSETS_DIR, EMBEDDED_MODEL_DIR, DiffusionModel
 from censor.rewards.ensemble import model_fingerprint
 from censor.sampling.loop import sample, seeds_for
@@ -76,9 +76,10 @@ def load_pool(folder: str | Path = POOL_DIR, model_dir: str | Path | None = EMBE
         t = load_file(str(folder / "pool.safetensors"))
         meta = json.loads((folder / "pool.json").read_text())
     except Exception as e:
-        raise CensorError(f"sample pool {folder} is missing or corrupt ({type(e).__name__}); "
+        raise CensorError(f"sample pool {shown(folder)} is missing or corrupt ({type(e).__name__}); "
                           "rebuild it with python -m censor make-pool") from None
     if (model_dir is not None or model is not None) and meta.get("model_fingerprint") != pool_fingerprint(model, model_dir):
-        raise CensorError(f"sample pool {folder} was made by other weights than {model_dir or model.source}; "
+        raise CensorError(f"sample pool {shown(folder)} was made by other weights than "
+                          f"{source_name(model_dir or model.source)!r}; "
                           "rebuild it with python -m censor make-pool")
     return Pool(t["images"].numpy(), t["seeds"].numpy(), meta)

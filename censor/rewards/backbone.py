@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, shown
 from censor.diffusion.models import ASSETS_DIR
 
 BACKBONE_DIR = ASSETS_DIR / "backbone"
@@ -23,11 +23,11 @@ def load_backbone_into(reward, folder: str | Path = BACKBONE_DIR):
     """Copy the shipped backbone weights into a ``ResNet18Reward`` (its fc head stays freshly initialised)."""
     path = Path(folder) / "backbone.safetensors"
     if not path.is_file():
-        raise CensorError(f"no embedded backbone at {path}; train one with python -m censor train-backbone "
+        raise CensorError(f"no embedded backbone {shown(path)}; train one with python -m censor train-backbone "
                           "or use init='random'")
     state = load_file(str(path))
     missing, unexpected = reward.net.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("fc.") for k in missing):
-        raise CensorError(f"{path} does not fit the ResNet18 reward (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CensorError(f"{shown(path)} does not fit the ResNet18 reward (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return reward
 

@@ -18,8 +18,14 @@ probabilities, so one doubting member is enough to push a sample away."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
+import os
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +34,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, shown
+from censor.core.settings import RewardSettings
 from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT, build_member, reward_shape
 from censor.rewards.taps import unet_taps
+
+STALE_SECONDS = 600  # a save's temporary folder older than this was left by a killed process
 
 
 def clean_input(reward, diffusion, x: torch.Tensor) -> torch.Tensor:
@@ -115,37 +124,85 @@ class RewardEnsemble:
         return self
 
     def save(self, folder: str | Path) -> None:
+        """Write the weights and reward.json into a fresh folder, then swap it in for ``folder`` whole:
+        a kill mid-save leaves the previous reward intact, never new weights beside an old config."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"member{k}.{name}": v.detach().cpu().contiguous()
-                   for k, m in enumerate(self.members) for name, v in m.state_dict().items()}
-        save_file(tensors, str(folder / "reward.safetensors"))
-        info = {k: v for k, v in self.info.items() if not k.startswith("_")}  # "_" keys live in memory only
-        meta = dict(kind=self.kind, members=len(self.members), image_shape=list(self.image_shape), info=info)
-        (folder / "reward.json").write_text(json.dumps(meta, indent=1))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a save killed before (or after) its swap
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > STALE_SECONDS:  # not a concurrent save's folder
+                    shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+        try:
+            tensors = {f"member{k}.{name}": v.detach().cpu().contiguous()
+                       for k, m in enumerate(self.members) for name, v in m.state_dict().items()}
+            save_file(tensors, str(tmp / "reward.safetensors"))
+            info = {k: v for k, v in self.info.items() if not k.startswith("_")}  # "_" keys live in memory only
+            meta = dict(kind=self.kind, members=len(self.members), image_shape=list(self.image_shape), info=info)
+            (tmp / "reward.json").write_text(json.dumps(meta, indent=1))
+            for f in (tmp / "reward.safetensors", tmp / "reward.json", tmp):
+                _fsync(f)
+            _swap_into(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # the old reward after a swap, or a failed save's files
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+try:
+    _RENAMEAT2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+except (OSError, AttributeError, TypeError):
+    _RENAMEAT2 = None
+
+
+def _swap_into(tmp: Path, folder: Path) -> None:
+    """Put the finished folder ``tmp`` where ``folder`` is, in one step; ``tmp`` then holds the old one.
+
+    A new folder is one rename. Replacing one is Linux's renameat2(RENAME_EXCHANGE), which swaps the
+    two names atomically; where that is missing, two renames (a kill between them loses the folder)."""
+    if not folder.exists():
+        os.rename(tmp, folder)
+        return
+    if _RENAMEAT2 is not None and _RENAMEAT2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(folder),
+                                           _RENAME_EXCHANGE) == 0:
+        _fsync(folder.parent)
+        return
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.rename(folder, old)
+    os.rename(tmp, folder)
+    os.rename(old, tmp)
 
 
 def load_reward(folder: str | Path, diffusion=None) -> RewardEnsemble:
-    """Load a saved ensemble; refuse one made for another image size or another diffusion model."""
+    """Load a saved ensemble; refuse one made for another image size or another diffusion model.
+
+    Reward files come from users' bundles, so every tensor must be exactly what a freshly built member
+    holds (same names, dtype and shape; finite), and the member count is the one training allows."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "reward.json").read_text())
         tensors = load_file(str(folder / "reward.safetensors"))
-    except Exception as e:
-        raise CensorError(f"reward folder {folder} is missing or corrupt ({type(e).__name__})") from None
-    # reward files come from users' bundles: check reward.json's shape and refuse NaN/inf weights
-    # (they would only turn every guided image into noise, silently)
+    except Exception as e:  # the folder's name only: a public studio's users never see server paths
+        raise CensorError(f"reward folder {shown(folder)} is missing or corrupt: no readable reward.json and "
+                          f"reward.safetensors ({type(e).__name__})") from None
+    shape = meta.get("image_shape", []) if isinstance(meta, dict) else None
     if (not isinstance(meta, dict) or type(meta.get("members")) is not int or meta["members"] < 1
-            or not isinstance(meta.get("info", {}), dict) or not isinstance(meta.get("image_shape", []), list)):
-        raise CensorError(f"reward folder {folder}: reward.json is malformed")
-    for name, v in tensors.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise CensorError(f"reward folder {folder}: {name} holds NaN or infinite values")
+            or not isinstance(meta.get("info", {}), dict) or not isinstance(shape, list)
+            or not all(type(v) is int and v > 0 for v in shape)):
+        raise CensorError("reward.json is malformed")
+    RewardSettings.knobs()["members"].check("members", meta["members"], "reward.json: ")
     kind = meta.get("kind")
     if kind not in REWARD_KINDS:
-        raise CensorError(f"reward folder {folder}: unknown kind {kind!r}")
-    shape = tuple(meta.get("image_shape", ()))
-    if diffusion is not None and kind in REWARD_KINDS and shape != reward_shape(kind, diffusion):
+        raise CensorError(f"reward.json: unknown kind {kind!r}")
+    shape = tuple(shape)
+    if diffusion is not None and shape != reward_shape(kind, diffusion):
         raise CensorError(f"this reward was trained on {shape} images (or latents); this model's {kind} reward reads "
                           f"{reward_shape(kind, diffusion)}")
     if kind == "ddpm-encoder":
@@ -153,15 +210,26 @@ def load_reward(folder: str | Path, diffusion=None) -> RewardEnsemble:
             raise CensorError("a ddpm-encoder reward can only be loaded together with its diffusion model")
         if meta.get("info", {}).get("model_fingerprint") != model_fingerprint(diffusion.unet):
             raise CensorError("this reward reads features of another diffusion model; retrain it for this one")
-    members = []
-    for k in range(int(meta["members"])):
-        m = build_member(kind, diffusion)
-        sd = {name[len(f"member{k}."):]: v for name, v in tensors.items() if name.startswith(f"member{k}.")}
-        try:
-            m.load_state_dict(sd)
-        except RuntimeError as e:
-            raise CensorError(f"reward folder {folder}: member {k} does not fit a {kind} model "
-                              f"({str(e).splitlines()[0]})") from None
-        members.append(m)
+    members = [build_member(kind, diffusion) for _ in range(meta["members"])]
+    expected = {f"member{k}.{name}": v for k, m in enumerate(members) for name, v in m.state_dict().items()}
+    _check_tensors(tensors, expected, f"{meta['members']} {kind} member(s)")
+    for k, m in enumerate(members):
+        m.load_state_dict({name[len(f"member{k}."):]: v for name, v in tensors.items() if name.startswith(f"member{k}.")})
     return RewardEnsemble(kind, members, shape, meta.get("info", {})).eval()
 
+
+def _check_tensors(tensors: dict, expected: dict, what: str) -> None:
+    """Refuse weights that are not exactly ``expected``'s names, dtypes and shapes, or not finite
+    (a complex or float8 tensor would slip past a float-only NaN check, or crash it)."""
+    missing, extra = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
+    if missing or extra:
+        first = f"lacks {missing[0][:80]!r}" if missing else f"has an unexpected {extra[0][:80]!r}"
+        raise CensorError(f"reward.safetensors does not fit {what}: it {first} "
+                          f"({len(missing)} missing, {len(extra)} unexpected)")
+    for name, ref in expected.items():
+        v = tensors[name]
+        if v.dtype != ref.dtype or v.shape != ref.shape:
+            raise CensorError(f"reward.safetensors: {name} is {str(v.dtype).removeprefix('torch.')} "
+                              f"{list(v.shape)}, expected {str(ref.dtype).removeprefix('torch.')} {list(ref.shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CensorError(f"reward.safetensors: {name} holds NaN or infinite values")

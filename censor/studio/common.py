@@ -8,6 +8,7 @@ import functools
 import html
 import io
 import logging
+import os
 import re
 import string
 
@@ -25,6 +26,20 @@ POOL_PER_SESSION = 200
 LIMITS = STUDIO_LIMITS  # server-side bounds of every number a person sets; the UI's sliders read the same
 # Reward training keeps encoder features of every label (~0.4 MB each), so the label count is bounded too.
 MAX_TRAIN_LABELS = 1000
+# What one person (or one uploaded bundle) may hold on the shared Space: items are what ranking and
+# training scale with; bytes are what fills the persistent disk. Over a limit -> a one-line refusal.
+MAX_SESSION_ITEMS = 2000
+MAX_ROUND = 10_000  # labelling rounds; a bundle's 2**63-1 would overflow SQLite on the next round
+MAX_SESSION_BYTES = 64 * 1024 * 1024  # a session's images, reward, shares and comparison runs
+MAX_TOTAL_BYTES = int(float(os.environ.get("CENSOR_MAX_DISK_GB", "20")) * 1024 ** 3)  # the whole data dir
+SESSION_IDLE_DAYS = 30  # a session untouched this long is deleted by the sweep (at start, then hourly)
+SWEEP_EVERY_S = 3600
+# Informative-first ranking: candidates ranked per call (greedy coverage is cubic in them) and the
+# labelled images it measures coverage against; per-session caches kept for this many sessions.
+RANK_CANDIDATES = 300
+RANK_REFERENCE = 1000
+RANKER_CACHE_SESSIONS = 8
+MAX_PENDING_SESSIONS = 256  # page views not yet labelled, kept in memory only (~160 kB each)
 # A shared public Space: one heavy job (training, a gallery, a reproduction, a comparison) per browser at
 # a time, each stopped after JOB_TIME_LIMIT_S; a queued job that never started stops counting after
 # QUEUED_EXPIRY_S (its browser went away and Gradio dropped it).

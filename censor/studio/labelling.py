@@ -7,7 +7,14 @@ import numpy as np
 
 from censor.labels.active import SessionRanker
 from censor.labels.sessions import STATE_NAMES
-from censor.studio.common import PAGE_SIZE, POOL_PER_SESSION, png_data_uri
+from censor.studio.common import (
+    PAGE_SIZE,
+    POOL_PER_SESSION,
+    RANK_CANDIDATES,
+    RANK_REFERENCE,
+    RANKER_CACHE_SESSIONS,
+    png_data_uri,
+)
 from censor.studio.resources import Resources
 
 
@@ -23,10 +30,11 @@ class Labelling:
         return self.res.store
 
     def open_session(self, sid: str | None, instructions: str = "") -> str:
-        """Resume the browser's session if the store knows it, else start one from the pool."""
+        """Resume the browser's session if the store knows it, else start one from the pool. A new one
+        is pending (in memory): a page view puts nothing on disk; the first label keeps it."""
         if sid and self.store.exists(sid):
             return sid
-        sid = self.store.create(str(self.res.model_dir), instructions)
+        sid = self.store.create(str(self.res.model_dir), instructions, pending=True)
         pool = self.res.pool
         take = np.random.default_rng().permutation(len(pool))[:POOL_PER_SESSION]
         self.store.add_items(sid, pool.images[take], pool.seeds[take], round_=1)
@@ -76,7 +84,8 @@ class Labelling:
     @property
     def ranker(self) -> SessionRanker:
         if self._ranker is None:
-            self._ranker = SessionRanker()
+            self._ranker = SessionRanker(candidates=RANK_CANDIDATES, reference=RANK_REFERENCE,
+                                         cache_sessions=RANKER_CACHE_SESSIONS)
         return self._ranker
 
     def informative_first(self, sid: str) -> bool:
@@ -84,8 +93,7 @@ class Labelling:
 
     def set_informative_first(self, sid: str, on: bool) -> None:
         """The Label tab's "show most informative first" toggle (kept in the session folder)."""
-        self.store.info(sid)  # unknown session -> CensorError
-        self.ranker.set_enabled(self.store.folder(sid), on)
+        self.ranker.set_enabled(self.res.session_folder(sid), on)  # unknown -> CensorError; keeps a pending one
 
     def label_order(self, sid: str, upto: int = 0) -> list[int]:
         """The Label grid's item order when showing the most informative first (every item once)."""

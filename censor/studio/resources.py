@@ -5,15 +5,27 @@ galleries, sharing, the RLHF tab) get this object and use only its public surfac
 from __future__ import annotations
 
 import os
+import shutil
+import threading
+import time
 from pathlib import Path
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, source_name
 from censor.diffusion.models import EMBEDDED_MODEL_DIR, DiffusionModel
 from censor.diffusion.sources import load_model
 from censor.eval.oracle import load_oracle
 from censor.labels.pool import load_pool
-from censor.labels.sessions import SessionStore
+from censor.labels.sessions import Quotas, SessionStore
 from censor.rewards.ensemble import load_reward
+from censor.studio.common import (
+    MAX_PENDING_SESSIONS,
+    MAX_ROUND,
+    MAX_SESSION_BYTES,
+    MAX_SESSION_ITEMS,
+    MAX_TOTAL_BYTES,
+    SESSION_IDLE_DAYS,
+    SWEEP_EVERY_S,
+)
 
 DEFAULT_DATA_DIR = Path(os.environ.get("CENSOR_DATA_DIR", "studio_data"))
 
@@ -34,6 +46,8 @@ class Resources:
         self._data_dir = Path(data_dir or DEFAULT_DATA_DIR)
         self._store = None
         self._oracle = None
+        self._swept = 0.0  # when the last sweep ran (time.monotonic)
+        self._sweep_lock = threading.Lock()
 
     @property
     def data_dir(self) -> Path:
@@ -47,8 +61,29 @@ class Resources:
     @property
     def store(self) -> SessionStore:
         if self._store is None:
-            self._store = SessionStore(self._data_dir)
+            quotas = Quotas(max_items=MAX_SESSION_ITEMS, max_round=MAX_ROUND, session_bytes=MAX_SESSION_BYTES,
+                            total_bytes=MAX_TOTAL_BYTES, max_pending=MAX_PENDING_SESSIONS)
+            store = SessionStore(self._data_dir, quotas)
+            self._sweep(store, temp_age_s=0.0)  # at start no import is in flight: every temp folder is stale
+            self._store = store
+        elif time.monotonic() - self._swept > SWEEP_EVERY_S:
+            self._sweep(self._store, temp_age_s=SWEEP_EVERY_S)
         return self._store
+
+    def _sweep(self, store: SessionStore, temp_age_s: float) -> None:
+        """Expire idle sessions and imported galleries, and remove what interrupted imports left."""
+        if not self._sweep_lock.acquire(blocking=False):
+            return  # another thread is sweeping
+        try:
+            self._swept = time.monotonic()
+            idle = SESSION_IDLE_DAYS * 86400
+            store.sweep(idle_s=idle, temp_age_s=temp_age_s)
+            bundles = self._data_dir / "bundles"
+            for folder in bundles.iterdir() if bundles.is_dir() else ():
+                if time.time() - folder.stat().st_mtime > idle:
+                    shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            self._sweep_lock.release()
 
     @property
     def model(self) -> DiffusionModel:
@@ -62,7 +97,7 @@ class Resources:
             if self.pool_dir is None and self.model_dir == EMBEDDED_MODEL_DIR:
                 self._pool = load_pool(model_dir=self.model_dir)
             elif self.pool_dir is None:
-                raise CensorError(f"no sample pool for {self.model_dir}: make one with python -m censor make-pool "
+                raise CensorError(f"no sample pool for {source_name(self.model_dir)!r}: make one with python -m censor make-pool "
                                   "--model ... --out DIR and start the studio with CENSOR_POOL_DIR=DIR")
             else:  # a pool made for this model: checked against its weights (and prompt or class)
                 self._pool = load_pool(self.pool_dir, model_dir=self.model_dir, model=self.model)
@@ -75,14 +110,15 @@ class Resources:
         return self._oracle
 
     def session_folder(self, sid: str) -> Path:
-        """A session's own folder (its reward, shares, comparison runs); a malformed id -> CensorError."""
-        return self.store.folder(sid)
+        """A session's own folder (its reward, shares, comparison runs), on disk from here on (a session
+        that was only viewed so far is kept); an unknown id -> CensorError."""
+        return self.store.folder(self.store.keep(sid))
 
     def reward_dir(self, sid: str) -> Path:
         return self.session_folder(sid) / "reward"
 
     def has_reward(self, sid: str) -> bool:
-        return (self.reward_dir(sid) / "reward.json").exists()
+        return (self.store.folder(sid) / "reward" / "reward.json").exists()  # a read: keeps nothing
 
     def session_reward(self, sid: str):
         """The session's trained reward, checked against the loaded model."""

@@ -46,7 +46,7 @@ def run_comparison(studio: Resources, sid: str, feature: str, methods, budget: i
 
 
 def available_adapters(studio: Resources, sid: str) -> list[str]:
-    folder = _compare_dir(studio, sid) / "adapters"
+    folder = studio.store.folder(sid) / "compare" / "adapters"  # a read (on page load): puts nothing on disk
     return [name for name in ADAPTERS if (folder / name / "adapter.json").is_file()]
 
 

@@ -27,7 +27,8 @@ from censor.gallery.bundles import (
 from censor.gallery.grid import grid
 from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.sampling.loop import sample
-from censor.studio.common import conditioning_info, inert, shown
+from censor.labels.upkeep import TEMP_PREFIX
+from censor.studio.common import MAX_ROUND, MAX_SESSION_ITEMS, conditioning_info, inert, shown
 from censor.studio.manifest import check_manifest, settings_guidance
 from censor.studio.resources import Resources
 
@@ -145,26 +146,37 @@ class Sharing:
                                     store.items(sid, limit=100_000), rdir if rdir.exists() else None)
 
     def import_session(self, path: str | Path) -> str:
-        """A new session holding the bundle's images, labels and reward (the original stays untouched)."""
+        """A new session holding the bundle's images, labels and reward (the original stays untouched).
+
+        Everything is checked before anything is created, unpacked into a temporary folder whose
+        session part is renamed into place, and stored in one transaction: a refusal or a kill
+        leaves no session behind (and the store's sweep removes a killed import's folders)."""
         store, model = self.res.store, self.res.model
-        with tempfile.TemporaryDirectory(dir=store.root) as tmp:
-            b = read_session_bundle(path, tmp)
+        tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=store.root))
+        try:
+            b = read_session_bundle(path, tmp / "bundle")
             if tuple(b["images"].shape[1:]) != tuple(model.image_shape[1:]):
                 raise CensorError(f"the session's images are {'x'.join(map(str, b['images'].shape[1:]))}, "
                                   f"this model makes {'x'.join(map(str, model.image_shape[1:]))}")
+            check_session_items(b["items"])
             if b["reward_dir"] is not None:
                 load_reward(b["reward_dir"], model)  # refuse a reward for another model or image size
-            sid = store.create(str(self.res.model_dir), str(b["info"].get("instructions", "")))
-            for rnd in sorted({int(it["round"]) for it in b["items"]}):
-                idx = [i for i, it in enumerate(b["items"]) if int(it["round"]) == rnd]
-                ids = store.add_items(sid, b["images"][idx], [int(b["items"][i]["seed"]) for i in idx], round_=rnd)
-                for i, item_id in zip(idx, ids):
-                    if b["items"][i]["state"]:
-                        store.set_state(sid, item_id, int(b["items"][i]["state"]))
-                store.mark_viewed(sid, [item_id for i, item_id in zip(idx, ids) if b["items"][i]["viewed"]])
-            if b["reward_dir"] is not None:
-                rdir = self.res.reward_dir(sid)
-                rdir.mkdir(parents=True, exist_ok=True)
+                (tmp / "session" / "reward").mkdir(parents=True)
                 for name in ("reward.safetensors", "reward.json"):
-                    shutil.copy(Path(b["reward_dir"]) / name, rdir / name)
-        return sid
+                    shutil.copy(Path(b["reward_dir"]) / name, tmp / "session" / "reward" / name)
+            return store.import_session(str(self.res.model_dir), str(b["info"].get("instructions", "")),
+                                        b["images"], b["items"], tmp / "session" if b["reward_dir"] else None)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_session_items(items: list[dict]) -> None:
+    """What the store needs of every imported item beyond the bundle's own checks: a viewed flag, a
+    bounded round, and no more items than a session may hold."""
+    if len(items) > MAX_SESSION_ITEMS:
+        raise CensorError(f"session.json: {len(items)} images; a session holds at most {MAX_SESSION_ITEMS}")
+    for it in items:
+        if not isinstance(it.get("viewed"), (bool, int)) or it["viewed"] not in (0, 1):
+            raise CensorError("session.json: every item needs a viewed flag (true or false)")
+        if not 0 <= it["round"] <= MAX_ROUND:
+            raise CensorError(f"session.json: labelling rounds must be between 0 and {MAX_ROUND}")
