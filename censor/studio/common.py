@@ -61,7 +61,7 @@ def inert(text) -> str:
     return html.escape(flat, quote=False).translate(_MARKDOWN)
 
 
-def shown(value) -> str:
+def echo(value) -> str:
     """A refused value as a message (a toast, a Markdown line) may quote it: short, letters, digits and
     ``.+-`` only, so it reads the same and forms nothing in any renderer."""
     r = re.sub(r"[^\w .+-]", "?", repr(value))
@@ -74,7 +74,7 @@ def check_range(name: str, value: float, bounds: tuple | None = None) -> float:
     # not a number (None, a string from a hand-made request or a manifest), NaN or inf: refused
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not lo <= value <= hi:
-        raise CensorError(f"{name} must be between {lo} and {hi}, got {shown(value)}")
+        raise CensorError(f"{name} must be between {lo} and {hi}, got {echo(value)}")
     return value
 
 

@@ -14,7 +14,7 @@ import re
 from censor.core.errors import CensorError
 from censor.core.settings import GuidanceSettings
 from censor.sampling.guidance import Guidance, guidance_for
-from censor.studio.common import MAX_TEXT, check_range, shown
+from censor.studio.common import MAX_TEXT, check_range, echo
 
 WHERE = "manifest.json: "
 _SLIDERS = {"weight": float, "backward": int, "recurrence": int, "steps": int, "count": int, "seed": int}
@@ -98,7 +98,7 @@ def check_settings(settings) -> None:
     unknown = sorted(set(settings) - known - {"kind", "backward_steps"}) + [k for k in ("kind", "backward_steps")
                                                                             if k in settings]
     if unknown:
-        raise _refuse(f"settings has an unknown field {shown(unknown[0])}")
+        raise _refuse(f"settings has an unknown field {echo(unknown[0])}")
     if settings.get("method", "ddim") != "ddim":
         raise _refuse("settings.method must be 'ddim'")
     eta = settings.get("eta", 0.0)
@@ -124,7 +124,7 @@ def check_manifest(m: dict) -> None:
     """An uploaded (or stored) gallery manifest, every field: what it may hold, before anything uses or shows it."""
     unknown = sorted(set(m) - _TOP)
     if unknown:
-        raise _refuse(f"unknown field {shown(unknown[0])}")
+        raise _refuse(f"unknown field {echo(unknown[0])}")
     check_settings(m.get("settings"))
     if not isinstance(m.get("reward_sha256"), str) or not _HEX64.match(m["reward_sha256"]):
         raise _refuse("reward_sha256 must be 64 hexadecimal digits")

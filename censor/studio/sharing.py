@@ -28,7 +28,7 @@ from censor.gallery.grid import grid
 from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.sampling.loop import sample
 from censor.labels.upkeep import TEMP_PREFIX
-from censor.studio.common import MAX_ROUND, MAX_SESSION_ITEMS, conditioning_info, inert, shown
+from censor.studio.common import MAX_ROUND, MAX_SESSION_ITEMS, conditioning_info, echo, inert
 from censor.studio.manifest import check_manifest, settings_guidance
 from censor.studio.resources import Resources
 
@@ -92,7 +92,7 @@ class Sharing:
         if m.get("model_fingerprint") != model_fingerprint(model.unet):
             raise CensorError("this bundle was made with another diffusion model than the one loaded here")
         if m.get("conditioning") != conditioning_info(model):
-            raise CensorError(f"this bundle was sampled with {shown(m.get('conditioning') or 'no prompt or class')}; "
+            raise CensorError(f"this bundle was sampled with {echo(m.get('conditioning') or 'no prompt or class')}; "
                               f"this studio samples with {conditioning_info(model) or 'no prompt or class'}")
         settings = m["settings"]
         if len(m["seeds"]) != settings["count"]:
