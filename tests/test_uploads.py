@@ -31,6 +31,7 @@ from censor.rewards.architectures import build_member
 from censor.rewards.backbone import load_backbone_into
 from censor.rewards.ensemble import RewardEnsemble, load_reward
 from censor.studio.core import Studio
+from censor.studio.sharing import VERIFIED
 
 NAN = float("nan")
 SESSION_FILES = ("session.json", "images.safetensors", "reward.safetensors", "reward.json")  # the format's
@@ -308,8 +309,9 @@ def test_padded_gallery_bundle_keeps_only_what_the_format_defines(shared, tmp_pa
     kept = studio.store.root / "bundles" / r["token"]
     n = json.loads(entries["manifest.json"])["images"]["censored"]
     defined = {"manifest.json", "reward.json", "reward.safetensors", *(f"censored_{i:03d}.png" for i in range(n))}
-    assert {p.name for p in kept.iterdir()} == defined
-    assert _bytes_under(kept) == sum(len(entries[name]) for name in defined)
+    # plus the server's own record of which images reproduced (sharing.VERIFIED, issue 19 item 7)
+    assert {p.name for p in kept.iterdir()} == defined | {VERIFIED}
+    assert _bytes_under(kept) - (kept / VERIFIED).stat().st_size == sum(len(entries[name]) for name in defined)
     assert r["identical"] == n and studio.open_permalink(r["token"])["censored"].shape[0] == n
     out = read_gallery_bundle(padded, tmp_path / "direct")
     assert {p.name for p in (tmp_path / "direct").iterdir()} == defined and out["censored"].shape[0] == n
