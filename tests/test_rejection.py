@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_browser import browser, server  # noqa: F401  (fixtures of the strict-mode browser test)
+from test_browser import browser, server, studio_dir  # noqa: F401  (fixtures of the strict-mode browser test)
 
 import censor.sampling.rejection as rejection
 from censor.core.data import to_uint8

@@ -120,6 +120,14 @@ def check_settings(settings) -> None:
     _plain(settings)
 
 
+def check_conditioning(c) -> None:
+    """The prompt or class a manifest says it was sampled with: null or {kind, label, scale}."""
+    if c is not None and (not isinstance(c, dict) or set(c) != {"kind", "label", "scale"}
+                          or not isinstance(c["kind"], str) or not isinstance(c["label"], (str, int))
+                          or not (c["scale"] is None or isinstance(c["scale"], (int, float)))):
+        raise _refuse("conditioning must be null or {kind, label, scale}")
+
+
 def check_manifest(m: dict) -> None:
     """An uploaded (or stored) gallery manifest, every field: what it may hold, before anything uses or shows it."""
     unknown = sorted(set(m) - _TOP)
@@ -131,11 +139,7 @@ def check_manifest(m: dict) -> None:
     for name in ("model", "model_fingerprint"):
         if not isinstance(m.get(name, ""), str):
             raise _refuse(f"{name} must be text")
-    c = m.get("conditioning")
-    if c is not None and (not isinstance(c, dict) or set(c) != {"kind", "label", "scale"}
-                          or not isinstance(c["kind"], str) or not isinstance(c["label"], (str, int))
-                          or not (c["scale"] is None or isinstance(c["scale"], (int, float)))):
-        raise _refuse("conditioning must be null or {kind, label, scale}")
+    check_conditioning(m.get("conditioning"))
     labels = m.get("labels", {})
     if not isinstance(labels, dict) or any(type(v) is not int or v < 0 for v in labels.values()) \
             or not set(labels) <= {"viewed", "malign", "benign", "unsure"}:

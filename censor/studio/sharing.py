@@ -25,11 +25,11 @@ from censor.gallery.bundles import (
     write_session_bundle,
 )
 from censor.gallery.grid import grid
+from censor.labels.upkeep import TEMP_PREFIX
 from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.sampling.loop import sample
-from censor.labels.upkeep import TEMP_PREFIX
 from censor.studio.common import MAX_ROUND, MAX_SESSION_ITEMS, conditioning_info, echo, inert
-from censor.studio.manifest import check_manifest, settings_guidance
+from censor.studio.manifest import check_conditioning, check_manifest, settings_guidance
 from censor.studio.resources import Resources
 
 PERMALINK = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
@@ -88,12 +88,15 @@ class Sharing:
         """Sample an unpacked bundle's seeds again with its settings and reward; compare with its images."""
         model = self.res.model
         m = bundle["manifest"]
-        check_manifest(m)  # every field, before anything reads or shows one
+        # which model and prompt first (plain comparisons; the refusal echoes only an escaped excerpt),
+        # then every field, before anything reads or shows one
         if m.get("model_fingerprint") != model_fingerprint(model.unet):
             raise CensorError("this bundle was made with another diffusion model than the one loaded here")
+        check_conditioning(m.get("conditioning"))
         if m.get("conditioning") != conditioning_info(model):
             raise CensorError(f"this bundle was sampled with {echo(m.get('conditioning') or 'no prompt or class')}; "
                               f"this studio samples with {conditioning_info(model) or 'no prompt or class'}")
+        check_manifest(m)
         settings = m["settings"]
         if len(m["seeds"]) != settings["count"]:
             raise CensorError("manifest.json: count and seeds disagree")
