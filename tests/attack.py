@@ -27,7 +27,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-from test_reliability import AppServer, _png_header_only, click, completions, join  # noqa: E402  (the suite's own app driver)
+from test_reliability import AppServer, _png_header_only, _zip, click, completions, join  # noqa: E402  (the suite's own app driver)
 
 from censor.labels.sessions import MALIGN, SessionStore  # noqa: E402
 
@@ -162,11 +162,8 @@ def hostile_cases(gallery: dict[str, bytes], session: dict[str, bytes]) -> list[
 def _write(path: Path, case: dict | bytes) -> Path:
     if isinstance(case, bytes):
         path.write_bytes(case)
-    else:
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, body in case.items():
-                z.writestr(name, body)
-    return path
+        return path
+    return _zip(path, case)
 
 
 def hostile_inputs(data: Path, work: Path) -> dict:

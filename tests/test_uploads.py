@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT
+from test_reliability import _zip, shared  # noqa: F401  (one trained session and its two bundles, made once)
 from safetensors.torch import load_file, save, save_file
 
 from censor.core.errors import CensorError
@@ -25,7 +25,7 @@ from censor.diffusion.sources import load_model
 from censor.eval.oracle import load_oracle, load_reference
 from censor.gallery.bundles import read_gallery_bundle, read_session_bundle, safe_extract
 from censor.gallery.grid import save_grid
-from censor.labels.pool import Pool, load_pool, make_pool, save_pool
+from censor.labels.pool import load_pool, make_pool, save_pool
 from censor.rewards import ensemble
 from censor.rewards.architectures import build_member
 from censor.rewards.backbone import load_backbone_into
@@ -35,29 +35,6 @@ from censor.studio.sharing import VERIFIED
 
 NAN = float("nan")
 SESSION_FILES = ("session.json", "images.safetensors", "reward.safetensors", "reward.json")  # the format's
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory, tiny_model, fixture_images):
-    """A studio (the embedded model's folder as its source) with one trained session and its two bundles."""
-    tmp = tmp_path_factory.mktemp("uploads")
-    studio = Studio(model=tiny_model, data_dir=tmp / "data", pool=Pool(fixture_images["images"][:40], np.arange(40), {}))
-    sid = studio.open_session(None, "mark bags")
-    for it in studio.page(sid, 0)[:3]:
-        studio.click(sid, it["id"])
-    studio.train(sid, "ensemble", "half-unet", members=2, iterations=10, alpha=0.5)
-    result = studio.censored_gallery(sid, "time", 2.0, 0, 0, steps=5, seed=3, count=3)
-    _, gallery = studio.export_gallery(sid, result)
-    session = studio.export_session(sid)
-    read = lambda p: {n: zipfile.ZipFile(p).read(n) for n in zipfile.ZipFile(p).namelist()}
-    return studio, sid, read(gallery), read(session)
-
-
-def _zip(path: Path, entries: dict) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in entries.items():
-            z.writestr(name, data)
-    return path
 
 
 def _with_weights(entries: dict, tensors: dict) -> dict:
