@@ -108,7 +108,12 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                 gr.Dropdown(choices=["base model"] + available_adapters(studio, sid)))
 
     def on_click(sid, page, evt: gr.EventData):
-        studio.click(sid, int(evt._data["item"]))
+        try:
+            studio.click(sid, int((evt._data or {})["item"]))
+        except (KeyError, TypeError, ValueError):  # a hand-made request: no item, or not a number
+            raise gr.Error("that click could not be read; reload the page") from None
+        except CensorError as e:  # e.g. a session forgotten before its first label (a restart)
+            raise gr.Error(f"{e}; reload the page") from None
         return grid_value(sid, page), studio.counts_text(sid), studio.suggest_method(sid)[1]
 
     def on_page(sid, page, evt: gr.EventData):
