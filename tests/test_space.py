@@ -312,6 +312,8 @@ def test_a_link_shows_only_the_uploaded_images_that_reproduced(bundle, tmp_path)
 def test_a_click_on_an_unknown_session_or_a_bad_item_gets_a_one_line_message(studio):
     """A click the server cannot apply (a session it never had, an item that is not a number) answers
     with a message the page shows, not Gradio's generic error."""
+    from test_reliability import completions, join
+
     from app import QUEUE, build_app
 
     demo = build_app(studio)
@@ -320,18 +322,8 @@ def test_a_click_on_an_unknown_session_or_a_bad_item_gets_a_one_line_message(stu
         url = demo.local_url.rstrip("/")
         grid = next(c["id"] for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "label-grid")
         click = next(d["id"] for d in demo.config["dependencies"] if any(list(t) == [grid, "click"] for t in d["targets"]))
-        errors = []
-        for k, (sid, item) in enumerate([("Z" * 24, 0), (None, "x; drop table")]):
-            ev = requests.post(f"{url}/gradio_api/queue/join", timeout=10,
-                               json=dict(data=[sid, 0], event_data={"item": item}, fn_index=click,
-                                         session_hash=f"c{k}")).json()["event_id"]
-            with requests.get(f"{url}/gradio_api/queue/data", params={"session_hash": f"c{k}"},
-                              stream=True, timeout=60) as stream:
-                for line in stream.iter_lines():
-                    msg = json.loads(line[5:]) if line.startswith(b"data:") else {}
-                    if msg.get("msg") == "process_completed" and msg.get("event_id") == ev:
-                        errors.append(msg)
-                        break
+        errors = [next(completions(url, f"c{k}", [join(url, f"c{k}", click, [sid, 0], {"item": item})]))
+                  for k, (sid, item) in enumerate([("Z" * 24, 0), (None, "x; drop table")])]
     finally:
         demo.close()
     assert [m["success"] for m in errors] == [False, False]
