@@ -33,7 +33,7 @@ def test_session_label_train_censor_and_next_round(studio):
     assert studio.click(sid, first[0]["id"]) == "malign"
     assert studio.click(sid, first[1]["id"]) == "malign"
     assert studio.click(sid, first[1]["id"]) == "unsure"
-    assert studio.counts_text(sid) == "viewed 25 · malign 1 · benign 23 · unsure 1"
+    assert studio.counts_text(sid) == "viewed 25 · malign 1 · target 100 (benign 23 · unsure 1)"
     assert studio.suggest_method(sid)[0] == "ensemble"
     info = studio.train(sid, "ensemble", "half-unet", members=2, iterations=10, alpha=0.5)
     assert info["labels"] == 24 and info["malign_labels"] == 1 and info["held_out_accuracy"] is None
@@ -160,3 +160,24 @@ def test_a_clean_image_reward_gets_universal_guidance_and_the_readout_says_so(st
         assert f"Guidance: {r['guidance_note']}." in note
     finally:
         demo.close()
+
+
+def test_a_page_marked_at_once_left_out_and_undone(studio):
+    """Issue 20: shown images count as benign unless marked; a page not really looked at can be left
+    out (its unmarked images become unsure, out of training) and any mark undone."""
+    sid = studio.open_session(None)
+    first = studio.page(sid, 0)
+    studio.click(sid, first[0]["id"])
+    _, labels = studio.store.training_data(sid)
+    assert len(labels) == PAGE_SIZE and (labels == 0).sum() == 1  # 24 implicit benign labels
+    assert studio.mark_page(sid, 0, "leave out") == PAGE_SIZE - 1
+    _, labels = studio.store.training_data(sid)
+    assert list(labels) == [0]  # only the explicit mark is left to train on
+    assert studio.undo(sid) == PAGE_SIZE - 1
+    assert len(studio.store.training_data(sid)[1]) == PAGE_SIZE
+    assert studio.mark_page(sid, 0, "malign") == PAGE_SIZE - 1
+    assert studio.store.counts(sid).malign == PAGE_SIZE
+    assert studio.undo(sid) == PAGE_SIZE - 1 and studio.undo(sid) == 1  # then the first click
+    assert studio.store.counts(sid).malign == 0 and studio.undo(sid) == 0
+    with pytest.raises(CensorError, match="'malign' or 'leave out'"):
+        studio.mark_page(sid, 0, "benign")

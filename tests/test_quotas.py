@@ -148,7 +148,7 @@ def test_a_page_view_puts_nothing_on_disk_and_the_first_label_keeps_the_session(
     assert _sessions_in_db(studio.data_dir) == before_db + 1 and sid in _dirs(studio.data_dir)
     again = Studio(model=studio.model, data_dir=studio.data_dir, pool=studio.pool)
     assert again.open_session(sid) == sid  # on disk now: a restart keeps it, views and label included
-    assert again.counts_text(sid) == "viewed 25 · malign 1 · benign 24 · unsure 0"
+    assert again.counts_text(sid) == "viewed 25 · malign 1 · target 100 (benign 24 · unsure 0)"
 
 
 def test_disk_quotas_per_session_and_in_total(tmp_path, tiny_model, fixture_images, monkeypatch):

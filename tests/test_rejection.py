@@ -241,7 +241,7 @@ def test_strict_toggle_in_the_browser_reports_draws_and_shows_progress(server, b
     page = browser.new_page(viewport={"width": 1200, "height": 1100})
     page.goto(url)
     _label_two_and_train(page)
-    page.get_by_role("tab", name="3 · Censored gallery").click()
+    page.get_by_role("tab", name="Censor", exact=True).click()
     _set_slider(page, "censor-steps", 5)
     _set_slider(page, "censor-count", 6)
     _set_slider(page, "censor-strict-p", 0.3)

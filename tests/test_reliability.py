@@ -213,7 +213,7 @@ def test_eight_concurrent_sessions_are_isolated(tmp_path):
     for k, r in enumerate(results):
         assert f"25 labels: {k + 1} malign" in r["trained"]  # the reward saw this session's labels only
         assert r["reward"]["labels"] == 25 and r["reward"]["malign_labels"] == k + 1
-        assert r["sent"][2] == f"viewed 27 · malign {k + 1} · benign {26 - k} · unsure 0"
+        assert r["sent"][2] == f"viewed 27 · malign {k + 1} · target 100 (benign {26 - k} · unsure 0)"
         items = r["meta"]["items"]
         assert len(items) == 202 and len(r["images"]) == 202
         malign = [i for i, it in enumerate(items) if it["state"] == MALIGN]

@@ -57,3 +57,38 @@ def test_sessions_are_isolated_and_ids_unguessable(store, fixture_images):
             store.counts(bad)
     with pytest.raises(CensorError, match="no image 7"):
         store.cycle(a, 7)
+
+
+def test_undo_puts_back_exactly_what_the_last_mark_changed(tmp_path):
+    """A click and a whole-page mark are one action each; undo restores states and viewed flags."""
+    store = SessionStore(tmp_path)
+    sid = store.create("m", pending=True)
+    store.add_items(sid, np.zeros((6, 28, 28), np.uint8), list(range(6)))
+    assert store.undo(sid) == [] and not store.can_undo(sid)  # a pending session has no marks
+    store.mark_viewed(sid, [0, 1, 2])
+    store.cycle(sid, 1)  # malign; puts the session on disk
+    store.set_states(sid, [0, 1, 2, 4], UNSURE)  # item 4 was never shown
+    before_undo = [(it["state"], it["viewed"]) for it in store.items(sid)]
+    assert before_undo[:5] == [(UNSURE, True), (UNSURE, True), (UNSURE, True), (BENIGN, False), (UNSURE, True)]
+    assert sorted(store.undo(sid)) == [0, 1, 2, 4]
+    assert [(it["state"], it["viewed"]) for it in store.items(sid)][:5] == [
+        (BENIGN, True), (MALIGN, True), (BENIGN, True), (BENIGN, False), (BENIGN, False)]
+    assert store.undo(sid) == [1] and store.counts(sid).malign == 0
+    assert store.undo(sid) == [] and not store.can_undo(sid)
+    with pytest.raises(CensorError, match="no image 99"):
+        store.set_states(sid, [0, 99], MALIGN)
+    assert store.counts(sid).malign == 0  # nothing of a refused action was applied
+
+
+def test_undo_history_is_bounded_and_goes_with_the_session(tmp_path):
+    from censor.labels.marks import UNDO_DEPTH
+
+    store = SessionStore(tmp_path)
+    sid = store.create("m")
+    store.add_items(sid, np.zeros((2, 28, 28), np.uint8), [0, 1])
+    for _ in range(UNDO_DEPTH + 5):
+        store.cycle(sid, 0)
+    (n,), = store._q("SELECT COUNT(DISTINCT action) FROM history WHERE session_id=?", (sid,))
+    assert n == UNDO_DEPTH
+    store.delete(sid)
+    assert store._q("SELECT COUNT(*) FROM history")[0][0] == 0

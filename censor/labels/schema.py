@@ -17,6 +17,11 @@ CREATE TABLE IF NOT EXISTS items (
     state INTEGER NOT NULL DEFAULT 0, viewed INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
     PRIMARY KEY (session_id, item)
 );
+CREATE TABLE IF NOT EXISTS history (
+    session_id TEXT NOT NULL, action INTEGER NOT NULL, item INTEGER NOT NULL,
+    state INTEGER NOT NULL, viewed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_action ON history (session_id, action);
 """
 ITEM_COLS = "session_id, item, round, seed, image, height, width, state, viewed, updated"
 

@@ -26,16 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from censor.core.errors import CensorError
-from censor.labels.schema import ITEM_COLS, SCHEMA, Counts, decode
+from censor.labels.marks import BENIGN, MALIGN, STATE_NAMES, UNSURE, Marks
+from censor.labels.schema import ITEM_COLS, SCHEMA, Counts
 from censor.labels.upkeep import Quotas, sweep_root, tree_bytes
 
-BENIGN, MALIGN, UNSURE = 0, 1, 2
-STATE_NAMES = {BENIGN: "benign", MALIGN: "malign", UNSURE: "unsure"}
 _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 __all__ = ["BENIGN", "MALIGN", "UNSURE", "STATE_NAMES", "Counts", "Quotas", "SessionStore"]
 
 
-class SessionStore:
+class SessionStore(Marks):
     """All sessions under one data directory (a local folder, or a Space's persistent storage).
 
     A session made with ``create(..., pending=True)`` (a page view) lives in an in-memory database
@@ -224,6 +223,7 @@ class SessionStore:
     def delete(self, sid: str) -> None:
         with self._tx(self._conn(sid)) as db:
             db.execute("DELETE FROM items WHERE session_id=?", (sid,))
+            db.execute("DELETE FROM history WHERE session_id=?", (sid,))
             db.execute("DELETE FROM sessions WHERE id=?", (sid,))
         self._pending.pop(sid, None)
         shutil.rmtree(self.folder(sid), ignore_errors=True)
@@ -239,60 +239,3 @@ class SessionStore:
         known = {r[0] for r in self._q("SELECT id FROM sessions")}
         leftovers, temps = sweep_root(self.root, lambda name: bool(_ID.match(name)) and name not in known, temp_age_s)
         return dict(expired=len(old), leftovers=leftovers, temp=temps)
-
-    # ---- items and labels --------------------------------------------------------------------
-    def items(self, sid: str, offset: int = 0, limit: int = 1000, round_: int | None = None) -> list[dict]:
-        self._check(sid)
-        where, args = ("AND round=?", (round_,)) if round_ is not None else ("", ())
-        rows = self._q(f"SELECT item, round, seed, image, height, width, state, viewed FROM items WHERE session_id=? "
-                       f"{where} ORDER BY item LIMIT ? OFFSET ?", (sid, *args, int(limit), int(offset)), sid)
-        return [dict(item=i, round=r, seed=s, image=decode(b, h, w), state=st, viewed=bool(v))
-                for i, r, s, b, h, w, st, v in rows]
-
-    def mark_viewed(self, sid: str, item_ids) -> None:
-        self._check(sid)
-        with self._tx(self._conn(sid)) as db:
-            db.executemany("UPDATE items SET viewed=1 WHERE session_id=? AND item=?", [(sid, int(i)) for i in item_ids])
-            db.execute("UPDATE sessions SET touched=? WHERE id=?", (time.time(), sid))
-
-    def set_state(self, sid: str, item: int, state: int) -> int:
-        if state not in STATE_NAMES:
-            raise CensorError(f"label state must be one of {sorted(STATE_NAMES)}")
-        self._check(sid)
-        if sid in self._pending:
-            if not self._q("SELECT 1 FROM items WHERE session_id=? AND item=?", (sid, int(item)), sid):
-                raise CensorError(f"no image {item} in this session")
-            self.keep(sid)  # the first label puts the session on disk
-        now = time.time()
-        with self._tx(self._db) as db:
-            cur = db.execute("UPDATE items SET state=?, viewed=1, updated=? WHERE session_id=? AND item=?",
-                             (state, now, sid, int(item)))
-            db.execute("UPDATE sessions SET touched=? WHERE id=?", (now, sid))
-        if cur.rowcount != 1:
-            raise CensorError(f"no image {item} in this session")
-        return state
-
-    def cycle(self, sid: str, item: int) -> int:
-        """One click: benign -> malign -> unsure -> benign."""
-        rows = self._q("SELECT state FROM items WHERE session_id=? AND item=?", (self._check(sid), int(item)), sid)
-        if not rows:
-            raise CensorError(f"no image {item} in this session")
-        return self.set_state(sid, item, (rows[0][0] + 1) % 3)
-
-    def counts(self, sid: str) -> Counts:
-        self._check(sid)
-        (viewed, malign, unsure, total), = self._q(
-            "SELECT SUM(viewed), SUM(viewed AND state=1), SUM(viewed AND state=2), COUNT(*) FROM items "
-            "WHERE session_id=?", (sid,), sid)
-        viewed, malign, unsure = viewed or 0, malign or 0, unsure or 0
-        return Counts(viewed, malign, viewed - malign - unsure, unsure, total)
-
-    def training_data(self, sid: str) -> tuple[np.ndarray, np.ndarray]:
-        """Viewed, not-unsure images with labels 1 = benign, 0 = malign (the reward's convention)."""
-        self._check(sid)
-        rows = self._q("SELECT image, height, width, state FROM items WHERE session_id=? AND viewed=1 AND state!=2 "
-                       "ORDER BY item", (sid,), sid)
-        if not rows:
-            return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)
-        return (np.stack([decode(b, h, w) for b, h, w, _ in rows]),
-                np.array([1 if s == BENIGN else 0 for *_, s in rows]))

@@ -22,6 +22,7 @@ from censor.diffusion.models import DiffusionModel
 MAX_GALLERY = 256
 DISPLAY_SIZE = 112
 PAGE_SIZE = 25
+LABEL_TARGET = 100  # images a three-minute session views (the paper's budget); the counter shows it
 POOL_PER_SESSION = 200
 LIMITS = STUDIO_LIMITS  # server-side bounds of every number a person sets; the UI's sliders read the same
 # Reward training keeps encoder features of every label (~0.4 MB each), so the label count is bounded too.

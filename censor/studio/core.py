@@ -61,6 +61,12 @@ class Studio(Resources):
     def click(self, sid: str, item: int) -> str:
         return self.labelling.click(sid, item)
 
+    def mark_page(self, sid: str, page: int, how: str) -> int:
+        return self.labelling.mark_page(sid, page, how)
+
+    def undo(self, sid: str) -> int:
+        return self.labelling.undo(sid)
+
     def counts_text(self, sid: str) -> str:
         return self.labelling.counts_text(sid)
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from censor.labels.active import SessionRanker
-from censor.labels.sessions import STATE_NAMES
+from censor.core.errors import CensorError
+from censor.labels.sessions import BENIGN, MALIGN, STATE_NAMES, UNSURE
 from censor.studio.common import (
+    LABEL_TARGET,
     PAGE_SIZE,
     POOL_PER_SESSION,
     RANK_CANDIDATES,
@@ -40,23 +42,44 @@ class Labelling:
         self.store.add_items(sid, pool.images[take], pool.seeds[take], round_=1)
         return sid
 
-    def page(self, sid: str, page: int, round_: int | None = None) -> list[dict]:
-        """One page of the label grid; showing it counts its images as viewed."""
+    def _page_items(self, sid: str, page: int, round_: int | None = None) -> list[dict]:
         if round_ is None and self.informative_first(sid):
             ids = self.label_order(sid, upto=(page + 1) * PAGE_SIZE)[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
             by_id = {it["item"]: it for it in self.store.items(sid, limit=1_000_000)}
-            items = [by_id[i] for i in ids]
-        else:
-            items = self.store.items(sid, offset=page * PAGE_SIZE, limit=PAGE_SIZE, round_=round_)
+            return [by_id[i] for i in ids]
+        return self.store.items(sid, offset=page * PAGE_SIZE, limit=PAGE_SIZE, round_=round_)
+
+    def page(self, sid: str, page: int, round_: int | None = None) -> list[dict]:
+        """One page of the label grid; showing it counts its images as viewed (benign unless marked)."""
+        items = self._page_items(sid, page, round_)
         self.store.mark_viewed(sid, [it["item"] for it in items])
         return [dict(id=it["item"], src=png_data_uri(it["image"]), state=STATE_NAMES[it["state"]]) for it in items]
 
     def click(self, sid: str, item: int) -> str:
         return STATE_NAMES[self.store.cycle(sid, item)]
 
+    def mark_page(self, sid: str, page: int, how: str) -> int:
+        """A whole page at once, as one undoable action: ``malign`` marks every image on it; ``leave out``
+        marks its unmarked images unsure, for a page that was shown but not really looked at (shown
+        images otherwise count as benign). Returns how many images changed."""
+        items = self._page_items(sid, page)
+        if how == "malign":
+            ids, state = [it["item"] for it in items if it["state"] != MALIGN], MALIGN
+        elif how == "leave out":
+            ids, state = [it["item"] for it in items if it["state"] == BENIGN], UNSURE
+        else:
+            raise CensorError("a page is marked 'malign' or 'leave out'")
+        self.store.set_states(sid, ids, state)
+        return len(ids)
+
+    def undo(self, sid: str) -> int:
+        """Undo the last mark (a click or a whole page); returns how many images it put back."""
+        return len(self.store.undo(sid))
+
     def counts_text(self, sid: str) -> str:
         c = self.store.counts(sid)
-        return f"viewed {c.viewed} · malign {c.malign} · benign {c.benign} · unsure {c.unsure}"
+        return (f"viewed {c.viewed} · malign {c.malign} · target {LABEL_TARGET} "
+                f"(benign {c.benign} · unsure {c.unsure})")
 
     def suggest_method(self, sid: str) -> tuple[str, str]:
         """Benign-dominant -> ensemble, malign-dominant -> imitation (the paper's rule of thumb)."""
