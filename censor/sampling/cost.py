@@ -45,9 +45,9 @@ def evaluations(settings: GuidanceSettings, steps: int, timesteps: Sequence[int]
         timesteps = [int(t) for t in make_scheduler(EMBEDDED_SCHEDULER_CONFIG, "ddim", steps).timesteps]
     if s.weight == 0:
         return Evaluations(len(timesteps))
-    if s.kind == "particles":  # every step, P particles, no gradient, no window (loop.py)
-        n = len(timesteps) * s.particles
-        return Evaluations(n, reward_forwards=0 if shares_unet else n)
+    if s.kind == "particles":  # every step, P particles, no gradient, no window (loop.py); then the
+        n = len(timesteps) * s.particles  # final weight r(x_0) of every particle (ParticleResampling.choose)
+        return Evaluations(n, reward_forwards=(0 if shares_unet else n) + s.particles)
     uf = ub = rf = rb = 0
     carry = None  # time guidance's reused gradient: (timestep, steps since it was fresh)
     for t in timesteps:
