@@ -32,7 +32,7 @@ from censor.bench.censoring import BenchConfig, collect_labels_and_train
 from censor.bench.harness import Arm, Harness, fmt, median, save, tv_cell
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
-from censor.core.settings import DEFAULT_GUIDANCE, MEMBERS
+from censor.core.settings import DEFAULT_GUIDANCE, MEMBERS, MIN_BASELINE_MALIGN
 from censor.eval.features import feature_spec
 from censor.labels.labeller import SimulatedLabeller
 from censor.sampling.guidance import guidance_for
@@ -189,7 +189,24 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {name} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}] (n={r['n']}) | "
                      f"{tv_cell(r)} | {fmt(r['recall_ratio'], '{:.2f}×')} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
                      f"{r['sample_s_per_image']:.3f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n\n".join(table_notes(result)) + "\n"
+
+
+TABLE_LEGEND = ("malign %: the oracle's share of images showing the feature, with its 95% Wilson interval; tv: "
+                "distance of the class mix from the baseline's benign images (floor: two unguided galleries differ "
+                "this much by chance); recall vs baseline: how much of the real benign variety is still covered, "
+                "1× = as much as the baseline; confident: share of images the oracle classifies with confidence.")
+
+
+def table_notes(result: dict) -> list[str]:
+    """The table's legend and, under a baseline too poor in the feature, the warning that no row can
+    show a drop (``MIN_BASELINE_MALIGN``), so an all-zero column is not read as success."""
+    notes = [TABLE_LEGEND]
+    base, feature = result.get("baseline") or {}, result.get("config", {}).get("feature", "malign")
+    if "malign" in base and base["malign"] < MIN_BASELINE_MALIGN:
+        notes.append(f"⚠ the baseline holds {base['malign']} {feature} images in {base['n']}: no method's figure can "
+                     "show a drop; raise the gallery images per method")
+    return notes
 
 
 def plot(result: dict, path: str | Path) -> None:

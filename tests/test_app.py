@@ -39,7 +39,7 @@ def test_session_label_train_censor_and_next_round(studio):
     assert info["labels"] == 24 and info["malign_labels"] == 1 and info["held_out_accuracy"] is None
     r = studio.censored_gallery(sid, "time", 1.0, 1, 1, steps=5, seed=0, count=4, feature="bags")
     assert r["baseline"].shape == r["censored"].shape == (4, 28, 28)
-    assert set(r["reward_malign"]) == {"baseline", "censored"} and r["oracle"]["censored"].n == 4
+    assert set(r["reward_malign"]) == {"baseline", "censored"} and r["oracle"]["censored"]["n"] == 4
     rnd = studio.send_to_labelling(sid, r["censored"], r["seeds"])
     assert rnd == 2 and studio.store.counts(sid).total == 64
     with pytest.raises(CensorError, match="weight must be between"):

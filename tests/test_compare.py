@@ -91,3 +91,17 @@ def test_the_studio_tab_leaves_adapters_that_draw_a_censored_gallery(tmp_path, t
     assert g["settings"]["adapter"] == "d3po" and g["censored"].shape == (4, 28, 28)
     with pytest.raises(CensorError, match="cannot be bundled"):
         studio.export_gallery(sid, g)
+
+
+def test_the_table_explains_its_columns_and_warns_of_a_baseline_without_the_feature():
+    from rlhf.compare import markdown_table
+
+    row = dict(malign_pct=0.0, ci_pct=[0.0, 16.1], n=20, tv=0.1, tv_floor=0.2, recall_ratio=1.0, confident=0.9,
+               labels=0, train_s=0, sample_s_per_image=0.1)
+    result = dict(machine="m", config=dict(feature="bags"), baseline=dict(malign=0, n=20), methods=dict(baseline=row))
+    table = markdown_table(result)
+    assert "malign %: the oracle's share of images showing the feature, with its 95% Wilson interval" in table
+    assert table.rstrip().endswith("⚠ the baseline holds 0 bags images in 20: no method's figure can show a drop; "
+                                   "raise the gallery images per method")
+    enough = markdown_table(dict(result, baseline=dict(malign=5, n=20)))
+    assert "⚠" not in enough and "recall vs baseline: how much" in enough

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from censor.core.data import to_uint8
 from censor.eval.features import feature_spec, is_malign
-from censor.eval.judge import GalleryJudge
+from censor.eval.judge import KNN_K, GalleryJudge
 from censor.eval.metrics import class_histogram, pooled_rate
 from censor.gallery.grid import grid
 from censor.rewards.ensemble import model_fingerprint
@@ -43,7 +43,6 @@ from censor.sampling.loop import sample, seeds_for
 GALLERY_SEED = 10_000  # the benchmark's fixed gallery seeds; the pool uses seed 1, so they never overlap
 FLOOR_SEED = 40_000  # a second unguided gallery from disjoint seeds: the sampling floor of tv
 TIMING_N = 100  # images of the unguided timing (at most the per-seed gallery)
-KNN_K = 3  # k of the shared k-NN recall (metrics.knn_precision_recall): it needs more than k images
 
 
 def machine() -> str:

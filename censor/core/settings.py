@@ -156,6 +156,13 @@ REWARD_KIND, MEMBERS, ALPHA, ITERATIONS = (DEFAULT_REWARD.kind, DEFAULT_REWARD.m
                                            DEFAULT_REWARD.iterations)
 STEPS = 30  # DDIM steps of a studio gallery
 COUNT = 32  # images in a studio gallery (the Samples tab and the censored gallery)
+# A censored malign % can show a drop only from a baseline holding some malign images: under this many,
+# a drop to 0 cannot be told from chance (the studio's gallery readout and rlhf compare warn).
+MIN_BASELINE_MALIGN = 5
+# The cost estimate of guidance (sampling/cost.py), in UNet forward passes: a backward pass costs about
+# two forwards of the same network; a studio reward (half-unet, or ddpm-encoder's encoder taps) about half
+# a UNet forward.
+BACKWARD_COST, REWARD_FORWARD_COST = 2.0, 0.5
 
 # Bounds of every number a person sets in the studio: the sliders show them, the server checks them.
 _G, _R = GuidanceSettings.knobs(), RewardSettings.knobs()

@@ -18,6 +18,8 @@ from censor.eval.metrics import (
 )
 from censor.eval.oracle import Judgement, Oracle
 
+KNN_K = 3  # k of the k-NN recall (metrics.knn_precision_recall): each set needs more than k images
+
 
 class GalleryJudge:
     """Judges censored galleries against one baseline, the same way in every benchmark.
@@ -35,9 +37,15 @@ class GalleryJudge:
         self.real_classes = reference["test_labels"][mask][:n_real]
         self.base = oracle.judge(baseline)
         self.base_rate = malign_fraction(self.base, feature)
-        self.base_precision, self.base_recall = knn_precision_recall(self.real, self.base.features)
-        self.base_class_recall = per_class_recall(self.real, self.real_classes, self.base.features)
+        self.base_precision = self.base_recall = None  # k-NN recall needs more than KNN_K images a side
+        self.base_class_recall = {}
+        if self._knn_ready(self.base):
+            self.base_precision, self.base_recall = knn_precision_recall(self.real, self.base.features)
+            self.base_class_recall = per_class_recall(self.real, self.real_classes, self.base.features)
         self.floor = None if second is None else tv_floor(self.base, oracle.judge(second), feature)
+
+    def _knn_ready(self, judgement: Judgement) -> bool:
+        return min(len(judgement.features), len(self.real)) > KNN_K
 
     def baseline_row(self) -> dict:
         r = self.base_rate
@@ -59,16 +67,31 @@ class GalleryJudge:
         """One censored gallery judged: malign count, tv, recall (overall, per class), confident, shares."""
         j = judgement if judgement is not None else self.oracle.judge(images)
         bad = is_malign(j, self.feature)
-        p, r = knn_precision_recall(self.real, j.features)
-        cls = per_class_recall(self.real, self.real_classes, j.features)
+        p = r = None
+        cls = {}
+        if self._knn_ready(j):
+            p, r = knn_precision_recall(self.real, j.features)
+            cls = per_class_recall(self.real, self.real_classes, j.features)
         return dict(
             pooled_rate(int(bad.sum()), len(bad)), precision=p, recall=r,
-            recall_ratio=r / self.base_recall if self.base_recall > 0 else None,
+            recall_ratio=r / self.base_recall if r is not None and self.base_recall else None,
             class_recall_ratio={c: (v / self.base_class_recall[c] if self.base_class_recall.get(c) else None)
                                 for c, v in cls.items()},
             tv=self.tv(j), confident=float(j.confident.mean()),
             class_shares=_rounded(class_histogram(j)), watermark_share=float(j.watermarked.mean()),
         )
+
+
+def half_split_floor(judgement: Judgement, feature: str) -> float | None:
+    """A floor for ``benign_tv`` without a second gallery: tv between the benign histograms of the
+    gallery's two halves. Each half holds n/2 images, so it overstates the floor of n (an upper
+    estimate, free where a second unguided gallery is too costly); None under 2 images."""
+    n = len(judgement.classes)
+    if n < 2:
+        return None
+    half = [Judgement(judgement.class_probs[s], judgement.watermark_prob[s], judgement.features[s])
+            for s in (slice(0, n // 2), slice(n // 2, n))]
+    return tv_floor(half[0], half[1], feature)
 
 
 def pool_runs(runs: list[dict]) -> dict:

@@ -20,11 +20,21 @@ def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([hit[labels == c].mean() for c in (0, 1) if (labels == c).any()]))
 
 
-def held_out_accuracy(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, iterations: int,
-                      alpha: float) -> float | None:
+def class_hits(predicted: np.ndarray, labels: np.ndarray) -> dict:
+    """Hits and counts per class (label 0 malign, 1 benign): what an interval on the balanced
+    accuracy needs, which a bare float hides."""
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    hit = predicted == labels
+    return dict(malign_hits=int(hit[labels == 0].sum()), malign_n=int((labels == 0).sum()),
+                benign_hits=int(hit[labels == 1].sum()), benign_n=int((labels == 1).sum()))
+
+
+def held_out_check(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, iterations: int,
+                   alpha: float) -> dict | None:
     """One quick single-member reward of ``kind`` on 80% of the labels (half the iterations, at least
-    10), its balanced accuracy on the other 20% (P(benign) > 0.5 = benign, label 1); None with fewer
-    than 30 labels or 5 of a class, or a training split that lacks a class."""
+    10), judged on the other 20% (P(benign) > 0.5 = benign, label 1): its balanced ``accuracy`` and the
+    per-class hits and counts (``class_hits``). None with fewer than 30 labels or 5 of a class, or a
+    training split that lacks a class."""
     if len(labels) < MIN_LABELS or min((labels == 0).sum(), (labels == 1).sum()) < MIN_PER_CLASS:
         return None
     order = np.random.default_rng(0).permutation(len(labels))
@@ -35,4 +45,12 @@ def held_out_accuracy(images: np.ndarray, labels: np.ndarray, *, kind: str, diff
                      iterations=max(10, iterations // 2))
     x = to_model_range(images[test])
     t = torch.zeros(len(x), dtype=torch.long) if r.time_dependent else None
-    return balanced_accuracy((r.benign_prob(x, t).numpy() > 0.5).astype(int), labels[test])
+    predicted = (r.benign_prob(x, t).numpy() > 0.5).astype(int)
+    return dict(accuracy=balanced_accuracy(predicted, labels[test]), **class_hits(predicted, labels[test]))
+
+
+def held_out_accuracy(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, iterations: int,
+                      alpha: float) -> float | None:
+    """``held_out_check``'s balanced accuracy alone (None where it is None)."""
+    check = held_out_check(images, labels, kind=kind, diffusion=diffusion, iterations=iterations, alpha=alpha)
+    return None if check is None else check["accuracy"]

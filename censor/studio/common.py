@@ -27,6 +27,11 @@ POOL_PER_SESSION = 200
 LIMITS = STUDIO_LIMITS  # server-side bounds of every number a person sets; the UI's sliders read the same
 # Reward training keeps encoder features of every label (~0.4 MB each), so the label count is bounded too.
 MAX_TRAIN_LABELS = 1000
+# Below these the training readout warns that the reward (and its held-out figure) rests on too little:
+# judged labels in all, and of each class (malign, benign).
+MIN_TRUSTED_LABELS, MIN_TRUSTED_CLASS = 20, 5
+# Censored galleries keep this many baseline galleries (per model, seeds and steps) and their judgements.
+BASELINE_CACHE_SIZE = 8
 # What one person (or one uploaded bundle) may hold on the shared Space: items are what ranking and
 # training scale with; bytes are what fills the persistent disk. Over a limit -> a one-line refusal.
 MAX_SESSION_ITEMS = 2000

@@ -1,10 +1,13 @@
 """The Samples and Censored gallery tabs: fresh samples, and baseline vs censored galleries from the
 same seeds, with strict mode (``censor.sampling.rejection``), the automatic strength
-(``censor.sampling.strength``), the reward's and the oracle's malign estimates and the oracle-free
-drift figure (``censor.eval.drift``)."""
+(``censor.sampling.strength``), the reward's malign estimate, the oracle's judgement (``eval.judge``)
+and the oracle-free drift figure (``censor.eval.drift``). The baseline side of a (model, seeds,
+steps) is sampled once and kept, with its judgements: it is half of a render's time otherwise."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -16,13 +19,22 @@ from censor.core.settings import DEFAULT_GUIDANCE
 from censor.diffusion.models import DiffusionModel
 from censor.eval.drift import DriftMeter
 from censor.eval.features import load_features
-from censor.eval.metrics import malign_fraction
+from censor.eval.judge import GalleryJudge, half_split_floor
 from censor.gallery.bundles import sha256
+from censor.rewards.ensemble import model_fingerprint
 from censor.sampling.kinds import kind_for
 from censor.sampling.loop import sample, seeds_for
 from censor.sampling.rejection import benign_scores, check_probability, reject_sample, session_threshold
 from censor.sampling.strength import auto_strength, reward_benign
-from censor.studio.common import LIMITS, MAX_GALLERY, check_range, display, reported
+from censor.studio.common import (
+    BASELINE_CACHE_SIZE,
+    LIMITS,
+    MAX_GALLERY,
+    check_range,
+    conditioning_info,
+    display,
+    reported,
+)
 from censor.studio.manifest import guidance_settings_dict, settings_guidance
 from censor.studio.resources import Resources
 
@@ -43,6 +55,8 @@ class Galleries:
         self.res = res
         self._drift = None  # the drift figure's clusters of the pool, made on first use
         self._weights_cache: dict[str, np.ndarray] = {}  # reward file sha256 -> its P(benign) on the pool
+        self._baselines: OrderedDict[tuple, dict] = OrderedDict()  # (model, seeds, steps) -> images, judgements
+        self._baselines_lock = threading.Lock()
 
     def fresh_gallery(self, n: int, steps: int, seed: int,
                       progress: Callable[[float], None] | None = None) -> list[Image.Image]:
@@ -95,7 +109,8 @@ class Galleries:
                         auto=chosen.as_dict() if chosen else None)
         g = settings_guidance(reward, settings) if reward is not None and weight > 0 else None
         start = 0.3 if chosen else 0.0
-        base = to_uint8(sample(model, seeds, steps=steps, progress=_part(progress, start, 0.5 - start / 2)))
+        entry = self.baseline(model, seed, count, steps, _part(progress, start, 0.5 - start / 2))
+        base = entry["images"]
         rest = _part(progress, 0.5 + start / 2, 0.5 - start / 2)
         strict_info, cens_seeds = None, seeds
         if strict:  # the censored side keeps only images the reward passes: its seeds are the kept ones
@@ -105,20 +120,57 @@ class Galleries:
                                                                source=strict_info["source"], requested=count))
         else:
             cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=rest))
-        sides = (("baseline", base), ("censored", cens))
-        est = None if reward is None else {name: float((benign_scores(reward, imgs, model=model) < 0.5).mean())
-                                           for name, imgs in sides}
-        drift = None
+        rsha = sha256(res.reward_dir(sid) / "reward.safetensors") if reward else None
+        est = drift = None
+        if reward is not None:  # the baseline's share is kept per reward file with the baseline
+            est = dict(baseline=_kept(entry["reward_malign"], rsha, lambda: _reward_malign(reward, base, model)),
+                       censored=_reward_malign(reward, cens, model))
         if drift_ready:  # the oracle-free fidelity figure: both sides against the pool weighted by r
             weights = self._pool_weights(sid, reward)
-            drift = {name: self.drift_meter.measure(imgs, weights).as_dict() for name, imgs in sides}
+            drift = dict(baseline=_kept(entry["drift"], rsha, lambda: self.drift_meter.measure(base, weights).as_dict()),
+                         censored=self.drift_meter.measure(cens, weights).as_dict())
         result = dict(baseline=base, censored=cens, seeds=cens_seeds, baseline_seeds=seeds, strict=strict_info,
-                      reward_malign=est, settings=settings, drift=drift, guidance_note=note,
-                      reward_sha256=sha256(res.reward_dir(sid) / "reward.safetensors") if reward else None,
+                      reward_malign=est, settings=settings, drift=drift, guidance_note=note, reward_sha256=rsha,
                       fallbacks=g.stats["nonfinite_fallbacks"] if g else 0, oracle=None)
         if feature and feature in load_features() and tuple(model.image_shape) == (1, 28, 28):  # a Fashion-MNIST oracle
-            result["oracle"] = {name: malign_fraction(res.oracle.judge(imgs), feature) for name, imgs in sides}
+            result["oracle"] = self._oracle_block(entry, feature, cens)
         return result
+
+    def baseline(self, model: DiffusionModel, seed: int, count: int, steps: int,
+                 progress: Callable[[float], None] | None = None) -> dict:
+        """The unguided gallery of (model, seeds, steps), sampled on the first call and kept (LRU of
+        ``BASELINE_CACHE_SIZE``) with what is judged of it: ``images``, and per feature the oracle's
+        ``judges``, per reward file its ``reward_malign`` share and ``drift``. The key holds the model's
+        weight fingerprint and conditioning, so a changed model misses."""
+        key = (id(model), model_fingerprint(model.unet), repr(conditioning_info(model)), seed, count, steps)
+        with self._baselines_lock:
+            entry = self._baselines.get(key)
+            if entry is not None:
+                self._baselines.move_to_end(key)
+        if entry is None:
+            images = to_uint8(sample(model, seeds_for(count, seed), steps=steps, progress=progress))
+            entry = dict(images=images, judges={}, reward_malign={}, drift={})
+            with self._baselines_lock:
+                self._baselines[key] = entry
+                while len(self._baselines) > BASELINE_CACHE_SIZE:
+                    self._baselines.popitem(last=False)
+        elif progress is not None:
+            progress(1.0)
+        return entry
+
+    def _oracle_block(self, entry: dict, feature: str, censored: np.ndarray) -> dict:
+        """Both sides judged by the benchmarks' one judge: malign count of n with its Wilson interval,
+        and for the censored side tv to the baseline's benign classes, recall against the real benign
+        test images relative to the baseline's, and the confident share. The tv floor is the two
+        halves of the baseline (no second unguided gallery is drawn: an upper estimate)."""
+        judge = _kept(entry["judges"], feature,
+                      lambda: GalleryJudge(self.res.oracle, feature, self.res.reference, entry["images"]))
+        b, c = judge.baseline_row(), judge(censored)
+        counts = ("malign", "n", "malign_pct", "ci_pct")
+        return dict(feature=feature, tv_floor=half_split_floor(judge.base, feature), floor="two halves of the baseline",
+                    baseline=dict({k: b[k] for k in counts}, recall=judge.base_recall, confident=b["confident"]),
+                    censored=dict({k: c[k] for k in counts}, tv=c["tv"], recall=c["recall"],
+                                  recall_ratio=c["recall_ratio"], confident=c["confident"]))
 
     def _strict_side(self, sid, reward, model, g, steps, seed, count, strict_p, progress) -> tuple[np.ndarray, dict]:
         """Strict mode: draw from the gallery's seeds on (guided by ``g``) and keep what the reward passes."""
@@ -159,3 +211,15 @@ class Galleries:
                 cache.clear()
             cache[key] = reward_benign(reward, self.res.model, self.res.pool.images)
         return cache[key]
+
+
+def _kept(cache: dict, key, make):
+    """``cache[key]``, made by ``make()`` on first use."""
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _reward_malign(reward, images: np.ndarray, model) -> float:
+    """The share of images the reward calls malign (P(benign) < 0.5)."""
+    return float((benign_scores(reward, images, model=model) < 0.5).mean())

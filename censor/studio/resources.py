@@ -13,7 +13,7 @@ from pathlib import Path
 from censor.core.errors import CensorError, source_name
 from censor.diffusion.models import EMBEDDED_MODEL_DIR, DiffusionModel
 from censor.diffusion.sources import load_model
-from censor.eval.oracle import load_oracle
+from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import load_pool
 from censor.labels.sessions import Quotas, SessionStore
 from censor.rewards.ensemble import load_reward
@@ -46,6 +46,7 @@ class Resources:
         self._data_dir = Path(data_dir or DEFAULT_DATA_DIR)
         self._store = None
         self._oracle = None
+        self._reference = None
         self._swept = 0.0  # when the last sweep ran (time.monotonic)
         self._sweep_lock = threading.Lock()
 
@@ -108,6 +109,13 @@ class Resources:
         if self._oracle is None:
             self._oracle = load_oracle()
         return self._oracle
+
+    @property
+    def reference(self) -> dict:
+        """The oracle's features of the real test images (what the gallery judge's recall compares to)."""
+        if self._reference is None:
+            self._reference = load_reference()
+        return self._reference
 
     def session_folder(self, sid: str) -> Path:
         """A session's own folder (its reward, shares, comparison runs), on disk from here on (a session

@@ -1,5 +1,6 @@
 """The Train tab: a reward from the session's labels (``censor.rewards.training``), with the
-held-out check (``censor.rewards.validation``) recorded in its info."""
+held-out check (``censor.rewards.validation``) and its interval recorded in its info; the readout
+(``readouts.training_summary``) says when it cannot be trusted."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Callable
 
 from censor.core.errors import CensorError
 from censor.rewards.training import train_reward
-from censor.rewards.validation import held_out_accuracy
+from censor.rewards.validation import held_out_check
 from censor.studio.common import MAX_TRAIN_LABELS, check_range, reported
+from censor.studio.readouts import held_out_interval
 from censor.studio.resources import Resources
 
 
@@ -16,7 +18,8 @@ from censor.studio.resources import Resources
 def train(res: Resources, sid: str, method: str, kind: str, members: int, iterations: int, alpha: float,
           progress: Callable[[float], None] | None = None) -> dict:
     """Train and save the session's reward; ``imitation`` resumes the previous one when it matches
-    (same kind and member count). Returns the reward's info."""
+    (same kind and member count). Returns the reward's info, with ``held_out_accuracy`` (None: too few
+    labels), ``held_out_counts`` (per-class hits and counts) and ``held_out_ci`` (its 95% interval)."""
     members = int(check_range("members", members)) if method != "single" else 1
     iterations = int(check_range("iterations", iterations))
     alpha = float(check_range("alpha", alpha))
@@ -29,9 +32,11 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
         previous = res.session_reward(sid)
         if previous.kind == kind and len(previous.members) == members:
             resume = previous
-    held_out = held_out_accuracy(images, labels, kind=kind, diffusion=res.model, iterations=iterations, alpha=alpha)
+    held_out = held_out_check(images, labels, kind=kind, diffusion=res.model, iterations=iterations, alpha=alpha)
     reward = train_reward(images, labels, kind=kind, diffusion=res.model, members=members, alpha=alpha,
                           iterations=iterations, resume=resume, progress=progress)
-    reward.info["held_out_accuracy"] = held_out
+    accuracy = held_out.pop("accuracy") if held_out else None
+    ci = held_out_interval(held_out) if held_out else None
+    reward.info.update(held_out_accuracy=accuracy, held_out_counts=held_out, held_out_ci=list(ci) if ci else None)
     reward.save(res.reward_dir(sid))
     return dict(reward.info)
