@@ -7,6 +7,8 @@ Run ``python app.py`` and open http://127.0.0.1:7860. Data (labels, rewards) goe
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -14,65 +16,22 @@ import numpy as np
 from censor.core.errors import CensorError
 from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
 from censor.diffusion.sources import options_from_env
-from censor.eval.drift import DRIFT_MESSAGE
 from censor.eval.features import load_features
 from censor.studio.common import DELETE_CACHE, LIMITS, PAGE_SIZE, display, inert
 from censor.studio.core import Studio
 from censor.studio.galleries import STRICT_P_RANGE
+from censor.studio.readouts import gallery_readout, training_summary
 from censor.studio.space import JobGate, browser_secret
 from censor.studio.rlhf import COMPARE_DEFAULTS, COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
 from rlhf.compare import METHODS as COMPARE_METHODS
 
-GRID_TEMPLATE = """
-<div class="label-grid">
-  {{#each value.items}}
-  <div class="cell {{this.state}}" data-id="{{this.id}}" title="image {{this.id}}: {{this.state}}">
-    <img src="{{this.src}}" alt="image {{this.id}}"/>
-  </div>
-  {{/each}}
-</div>
-"""
-GRID_CSS = """
-.label-grid { display: grid; grid-template-columns: repeat(5, 112px); gap: 8px; outline: none; }
-.cell { width: 112px; height: 112px; border: 4px solid transparent; cursor: pointer; box-sizing: content-box; }
-.cell img { width: 112px; height: 112px; image-rendering: pixelated; display: block; }
-.cell.malign { border-color: #e02020; }
-.cell.unsure { border-color: #e0a020; border-style: dashed; }
-.cell.focused { outline: 3px solid #2060ff; outline-offset: 2px; }
-"""
-# Click = next state. Keys (while the Label tab is visible and no text box has focus): arrows move,
-# space/m/enter cycles the focused image, n / p go to the next / previous page.
-GRID_JS = """
-let focus = 0;
-const cells = () => Array.from(element.querySelectorAll('.cell'));
-const paint = () => cells().forEach((c, i) => c.classList.toggle('focused', i === focus));
-new MutationObserver(paint).observe(element, {childList: true, subtree: true});
-element.addEventListener('click', (e) => {
-  const c = e.target.closest('.cell');
-  if (!c) return;
-  focus = cells().indexOf(c);
-  paint();
-  trigger('click', {item: Number(c.dataset.id)});
-});
-document.addEventListener('keydown', (e) => {
-  if (element.offsetParent === null) return;
-  const tag = (document.activeElement && document.activeElement.tagName) || '';
-  if (['INPUT', 'TEXTAREA', 'SELECT'].includes(tag)) return;
-  const cs = cells();
-  if (!cs.length) return;
-  let handled = true;
-  if (e.key === 'ArrowRight') focus = Math.min(cs.length - 1, focus + 1);
-  else if (e.key === 'ArrowLeft') focus = Math.max(0, focus - 1);
-  else if (e.key === 'ArrowDown') focus = Math.min(cs.length - 1, focus + 5);
-  else if (e.key === 'ArrowUp') focus = Math.max(0, focus - 5);
-  else if (e.key === ' ' || e.key === 'm' || e.key === 'Enter') trigger('click', {item: Number(cs[focus].dataset.id)});
-  else if (e.key === 'n') { focus = 0; trigger('submit', {step: 1}); }
-  else if (e.key === 'p') { focus = 0; trigger('submit', {step: -1}); }
-  else handled = false;
-  if (handled) { e.preventDefault(); paint(); }
-});
-paint();
-"""
+
+UI = Path(__file__).resolve().parent / "censor" / "studio" / "ui"  # the label grid's HTML, CSS and keys
+GRID_TEMPLATE, GRID_CSS, GRID_JS = ((UI / name).read_text() for name in ("grid.html", "grid.css", "grid.js"))
+# AA contrast: Gradio's default grey helper text (#9ca3af, 2.5:1 on white) darkened to 7.6:1
+THEME = gr.themes.Default().set(body_text_color_subdued="*neutral_600", block_info_text_color="*neutral_600",
+                                block_label_text_color="*neutral_600")
+LAUNCH = dict(theme=THEME, css=(UI / "app.css").read_text())  # what every launch of the studio passes
 # The public Space's queue: one run at a time per event (the comparison has its own slot) and at most
 # 32 waiting; beyond that Gradio refuses the request (HTTP 503) and the page says "This application is
 # currently busy. Please try again." (see docs/reliability.md).
@@ -80,13 +39,15 @@ paint();
 QUEUE = dict(default_concurrency_limit=1, max_size=32, api_open=False)
 MAX_UPLOAD = "64mb"  # bundles and sessions are far smaller; Gradio refuses bigger uploads before they land
 HELP = ("Click an image to mark it **malign** (red); click again for **unsure** (dashed, left out of training); "
-        "a third click resets it to benign. Keyboard: arrows move, space or m marks, n / p change page. "
-        "Every click is saved at once.")
+        "a third click resets it to benign. Keyboard: Tab reaches the grid; arrows move, space or m marks, "
+        "u undoes, n / p change page. Every click is saved at once.")
+IMPLICIT = ("**Every image you are shown counts as benign unless you mark it** (the paper's convention). "
+            "Skipped a page without looking? **Leave page out** turns its unmarked images unsure, out of training.")
 
 
 def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.Blocks:
     """The studio's Blocks, its queue set to ``QUEUE``; ``studio`` defaults to the one ``$CENSOR_MODEL`` names,
-    ``gate`` (one heavy job per browser, each under a time limit) to ``JobGate()``."""
+    ``gate`` (one heavy job per browser, each under a time limit, cancellable) to ``JobGate()``."""
     if studio is None:
         source, options = options_from_env(os.environ)  # CENSOR_MODEL, CENSOR_PROMPT, ... (censor/sources.py)
         studio = Studio(source, model_options=options, pool_dir=os.environ.get("CENSOR_POOL_DIR"))
@@ -98,6 +59,12 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         gate.reserve(request.session_hash)
         return [gr.validate(True, "") for _ in inputs]  # Gradio wants one verdict per input
 
+    @contextmanager
+    def job(request, progress, what):
+        """One heavy job under the gate; its progress bar says ``what`` unless the library says more."""
+        with gate.job(request.session_hash, lambda f, desc=None: progress(f, desc=desc or what)) as tick:
+            yield tick
+
     def grid_value(sid, page):
         return {"items": studio.page(sid, page)}
 
@@ -106,6 +73,12 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         _, grid_, counts_, info = turn(sid, 0, 0)
         return (sid, sid, 0, grid_, counts_, info, studio.suggest_method(sid)[1],
                 gr.Dropdown(choices=["base model"] + available_adapters(studio, sid)))
+
+    def on_restore(sid, saved_page):
+        """After a reload, the page the browser was on (kept in its storage), not page 1."""
+        if not saved_page:
+            return (gr.skip(),) * 4
+        return turn(sid, int(saved_page), 0)
 
     def on_click(sid, page, evt: gr.EventData):
         try:
@@ -116,9 +89,29 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
             raise gr.Error(f"{e}; reload the page") from None
         return grid_value(sid, page), studio.counts_text(sid), studio.suggest_method(sid)[1]
 
-    def on_page(sid, page, evt: gr.EventData):
-        step = int((evt._data or {}).get("step", 1))
-        return turn(sid, page, step)
+    def on_key(sid, page, evt: gr.EventData):
+        data = evt._data or {}
+        if data.get("action") == "undo":
+            return on_undo(sid, page)
+        return turn(sid, page, int(data.get("step", 1)))
+
+    def on_undo(sid, page):
+        try:
+            undone = studio.undo(sid)
+        except CensorError as e:
+            raise gr.Error(f"{e}; reload the page") from None
+        if not undone:
+            gr.Info("nothing to undo")
+        return turn(sid, page, 0)
+
+    def on_mark_page(how):
+        def mark(sid, page):
+            try:
+                studio.mark_page(sid, page, how)
+            except CensorError as e:
+                raise gr.Error(f"{e}; reload the page") from None
+            return turn(sid, page, 0)
+        return mark
 
     def turn(sid, page, step):
         total = studio.store.counts(sid).total
@@ -127,65 +120,46 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
 
     def on_train(sid, method, kind, members, iterations, alpha, request: gr.Request, progress=gr.Progress()):
         try:
-            with gate.job(request.session_hash, lambda f: progress(f, desc="training reward")) as tick:
+            with job(request, progress, "training reward") as tick:
                 info = studio.train(sid, method, kind, members, iterations, alpha, progress=tick)
+        except JobCancelled as e:
+            return f"⏹ {e}"
         except CensorError as e:
             raise gr.Error(str(e))
-        acc = info.get("held_out_accuracy")
-        return (f"Trained a {info['kind']} reward ({info['members']} member(s), {info['labels']} labels: "
-                f"{info['malign_labels']} malign) in {info['train_seconds']:.1f} s."
-                + (f" Held-out balanced accuracy {100 * acc:.0f}% (mean of the malign and benign hit rates)."
-                   if acc is not None else " (Too few labels for a held-out check.)"))
+        return training_summary(info)
 
     def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, source,
                   strict=False, strict_p=0.0, auto=False, request: gr.Request = None, progress=gr.Progress()):
         try:
-            with gate.job(request.session_hash, lambda f: progress(f, desc="sampling")) as tick:
+            with job(request, progress, "sampling") as tick:
                 tuned = None if source == "base model" else (source, adapted_model(studio, sid, source))
                 r = studio.censored_gallery(sid, guidance, weight, backward, recurrence, steps, int(seed), int(count),
                                             None if feature == "(none)" else feature, progress=tick, tuned=tuned,
                                             strict=bool(strict), strict_p=float(strict_p) if strict_p else None,
                                             auto=bool(auto))
+        except JobCancelled as e:
+            return gr.skip(), gr.skip(), f"⏹ {e}", gr.skip()
         except CensorError as e:
             raise gr.Error(str(e))
-        lines = [f"Censored side drawn from the {source}" + (" adapter." if tuned else ".")]
-        if r.get("guidance_note"):
-            lines.append(f"Guidance: {r['guidance_note']}.")
-        if r["settings"].get("auto"):
-            a = r["settings"]["auto"]
-            lines.append(f"Automatic strength: ω = {a['weight']:g} ({a['reason']}).")
-        lines.extend(drift_lines(r.get("drift")))
-        if r.get("strict"):
-            lines.append(f"Strict: {r['strict']['summary']}, {r['strict']['source']} threshold.")
-        if r["reward_malign"]:
-            lines.append(f"Reward's estimate of malign images: baseline {100 * r['reward_malign']['baseline']:.0f}% → "
-                         f"censored {100 * r['reward_malign']['censored']:.0f}%.")
-        if r["oracle"]:
-            lines.append(f"Oracle ({feature}): baseline {r['oracle']['baseline']} → censored {r['oracle']['censored']}.")
-        if r["fallbacks"]:
-            lines.append(f"⚠ {r['fallbacks']} image-steps fell back to unguided (the weight is too large).")
-        return display(r["baseline"]), display(r["censored"]), "\n\n".join(lines), r
+        text = gallery_readout(r, source, tuned is not None, None if feature == "(none)" else feature)
+        return display(r["baseline"]), display(r["censored"]), text, r
 
-    def drift_lines(drift):
-        """The oracle-free fidelity figure and, when it is beyond chance, the plain warning."""
-        if not drift:
-            return []
-        c, b = drift["censored"], drift["baseline"]
-        out = [f"Fidelity (no oracle): drift of the censored gallery from the baseline reweighted by the reward "
-               f"{c['tv']:.2f} (baseline itself {b['tv']:.2f}; chance alone reaches {c['chance']:.2f} with "
-               f"{c['n']} images)."]
-        if c["drifted"]:
-            out.append("⚠ " + DRIFT_MESSAGE[0].upper() + DRIFT_MESSAGE[1:] + ".")
-        return out
+    def on_cost(sid, guidance, backward, recurrence, steps, strict):
+        try:
+            return studio.cost_text(sid, guidance, backward, recurrence, steps, bool(strict))
+        except (CensorError, TypeError, ValueError):  # a half-typed number: say nothing until it is one
+            return gr.skip()
 
     def on_compare(sid, feature, methods, budget, seeds_, n_, request: gr.Request, progress=gr.Progress()):
         try:
-            with gate.job(request.session_hash, lambda f: progress(f, desc="fine-tuning and judging")) as tick:
+            with job(request, progress, "fine-tuning and judging") as tick:
                 r = run_comparison(studio, sid, feature, methods, int(budget), int(seeds_), int(n_), progress=tick)
+        except JobCancelled as e:
+            return f"⏹ {e}", gr.skip(), gr.skip()
         except CensorError as e:
             raise gr.Error(str(e))
         note = (f"\n\nFine-tuned adapters saved in this session: {', '.join(r['adapters'])}. Pick one as the "
-                "model in the Censored gallery tab." if r["adapters"] else "")
+                "model in the Censor tab." if r["adapters"] else "")
         return r["table"] + note, str(r["plot"]), gr.Dropdown(choices=["base model"] + r["adapters"])
 
     def on_send(sid, last):
@@ -202,7 +176,7 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
 
     def on_share(sid, last):
         if not last:
-            raise gr.Error("render a censored gallery first (Censored gallery tab)")
+            raise gr.Error("render a censored gallery first (Censor tab)")
         try:
             png, bundle = studio.export_gallery(sid, last)
         except CensorError as e:
@@ -214,10 +188,12 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
 
     def on_bundle_upload(path, request: gr.Request, progress=gr.Progress()):
         try:  # the gate first: the validator reserved this job's place, and only the job gives it back
-            with gate.job(request.session_hash, lambda f: progress(f, desc="reproducing")) as tick:
+            with job(request, progress, "reproducing") as tick:
                 if not path:
                     return gr.skip(), gr.skip()
                 r = studio.import_gallery(path, progress=tick)
+        except JobCancelled as e:
+            return gr.skip(), f"⏹ {e}"
         except CensorError as e:
             raise gr.Error(str(e))
         return display(r["censored"]), studio.sharing.import_text(r)
@@ -242,27 +218,71 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
             return gr.skip(), f"⚠ {inert(e)}", gr.Tabs(selected="share")
         return display(g["censored"]), studio.sharing.permalink_text(token, g), gr.Tabs(selected="share")
 
+    def generate(n, steps_, seed_, request: gr.Request, progress=gr.Progress()):
+        try:
+            with job(request, progress, "sampling") as tick:
+                return studio.fresh_gallery(int(n), int(steps_), int(seed_), progress=tick)
+        except JobCancelled as e:
+            gr.Info(str(e))
+            return gr.skip()
+        except CensorError as e:
+            raise gr.Error(str(e))
+
+    def on_cancel(request: gr.Request):
+        """Stops this browser's running job at its next progress tick (within a second or two)."""
+        if not gate.cancel(request.session_hash):
+            gr.Info("nothing is running")
+
+    def on_unload(request: gr.Request):
+        """A closed (or reloaded) tab stops its job: nobody is left to see the result."""
+        gate.cancel(request.session_hash)
+
+    def heavy(button, cancel, fn, inputs, outputs, **kw):
+        """A long job: its button greys out and its Cancel shows while it runs (whatever the outcome, they
+        come back after); Cancel stops the server's work, not only the page's wait."""
+        def busy():
+            return gr.Button(interactive=False), gr.Button(visible=True)
+
+        def idle():
+            return gr.Button(interactive=True), gr.Button(visible=False)
+        ev = button.click(busy, None, [button, cancel], api_name=False, show_progress="hidden")
+        run = ev.then(fn, inputs, outputs, validator=one_job_each, show_progress="full", **kw)
+        run.then(idle, None, [button, cancel], api_name=False, show_progress="hidden")
+        cancel.click(on_cancel, None, None, api_name=False, show_progress="hidden")
+        return run
+
     with gr.Blocks(title="Censoring studio", delete_cache=DELETE_CACHE) as demo:
         # a key kept across restarts, so a restarted server can still read the id each browser stored
         saved_sid = gr.BrowserState(None, storage_key="censor-session", secret=browser_secret(studio.data_dir))
+        saved_page = gr.BrowserState(0, storage_key="censor-page")
         sid = gr.State(None)
         page = gr.State(0)
         last = gr.State(None)
         gr.Markdown("# Censoring studio\nLabel a few generated images, train a reward in seconds, "
-                    "and sample without what you marked.")
+                    "and sample without what you marked.", elem_id="studio-title")
         with gr.Tabs() as tabs:
-            with gr.Tab("1 · Label"):
-                gr.Markdown(HELP)
-                informative = gr.Checkbox(False, label="show most informative first", elem_id="informative-first",
-                                          info="likely-malign, uncertain, disputed and not-yet-covered images first")
-                counts = gr.Markdown(elem_id="counts")
-                grid = gr.HTML({"items": []}, html_template=GRID_TEMPLATE, css_template=GRID_CSS, js_on_load=GRID_JS,
-                               elem_id="label-grid")
-                with gr.Row():
-                    prev_btn = gr.Button("◀ previous page")
-                    page_info = gr.Markdown("page 1")
-                    next_btn = gr.Button("next page ▶")
-            with gr.Tab("2 · Train"):
+            with gr.Tab("Label", id="label"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=330):
+                        counts = gr.Markdown(elem_id="counts")
+                        grid = gr.HTML({"items": []}, html_template=GRID_TEMPLATE, css_template=GRID_CSS,
+                                       js_on_load=GRID_JS, elem_id="label-grid")
+                        with gr.Row():
+                            prev_btn = gr.Button("◀ previous", size="sm", min_width=80, elem_id="prev-page")
+                            page_info = gr.Markdown("page 1", elem_id="page-info")
+                            next_btn = gr.Button("next ▶", size="sm", min_width=80, elem_id="next-page")
+                    with gr.Column(scale=2, min_width=300):
+                        gr.Markdown(IMPLICIT, elem_id="label-note")
+                        with gr.Row():
+                            undo_btn = gr.Button("↶ Undo (u)", size="sm", elem_id="undo-btn")
+                            page_malign_btn = gr.Button("Mark page malign", size="sm", elem_id="page-malign")
+                            page_out_btn = gr.Button("Leave page out", size="sm", elem_id="page-out")
+                        gr.Markdown(HELP)
+                        informative = gr.Checkbox(False, label="show most informative first",
+                                                  elem_id="informative-first",
+                                                  info="likely-malign, uncertain, disputed and not-yet-covered "
+                                                       "images first")
+            with gr.Tab("Train", id="train"):
                 suggestion = gr.Markdown()
                 method = gr.Radio(["ensemble", "imitation", "single"], value=DEFAULT_REWARD.method, label="method")
                 kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value=DEFAULT_REWARD.kind, label="reward")
@@ -273,9 +293,11 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                                            label="iterations", elem_id="iterations")
                     alpha = gr.Slider(*LIMITS["alpha"], value=DEFAULT_REWARD.alpha, step=0.01,
                                       label="α (benign class weight)")
-                train_btn = gr.Button("Train reward", variant="primary", elem_id="train-btn")
+                with gr.Row():
+                    train_btn = gr.Button("Train reward", variant="primary", elem_id="train-btn")
+                    train_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="train-cancel")
                 train_out = gr.Markdown(elem_id="train-result")
-            with gr.Tab("3 · Censored gallery"):
+            with gr.Tab("Censor", id="censor") as censor_tab:
                 with gr.Row():
                     guidance = gr.Radio(["time", "universal"], value=DEFAULT_GUIDANCE.kind, label="guidance")
                     auto = gr.Checkbox(True, label="automatic strength", elem_id="censor-auto",
@@ -284,9 +306,12 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                     weight = gr.Slider(*LIMITS["weight"], value=DEFAULT_GUIDANCE.weight, step=0.1,
                                        label="weight ω (used when automatic strength is off)")
                     backward = gr.Slider(*LIMITS["backward"], value=DEFAULT_GUIDANCE.backward_steps, step=1,
-                                         label="backward steps")
+                                         label="backward steps", elem_id="censor-backward",
+                                         info="extra optimisation steps on the predicted clean image at each step: "
+                                              "a stronger push where one gradient is not enough")
                     recurrence = gr.Slider(*LIMITS["recurrence"], value=DEFAULT_GUIDANCE.recurrence, step=1,
-                                           label="recurrence")
+                                           label="recurrence", elem_id="censor-recurrence",
+                                           info="re-noise and repeat each step, so guidance can correct itself")
                 with gr.Row():
                     steps = gr.Slider(*LIMITS["steps"], value=STEPS, step=1, label="steps", elem_id="censor-steps")
                     seed = gr.Number(0, precision=0, label="seed")
@@ -300,14 +325,20 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                                          info="after guidance, drop images the reward calls malign and draw more")
                     strict_p = gr.Slider(*STRICT_P_RANGE, value=0.0, step=0.01, elem_id="censor-strict-p",
                                          label="strict threshold P(benign) (0 = automatic: 99% held-out malign recall)")
-                censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
-                censor_out = gr.Markdown(elem_id="censor-result")
+                cost = gr.Markdown(elem_id="censor-cost")
                 with gr.Row():
-                    base_gallery = gr.Gallery(label="baseline (same seeds)", columns=6, height="auto", elem_id="baseline")
-                    cens_gallery = gr.Gallery(label="censored", columns=6, height="auto", elem_id="censored")
+                    censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
+                    censor_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="censor-cancel")
+                censor_out = gr.Markdown(elem_id="censor-result")
+                with gr.Row(equal_height=False):
+                    with gr.Column(min_width=300):
+                        base_gallery = gr.Gallery(label="baseline (same seeds)", columns=4, height="auto",
+                                                  elem_id="baseline")
+                    with gr.Column(min_width=300):
+                        cens_gallery = gr.Gallery(label="censored", columns=4, height="auto", elem_id="censored")
                 send_btn = gr.Button("Label this gallery (next imitation round)")
                 send_out = gr.Markdown()
-            with gr.Tab("4 · Share", id="share") as share_tab:
+            with gr.Tab("Share", id="share"):
                 gr.Markdown("Share the last censored gallery as a PNG grid or as a bundle that reproduces it "
                             "(images, manifest with every setting and seed, the reward weights). Sessions (labels and "
                             "reward) download and upload as zips of safetensors + JSON.")
@@ -319,13 +350,13 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                     bundle_in = gr.File(label="import a gallery bundle (.zip)", file_types=[".zip"], elem_id="bundle-in")
                     session_in = gr.File(label="import a session (.zip)", file_types=[".zip"], elem_id="session-in")
                 share_out = gr.Markdown(elem_id="share-result")
-                shared_gallery = gr.Gallery(label="shared gallery", columns=8, height="auto", elem_id="shared")
-            with gr.Tab("5 · RLHF / D3PO"):
+                shared_gallery = gr.Gallery(label="shared gallery", columns=4, height="auto", elem_id="shared")
+            with gr.Tab("RLHF", id="rlhf"):
                 gr.Markdown("Fine-tuning against guidance on the same labels. A simulated labeller (the oracle's "
                             "verdict on the chosen feature) labels for every method, so the run is a fair, repeatable "
                             "comparison: censored sampling, RLHF (reward model + DDPO policy gradients on LoRA), "
                             "D3PO (per-step DPO, no reward model) and D3PO + censored sampling. Reduced steps: a few "
-                            "minutes on a CPU. Afterwards, the fine-tuned adapters can draw the Censored gallery.")
+                            "minutes on a CPU. Afterwards, the fine-tuned adapters can draw the Censor tab's gallery.")
                 with gr.Row():
                     cmp_feature = gr.Dropdown([f for f in features if f != "(none)"], value="bags", label="feature")
                     cmp_methods = gr.CheckboxGroup(list(COMPARE_METHODS), value=list(COMPARE_METHODS), label="methods")
@@ -338,59 +369,61 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                                       label="gallery images per method", elem_id="compare-n")
                 with gr.Row():
                     cmp_btn = gr.Button("Run the comparison", variant="primary", elem_id="compare-btn")
-                    cmp_cancel = gr.Button("Cancel", elem_id="compare-cancel")
+                    cmp_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="compare-cancel")
                 cmp_table = gr.Markdown(elem_id="compare-result")
                 cmp_plot = gr.Image(label="malign % against labels spent", type="filepath", elem_id="compare-plot")
-            with gr.Tab("Samples"):
+            with gr.Tab("Samples", id="samples"):
                 with gr.Row():
                     n = gr.Slider(*LIMITS["count"], value=COUNT, step=1, label="images")
                     sample_steps = gr.Slider(*LIMITS["steps"], value=STEPS, step=1, label="DDIM steps")
                     sample_seed = gr.Number(value=0, precision=0, label="seed")
-                go = gr.Button("Generate")
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    go_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="generate-cancel")
                 gallery = gr.Gallery(label="samples", columns=8, height="auto", elem_id="gallery")
 
-        def generate(n, steps_, seed_, request: gr.Request, progress=gr.Progress()):
-            try:
-                with gate.job(request.session_hash, lambda f: progress(f, desc="sampling")) as tick:
-                    return studio.fresh_gallery(int(n), int(steps_), int(seed_), progress=tick)
-            except CensorError as e:
-                raise gr.Error(str(e))
-
-        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion, source]
-                  ).then(studio.informative_first, inputs=sid, outputs=informative)
-        informative.input(on_informative, inputs=[sid, informative], outputs=[page, grid, counts, page_info])
+        paged = [page, grid, counts, page_info]  # every event that turns or redraws the grid's page
+        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, *paged, suggestion, source]
+                  ).then(studio.informative_first, inputs=sid, outputs=informative
+                  ).then(on_restore, inputs=[sid, saved_page], outputs=paged, api_name=False)
+        page.change(lambda p: p, inputs=page, outputs=saved_page, api_name=False, show_progress="hidden")
+        informative.input(on_informative, inputs=[sid, informative], outputs=paged)
         # every press counts: the default trigger_mode="once" drops clicks made while one is in flight
         grid.click(on_click, inputs=[sid, page], outputs=[grid, counts, suggestion], api_name=False,
                    trigger_mode="multiple")
-        grid.submit(on_page, inputs=[sid, page], outputs=[page, grid, counts, page_info], api_name=False)
-        next_btn.click(lambda s, p: turn(s, p, 1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
-        prev_btn.click(lambda s, p: turn(s, p, -1), inputs=[sid, page], outputs=[page, grid, counts, page_info])
+        grid.submit(on_key, inputs=[sid, page], outputs=paged, api_name=False, trigger_mode="multiple")
+        next_btn.click(lambda s, p: turn(s, p, 1), inputs=[sid, page], outputs=paged)
+        prev_btn.click(lambda s, p: turn(s, p, -1), inputs=[sid, page], outputs=paged)
+        undo_btn.click(on_undo, inputs=[sid, page], outputs=paged, api_name=False)
+        page_malign_btn.click(on_mark_page("malign"), inputs=[sid, page], outputs=paged, api_name=False)
+        page_out_btn.click(on_mark_page("leave out"), inputs=[sid, page], outputs=paged, api_name=False)
         # heavy jobs: each its own queue slot (labelling clicks never wait behind them), one per browser
-        train_btn.click(on_train, inputs=[sid, method, kind, members, iterations, alpha], outputs=train_out,
-                        validator=one_job_each)
-        censor_btn.click(on_censor, inputs=[sid, guidance, weight, backward, recurrence, steps, seed, count, feature,
-                                            source, strict, strict_p, auto],
-                         outputs=[base_gallery, cens_gallery, censor_out, last], validator=one_job_each)
+        heavy(train_btn, train_cancel, on_train, [sid, method, kind, members, iterations, alpha], train_out)
+        heavy(censor_btn, censor_cancel, on_censor, [sid, guidance, weight, backward, recurrence, steps, seed, count,
+                                                     feature, source, strict, strict_p, auto],
+              [base_gallery, cens_gallery, censor_out, last])
+        cost_inputs = [sid, guidance, backward, recurrence, steps, strict]
+        for c in cost_inputs:  # the cost of a setting shows before the click
+            c.change(on_cost, inputs=cost_inputs, outputs=cost, api_name=False, show_progress="hidden")
+        censor_tab.select(on_cost, inputs=cost_inputs, outputs=cost, api_name=False, show_progress="hidden")
         # its own queue slot: a comparison takes minutes and must not hold up labelling or galleries
-        cmp_run = cmp_btn.click(on_compare, inputs=[sid, cmp_feature, cmp_methods, cmp_budget, cmp_seeds, cmp_n],
-                                outputs=[cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1,
-                                validator=one_job_each)
-        cmp_cancel.click(None, cancels=[cmp_run])
-        send_btn.click(on_send, inputs=[sid, last], outputs=[send_out, page, grid, counts, page_info])
-        go.click(generate, inputs=[n, sample_steps, sample_seed], outputs=gallery, api_name="generate",
-                 validator=one_job_each)
+        heavy(cmp_btn, cmp_cancel, on_compare, [sid, cmp_feature, cmp_methods, cmp_budget, cmp_seeds, cmp_n],
+              [cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1)
+        send_btn.click(on_send, inputs=[sid, last], outputs=[send_out, *paged])
+        heavy(go, go_cancel, generate, [n, sample_steps, sample_seed], gallery, api_name="generate")
         share_btn.click(on_share, inputs=[sid, last], outputs=share_files)
         session_btn.click(on_session_download, inputs=sid, outputs=share_files)
         bundle_in.upload(on_bundle_upload, inputs=bundle_in, outputs=[shared_gallery, share_out],
                          validator=one_job_each)
         session_in.upload(on_session_upload, inputs=session_in,
-                          outputs=[saved_sid, sid, page, grid, counts, page_info, share_out]
+                          outputs=[saved_sid, sid, *paged, share_out]
                           ).then(studio.informative_first, inputs=sid, outputs=informative)
         demo.load(on_permalink, inputs=None, outputs=[shared_gallery, share_out, tabs])
+        demo.unload(on_unload)
     return demo.queue(**QUEUE)
 
 
 demo = build_app()  # module level, as Hugging Face Spaces and `gradio app.py` expect; nothing loads until used
 
 if __name__ == "__main__":
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size=MAX_UPLOAD)
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), max_file_size=MAX_UPLOAD, **LAUNCH)

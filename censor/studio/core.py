@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from censor.diffusion.models import DiffusionModel
-from censor.studio import training
+from censor.studio import readouts, training
 from censor.studio.common import (
     LIMITS,
     MAX_GALLERY,
@@ -109,6 +109,10 @@ class Studio(Resources):
                          strict_p: float | None = None, auto: bool = False) -> dict:
         return self.galleries.censored_gallery(sid, guidance, weight, backward, recurrence, steps, seed, count,
                                                feature, progress, tuned, strict, strict_p, auto)
+
+    def cost_text(self, sid: str, guidance: str, backward: int, recurrence: int, steps: int, strict: bool) -> str:
+        reward = self.session_reward(sid) if sid and self.has_reward(sid) else None
+        return readouts.cost_text(reward, guidance, backward, recurrence, steps, strict)
 
     @property
     def drift_meter(self):

@@ -5,9 +5,12 @@ chance, a baseline too poor in the feature to show a drop). Pure functions of th
 
 from __future__ import annotations
 
-from censor.core.settings import MIN_BASELINE_MALIGN
+from censor.core.settings import DEFAULT_GUIDANCE, MIN_BASELINE_MALIGN
 from censor.eval.drift import DRIFT_MESSAGE
 from censor.eval.metrics import wilson_interval
+from censor.sampling.cost import cost_readout
+from censor.sampling.kinds import kind_for
+from censor.sampling.rejection import DEFAULT_CAP_FACTOR
 from censor.studio.common import MIN_TRUSTED_CLASS, MIN_TRUSTED_LABELS, inert
 
 CHANCE = 0.5  # balanced accuracy of a reward that guesses (or calls every image one class)
@@ -163,3 +166,15 @@ def gallery_readout(result: dict, source: str, tuned: bool, feature: str | None 
     if result.get("fallbacks"):
         lines.append(f"⚠ {result['fallbacks']} image-steps fell back to unguided (the weight is too large).")
     return "\n\n".join(lines)
+
+
+def cost_text(reward, guidance: str, backward: int, recurrence: int, steps: int, strict: bool) -> str:
+    """The Censor tab's line before the click: the default guidance with the tab's knobs, as the render
+    would run it (a clean-image reward is guided universally), priced against unguided sampling."""
+    kind = kind_for(reward, guidance, switch=True)[0] if reward is not None else guidance
+    settings = DEFAULT_GUIDANCE.with_(kind=kind, backward_steps=int(backward), recurrence=int(recurrence))
+    line = "Cost of the censored side: " + cost_readout(settings, int(steps),
+                                                        shares_unet=getattr(reward, "reads_unet", None) is not None)
+    if strict:
+        line += f"; strict draws more images until the gallery is full (at most {DEFAULT_CAP_FACTOR}× as many)"
+    return line + ". The baseline is drawn once per seeds and steps, then reused."
