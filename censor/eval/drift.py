@@ -19,21 +19,27 @@ import torch
 
 from censor.core.data import to_model_range
 from censor.core.errors import CensorError
+from censor.core.progress import Progress
 from censor.eval.metrics import tv_distance
 from censor.rewards.taps import mean_max_pool, unet_taps
 
 CLUSTERS = 8  # few enough that a 32-image gallery still says something
 CHANCE_QUANTILE = 0.95
+EMBED_BATCH = 64  # images per encoder pass: a fraction of a second on the CPU, between progress calls
 DRIFT_MESSAGE = ("the censored gallery has drifted from the baseline: some benign kinds of image lost or gained "
                  "share beyond chance; lower the strength")
 
 
 @torch.no_grad()
-def encoder_embedding(model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """[N, D] pooled encoder taps at t = 0 (pixels pooled to 7×7 for networks without a UNet encoder)."""
+def encoder_embedding(model, images: np.ndarray, batch_size: int = EMBED_BATCH,
+                      progress: Progress | None = None) -> np.ndarray:
+    """[N, D] pooled encoder taps at t = 0 (pixels pooled to 7×7 for networks without a UNet encoder);
+    ``progress`` hears after every batch."""
     x = to_model_range(np.asarray(images))
-    out = []
-    for chunk in x.split(batch_size):
+    out, chunks = [], x.split(batch_size)
+    for i, chunk in enumerate(chunks):
+        if progress is not None and i:
+            progress(i / len(chunks))
         if hasattr(model.unet, "down_blocks") and hasattr(model.unet, "mid_block"):
             if getattr(model, "is_latent", False):
                 chunk = model.encode(chunk)
@@ -102,9 +108,10 @@ class DriftMeter:
     """Clusters of the reference (unguided) images in the encoder's feature space, fitted once;
     ``measure`` compares a gallery with the reference reweighted by the reward (p_data·r)."""
 
-    def __init__(self, model, reference_images: np.ndarray, clusters: int = CLUSTERS, seed: int = 0):
+    def __init__(self, model, reference_images: np.ndarray, clusters: int = CLUSTERS, seed: int = 0,
+                 progress: Progress | None = None):
         self.model, self.k = model, clusters
-        z = encoder_embedding(model, reference_images)
+        z = encoder_embedding(model, reference_images, progress=progress)
         self.mu, self.sd = z.mean(0), z.std(0) + 1e-6
         zs = (z - self.mu) / self.sd
         self.centres = kmeans(zs, clusters, seed)
