@@ -47,6 +47,7 @@ class Recorder:
 
 def session(feature="bags", labels=100):
     studio = Studio(data_dir=tempfile.mkdtemp())
+    studio.model, studio.pool, studio.oracle  # noqa: B018 (loaded at start, as the app does)
     sid = studio.open_session(None, f"{feature} is malign")
     for page in range(-(-labels // PAGE_SIZE)):
         studio.page(sid, page)

@@ -4,7 +4,7 @@ held-out check (``censor.rewards.validation``) recorded in its info."""
 from __future__ import annotations
 
 from censor.core.errors import CensorError
-from censor.core.progress import Progress, part
+from censor.core.progress import Progress, part, reporter
 from censor.rewards.training import train_reward, training_cost
 from censor.rewards.validation import held_out_accuracy, held_out_cost
 from censor.studio.common import MAX_TRAIN_LABELS, check_range, reported
@@ -20,6 +20,9 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
     members = int(check_range("members", members)) if method != "single" else 1
     iterations = int(check_range("iterations", iterations))
     alpha = float(check_range("alpha", alpha))
+    report = reporter(progress)
+    if report is not None:  # at once: a Cancel lands even before the first loop starts
+        report(0.0, desc="reading the labels")
     images, labels = res.store.training_data(sid)
     if len(labels) > MAX_TRAIN_LABELS:
         raise CensorError(f"{len(labels)} labelled images; a reward trains on at most {MAX_TRAIN_LABELS} "
