@@ -19,7 +19,7 @@ import torch
 
 from censor.core.data import to_model_range
 from censor.core.errors import CensorError
-from censor.core.progress import Progress
+from censor.core.progress import Progress, part
 from censor.eval.metrics import tv_distance
 from censor.rewards.taps import mean_max_pool, unet_taps
 
@@ -50,8 +50,9 @@ def encoder_embedding(model, images: np.ndarray, batch_size: int = EMBED_BATCH,
     return torch.cat(out).double().numpy()
 
 
-def kmeans(z: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> np.ndarray:
-    """Centres [k, D] by Lloyd's algorithm from a k-means++ start (deterministic for a seed)."""
+def kmeans(z: np.ndarray, k: int, seed: int = 0, iterations: int = 25, progress: Progress | None = None) -> np.ndarray:
+    """Centres [k, D] by Lloyd's algorithm from a k-means++ start (deterministic for a seed); ``progress``
+    hears at every iteration (seconds in all on a CPU for a pool of a thousand)."""
     if len(z) < k:
         raise CensorError(f"clustering into {k} groups needs at least {k} reference images, got {len(z)}")
     rng = np.random.default_rng(seed)
@@ -60,7 +61,9 @@ def kmeans(z: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> np.nda
         d = np.min([((z - c) ** 2).sum(1) for c in centres], axis=0)
         centres.append(z[rng.choice(len(z), p=d / d.sum())] if d.sum() > 0 else z[rng.integers(len(z))])
     centres = np.array(centres)
-    for _ in range(iterations):
+    for i in range(iterations):
+        if progress is not None:
+            progress(i / iterations)
         assign = assign_clusters(z, centres)
         for j in range(k):
             if (assign == j).any():
@@ -111,10 +114,10 @@ class DriftMeter:
     def __init__(self, model, reference_images: np.ndarray, clusters: int = CLUSTERS, seed: int = 0,
                  progress: Progress | None = None):
         self.model, self.k = model, clusters
-        z = encoder_embedding(model, reference_images, progress=progress)
+        z = encoder_embedding(model, reference_images, progress=part(progress, 0.0, 0.6))
         self.mu, self.sd = z.mean(0), z.std(0) + 1e-6
         zs = (z - self.mu) / self.sd
-        self.centres = kmeans(zs, clusters, seed)
+        self.centres = kmeans(zs, clusters, seed, progress=part(progress, 0.6, 0.4))
         self.assign = assign_clusters(zs, self.centres)
 
     def assign_images(self, images: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ from censor.eval.features import load_features
 from censor.eval.metrics import malign_fraction
 from censor.gallery.bundles import sha256
 from censor.sampling.kinds import kind_for
-from censor.rewards.training import HEAD_ITERATION_STEPS, PASS_PER_IMAGE
 from censor.sampling.loop import GUIDED_STEP_COST, sample, seeds_for
 from censor.sampling.rejection import (
     benign_scores,
@@ -34,7 +33,7 @@ from censor.studio.manifest import guidance_settings_dict, settings_guidance
 from censor.studio.resources import Resources
 
 STRICT_P_RANGE = (0.0, 0.99)  # the strict threshold's slider; the server takes any probability in [0, 1)
-POOL_PASS_STEPS = 2 * PASS_PER_IMAGE * HEAD_ITERATION_STEPS  # a pool image's embedding and score, in image-steps
+POOL_PASS_STEPS = 3.0  # a pool image's embedding, clustering and score, in image-steps (measured: ~10 s for the pool)
 MIN_DRIFT_POOL = 50  # fewer pool images than this are too few clusters' worth to measure drift against
 
 
