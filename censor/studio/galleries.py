@@ -33,7 +33,7 @@ from censor.studio.manifest import guidance_settings_dict, settings_guidance
 from censor.studio.resources import Resources
 
 STRICT_P_RANGE = (0.0, 0.99)  # the strict threshold's slider; the server takes any probability in [0, 1)
-POOL_PASS_STEPS = 3.0  # a pool image's embedding, clustering and score, in image-steps (measured: ~10 s for the pool)
+POOL_PASS_STEPS = 1.0  # a pool image's embedding, clustering and score, in image-steps (measured: 2-10 s on a loaded CPU)
 MIN_DRIFT_POOL = 50  # fewer pool images than this are too few clusters' worth to measure drift against
 
 
