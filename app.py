@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, JobCancelled
 from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
 from censor.diffusion.sources import options_from_env
 from censor.eval.features import load_features

@@ -29,12 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from censor.bench.censoring import BenchConfig, collect_labels_and_train
-from censor.bench.harness import Arm, Harness, fmt, median, save, tv_cell
+from censor.bench.harness import TIMING_N, Arm, Harness, fmt, median, save, tv_cell
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
-from censor.core.settings import DEFAULT_GUIDANCE, MEMBERS, MIN_BASELINE_MALIGN
+from censor.core.progress import part
+from censor.core.settings import DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, MIN_BASELINE_MALIGN, REWARD_KIND
 from censor.eval.features import feature_spec
 from censor.labels.labeller import SimulatedLabeller
+from censor.rewards.training import training_cost
 from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample
 from rlhf.adapters import save_adapter
@@ -86,49 +88,47 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     first seed's RLHF and D3PO adapters are saved (``<dir>/rlhf``, ``<dir>/d3po``), so the studio
     can sample from them afterwards.
     """
-    total = 1 + cfg.seeds * len(cfg.methods)
-    done = [0]
-
-    def tick():
-        done[0] += 1
-        if progress is not None:
-            progress(min(1.0, done[0] / total))
-
-    h = Harness(model, oracle, reference, cfg.feature, cfg.steps, cfg.n, cache_dir=cache_dir)
+    bar = _Bar(progress, cfg)
+    h = Harness(model, oracle, reference, cfg.feature, cfg.steps, cfg.n, cache_dir=cache_dir,
+                progress=bar.next("reference galleries"))
     labelling = BenchConfig(feature=cfg.feature, budget=cfg.budget, method="ensemble", members=cfg.members,
                             steps=cfg.steps)
-    tick()
+    tuned_models = {}  # the first seed's fine-tuned models: their adapters are saved once the run is through
 
-    def sampled(tuned, labels, train_s, reward=None) -> Arm:
+    def sampled(tuned, labels, train_s, reward=None, name="") -> Arm:
         t = time.time()
-        images = _sample(tuned, h.seeds, cfg, reward)
+        images = _sample(tuned, h.seeds, cfg, reward, bar.next(f"seed {seed_now[0] + 1}: {name} gallery"))
         return Arm(images, dict(labels=int(labels), train_s=round(train_s, 1),
                                 sample_s_per_image=(time.time() - t) / len(images)))
 
+    seed_now = [0]
+
     def arms(seed):
+        seed_now[0] = seed
         methods = set(cfg.methods)
         if "baseline" in methods and seed == 0:  # one baseline gallery: the same images for every seed
             yield "baseline", Arm(h.baseline, dict(labels=0, train_s=0.0, sample_s_per_image=h.unguided_rate))
         reward = None
         if {"censored", "rlhf", "d3po+censored"} & methods:  # the bench's session: view, label, train the ensemble
-            session = collect_labels_and_train(labelling, model, oracle, pool, seed, log)
+            session = collect_labels_and_train(labelling, model, oracle, pool, seed, log,
+                                               progress=bar.next(f"seed {seed + 1}: reward"))
             if session.reward is None:
                 raise CensorError(f"seed {seed}: the {session.viewed} viewed images hold one class only; "
                                   "raise --budget")
             reward, reward_s = session.reward, session.reward.info["train_seconds"]
         if "censored" in methods:
-            yield "censored", sampled(model, cfg.budget, reward_s, reward)
+            yield "censored", sampled(model, cfg.budget, reward_s, reward, "censored")
         if "rlhf" in methods:
             tuned = copy.deepcopy(model)
             t = time.time()
             train_ddpo(tuned, reward_from(reward), DDPOConfig(
                 steps=cfg.train_steps, epochs=cfg.epochs, images=cfg.ddpo_images, batch_size=cfg.ddpo_images // 2,
                 lr=cfg.lr, kl_beta=cfg.kl_beta, seed=seed, inner_epochs=cfg.inner_epochs,
-                lora_target=cfg.lora_target))
+                lora_target=cfg.lora_target), progress=bar.next(f"seed {seed + 1}: RLHF fine-tuning"))
             train_s = time.time() - t + reward_s
-            if adapter_dir is not None and seed == 0:
-                save_adapter(tuned.unet, Path(adapter_dir) / "rlhf", dict(method="rlhf", feature=cfg.feature))
-            yield "rlhf", sampled(tuned, cfg.budget, train_s)
+            if seed == 0:
+                tuned_models["rlhf"] = tuned
+            yield "rlhf", sampled(tuned, cfg.budget, train_s, name="rlhf")
         if {"d3po", "d3po+censored"} & methods:
             tuned = copy.deepcopy(model)
             groups = cfg.budget // cfg.d3po_group_size
@@ -137,23 +137,25 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             info = train_d3po(tuned, labels_from(d3po_labeller), D3POConfig(
                 steps=cfg.train_steps, epochs=1, groups=groups, group_size=cfg.d3po_group_size,
                 batch_groups=max(1, groups // 4), lr=cfg.lr, seed=seed, inner_epochs=cfg.inner_epochs,
-                lora_target=cfg.lora_target))
+                lora_target=cfg.lora_target), progress=bar.next(f"seed {seed + 1}: D3PO fine-tuning"))
             d3po_s, d3po_labels = time.time() - t, d3po_labeller.viewed
             log(f"  seed {seed} d3po: {d3po_labels} labels, {sum(info['pairs'])} preference pairs")
-            if adapter_dir is not None and seed == 0:
-                save_adapter(tuned.unet, Path(adapter_dir) / "d3po", dict(method="d3po", feature=cfg.feature))
+            if seed == 0:
+                tuned_models["d3po"] = tuned
             if "d3po" in methods:
-                yield "d3po", sampled(tuned, d3po_labels, d3po_s)
+                yield "d3po", sampled(tuned, d3po_labels, d3po_s, name="d3po")
             if "d3po+censored" in methods:
-                yield "d3po+censored", sampled(tuned, d3po_labels + cfg.budget, d3po_s + reward_s, reward)
+                yield "d3po+censored", sampled(tuned, d3po_labels + cfg.budget, d3po_s + reward_s, reward,
+                                               "d3po+censored")
 
     def logged(method, row):
         log(f"  seed {row['seed']} {method:>14}: {row['malign_pct']:.2f}% malign [{row['ci_pct'][0]:.2f}, "
             f"{row['ci_pct'][1]:.2f}] (n={row['n']})  tv {row['tv']:.3f}  recall {fmt(row['recall_ratio'], '{:.2f}×')}  "
             f"labels {row['labels']}  train {row['train_s']:.0f}s")
-        tick()
 
     runs, _ = h.run(cfg.seeds, arms, on_row=logged)
+    for name, tuned in tuned_models.items() if adapter_dir is not None else ():  # only a finished run's
+        save_adapter(tuned.unet, Path(adapter_dir) / name, dict(method=name, feature=cfg.feature))
     runs = {m: runs.get(m, []) for m in cfg.methods}
     rows = {m: _pool_seeds(h, r) for m, r in runs.items() if r}
     result = dict(config=asdict(cfg), **h.header(), baseline_recall=h.judge_all.base_recall,
@@ -164,9 +166,47 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     return result
 
 
-def _sample(model, seeds, cfg: CompareConfig, reward=None) -> np.ndarray:
+def _sample(model, seeds, cfg: CompareConfig, reward=None, progress=None) -> np.ndarray:
     guidance = guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.guidance_weight)) if reward is not None else None
-    return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=guidance))
+    return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=guidance, progress=progress))
+
+
+# What each stage of a comparison costs, in unguided image-steps of the UNet (2 ms each on the 2-core CPU):
+# a guided step about 3, a reward head iteration about 3 (``training_cost``'s unit), a fine-tuning step
+# (a forward and a backward) about 3 on top of its rollout's. They size the stages of the bar.
+GUIDED_STEP, HEAD_ITERATION, TRAINING_STEP = 3.0, 3.0, 3.0
+
+
+class _Bar:
+    """One bar over the whole comparison: a stretch per stage, handed out in the order the run makes them."""
+
+    def __init__(self, progress, cfg: CompareConfig):
+        self.progress, self.start = progress, 0.0
+        methods, n, steps = set(cfg.methods), cfg.n, cfg.steps
+        unguided, guided = n * steps, GUIDED_STEP * n * steps
+        groups = cfg.budget // cfg.d3po_group_size
+        self.costs = {"reference galleries": 2 * unguided + min(n, TIMING_N) * steps,
+                      "reward": HEAD_ITERATION * training_cost(cfg.budget, cfg.members, ITERATIONS, REWARD_KIND),
+                      "RLHF fine-tuning": cfg.epochs * cfg.ddpo_images * cfg.train_steps * (1 + TRAINING_STEP),
+                      "D3PO fine-tuning": groups * cfg.d3po_group_size * cfg.train_steps * (2 + TRAINING_STEP),
+                      "censored gallery": guided, "rlhf gallery": unguided, "d3po gallery": unguided,
+                      "d3po+censored gallery": guided}
+        per_seed = [k for k in ("rlhf gallery", "d3po gallery", "censored gallery", "d3po+censored gallery")
+                    if k.removesuffix(" gallery") in methods]
+        if {"censored", "rlhf", "d3po+censored"} & methods:
+            per_seed.append("reward")
+        if "rlhf" in methods:
+            per_seed.append("RLHF fine-tuning")
+        if {"d3po", "d3po+censored"} & methods:
+            per_seed.append("D3PO fine-tuning")
+        self.total = self.costs["reference galleries"] + cfg.seeds * sum(self.costs[k] for k in per_seed)
+
+    def next(self, stage: str):
+        """The next stage's stretch, labelled (``stage`` after the seed: its cost's name)."""
+        size = self.costs[stage.split(": ", 1)[-1]] / self.total
+        out = part(self.progress, self.start, size, stage)
+        self.start = min(1.0, self.start + size)
+        return out
 
 
 def _pool_seeds(h: Harness, runs: list[dict]) -> dict:

@@ -108,6 +108,7 @@ def rollout(
     use_clipped_model_output: bool = False,
     shape: tuple[int, int, int] | None = None,
     decode=None,
+    progress=None,
 ) -> Trajectory:
     """Sample ``group_size`` images per initial noise (from ``seeds`` or given ``noise``) and record them.
 
@@ -116,6 +117,7 @@ def rollout(
     ``generator``, so a seeded generator makes the whole rollout repeatable. ``unet`` may be any
     ε interface (``DiffusionModel.denoiser``); a latent model passes its ``shape`` and ``decode``,
     and the trajectory then records latents while ``images`` holds the decoded pictures.
+    ``progress(fraction)`` hears before every step.
     """
     if (seeds is None) == (noise is None):
         raise CensorError("give either seeds or noise for the rollout")
@@ -134,10 +136,13 @@ def rollout(
     group_ids = torch.arange(len(noise) // group_size).repeat_interleave(group_size)
     sched = make_rollout_scheduler(scheduler_config, steps)
     xs_all, lps_all = [], []
-    for chunk in noise.split(batch_size):
+    chunks = noise.split(batch_size)
+    for c, chunk in enumerate(chunks):
         x = chunk.to(device)
         xs, lps = [x.cpu()], []
-        for t in sched.timesteps:
+        for s, t in enumerate(sched.timesteps):
+            if progress is not None:  # a fraction only: where a Cancel is heard
+                progress((c * len(sched.timesteps) + s) / (len(chunks) * len(sched.timesteps)))
             eps = unet(x, t.to(device).expand(x.shape[0])).sample
             x, lp = ddim_step_with_logprob(sched, eps, t, x, eta, generator=generator,
                                            use_clipped_model_output=use_clipped_model_output)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
+from censor.core.progress import Progress, reporter
 from censor.diffusion.models import DiffusionModel
 from censor.sampling.loop import seeds_for
 from rlhf.adapters import frozen_reference, make_trainable
@@ -75,7 +76,7 @@ class _Run:
     def __init__(self, model: DiffusionModel, cfg: CommonConfig, need_ref: bool, total: int,
                  progress, show_bar: bool, accelerator, desc: str):
         cfg.check()
-        self.cfg, self.model, self.progress = cfg, model, progress
+        self.cfg, self.model, self.report = cfg, model, reporter(progress)
         self.acc = accelerator or Accelerator(mixed_precision="no")
         unet = model.unet.float()
         self.ref = frozen_reference(unet).to(self.acc.device) if need_ref else None
@@ -99,7 +100,8 @@ class _Run:
         decode = self.model.decode if self.model.is_latent else None
         traj = rollout(self.model.denoiser_for(unet), self.model.scheduler.config, seeds=seeds_for(n, seed),
                        steps=self.cfg.steps, eta=self.cfg.eta, group_size=group_size, generator=gen,
-                       batch_size=self.cfg.rollout_batch, shape=self.model.sample_shape, decode=decode)
+                       batch_size=self.cfg.rollout_batch, shape=self.model.sample_shape, decode=decode,
+                       progress=lambda f: self.within(f, f"epoch {epoch + 1}: rollouts"))
         self.unet.train()
         self.tick(1)
         return traj
@@ -111,6 +113,7 @@ class _Run:
         with torch.no_grad():
             for rows in torch.arange(len(traj)).split(self.cfg.rollout_batch):
                 for j, t in enumerate(traj.timesteps):
+                    self.within(0.0, "reference log-probabilities")
                     out[rows, j] = step_log_prob(self.ref_policy, self.sched, traj.xs[rows, j].to(dev), t,
                                                  traj.xs[rows, j + 1].to(dev), traj.eta).cpu()
         return out
@@ -120,6 +123,8 @@ class _Run:
         S = self.cfg.steps
         total = 0.0
         for k, j in enumerate(torch.randperm(S).tolist()):
+            if k:
+                self.within(k / S, "optimising")
             sync = k == S - 1
             with contextlib.nullcontext() if sync else self.acc.no_sync(self.unet):
                 loss = step_loss(j) / S
@@ -135,8 +140,13 @@ class _Run:
     def tick(self, n: int) -> None:
         self.done += n
         self.bar.update(n)
-        if self.progress is not None:
-            self.progress(min(1.0, self.done / self.total))
+        self.within(0.0)
+
+    def within(self, fraction: float, desc: str | None = None) -> None:
+        """Progress ``fraction`` of the way through the next unit (a rollout or an optimiser step): the
+        units take seconds on a CPU, and a Cancel is heard only here."""
+        if self.report is not None:
+            self.report(min(1.0, (self.done + fraction) / self.total), desc=desc)
 
     def finish(self, **info) -> dict:
         self.bar.close()
@@ -150,7 +160,7 @@ def train_d3po(
     model: DiffusionModel,
     label_fn: Callable[[torch.Tensor], Sequence[int]],
     config: D3POConfig | None = None,
-    progress: Callable[[float], None] | None = None,
+    progress: Progress | None = None,
     show_bar: bool = False,
     accelerator=None,
 ) -> dict:
@@ -202,7 +212,7 @@ def train_ddpo(
     model: DiffusionModel,
     reward_fn: Callable[[torch.Tensor], torch.Tensor],
     config: DDPOConfig | None = None,
-    progress: Callable[[float], None] | None = None,
+    progress: Progress | None = None,
     show_bar: bool = False,
     accelerator=None,
 ) -> dict:

@@ -143,7 +143,7 @@ def pool_drift(meter, reward, model, pool) -> tuple:
     return meter, reward_benign(reward, model, pool.images)
 
 
-def train_for_method(cfg: BenchConfig, model, images, labels, seed, resume=None):
+def train_for_method(cfg: BenchConfig, model, images, labels, seed, resume=None, progress=None):
     """The reward of ``cfg.method`` on these labels: what each method means *in the benchmark*.
 
     - ``single``: ONE bootstrap member (trained on a resample of the labels, as one member of an
@@ -155,7 +155,7 @@ def train_for_method(cfg: BenchConfig, model, images, labels, seed, resume=None)
     members = 1 if cfg.method in ("single", "union") else cfg.members
     return train_reward(images, labels, kind=cfg.reward, diffusion=model, members=members, alpha=cfg.alpha,
                         iterations=cfg.iterations, batch_size=cfg.batch_size, init=cfg.init, seed=seed,
-                        resume=resume, bootstrap=True if cfg.method == "single" else None)
+                        resume=resume, bootstrap=True if cfg.method == "single" else None, progress=progress)
 
 
 def _reward_cache(cfg: BenchConfig, model, seed: int, cache_dir) -> Path | None:
@@ -179,8 +179,9 @@ class Labelled(NamedTuple):
 
 
 def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, log=print, cache_dir=None,
-                             meter=None) -> Labelled:
-    """What a person does in a session: view, label, train (and for imitation, repeat on censored galleries)."""
+                             meter=None, progress=None) -> Labelled:
+    """What a person does in a session: view, label, train (and for imitation, repeat on censored galleries).
+    ``progress`` follows the first training (the studio's comparison trains once)."""
     labeller = SimulatedLabeller(oracle, cfg.feature, cfg.flip_rate, seed=seed)
     view = pool_view(len(pool), cfg.budget, seed)
     images, labels = pool.images[view], labeller.label(pool.images[view])
@@ -189,7 +190,7 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
     cached = _reward_cache(cfg, model, seed, cache_dir)
     if cached is not None and (cached / "reward.json").is_file():
         return Labelled(load_reward(cached, model), images, labels, labeller.viewed)
-    reward = train_for_method(cfg, model, images, labels, seed)
+    reward = train_for_method(cfg, model, images, labels, seed, progress=progress)
     if cached is not None:
         reward.save(cached)
     for r in range(2, (cfg.rounds if cfg.method == "imitation" else 1) + 1):

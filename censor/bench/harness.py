@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from censor.core.data import to_uint8
+from censor.core.progress import stages
 from censor.eval.features import feature_spec, is_malign
 from censor.eval.judge import KNN_K, GalleryJudge
 from censor.eval.metrics import class_histogram, pooled_rate
@@ -52,7 +53,8 @@ def machine() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def cached_baseline(model, n: int, steps: int, cache_dir: str | Path | None, seed: int = GALLERY_SEED) -> np.ndarray:
+def cached_baseline(model, n: int, steps: int, cache_dir: str | Path | None, seed: int = GALLERY_SEED,
+                    progress=None) -> np.ndarray:
     """The unguided gallery for the benchmark's fixed seeds, kept on disk per model, n and steps.
 
     Every configuration compares against the same baseline, so it is sampled once per model.
@@ -63,7 +65,7 @@ def cached_baseline(model, n: int, steps: int, cache_dir: str | Path | None, see
         path = Path(cache_dir) / f"baseline_{model_fingerprint(model.unet)}_n{n}_s{steps}{tag}.safetensors"
         if path.is_file():
             return load_file(str(path))["images"].numpy()
-    images = to_uint8(sample(model, seeds_for(n, seed), steps=steps, show_bar=True))
+    images = to_uint8(sample(model, seeds_for(n, seed), steps=steps, show_bar=True, progress=progress))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"images": torch.from_numpy(np.ascontiguousarray(images))}, str(path))
@@ -75,10 +77,10 @@ def seed_share(n: int, seeds: int) -> int:
     return -(-n // seeds)
 
 
-def unguided_rate(model, seeds, steps: int) -> float:
+def unguided_rate(model, seeds, steps: int, progress=None) -> float:
     """Seconds per image of unguided sampling of ``seeds``: what every guided arm is divided by."""
     t0 = time.perf_counter()
-    sample(model, seeds, steps=steps)
+    sample(model, seeds, steps=steps, progress=progress)
     return (time.perf_counter() - t0) / len(seeds)
 
 
@@ -99,13 +101,15 @@ class Harness:
     """
 
     def __init__(self, model, oracle, reference: dict, feature: str, steps: int, per_seed: int, slices: int = 1,
-                 total: int | None = None, cache_dir=None):
+                 total: int | None = None, cache_dir=None, progress=None):
         self.model, self.oracle, self.reference, self.steps, self.per_seed = model, oracle, reference, steps, per_seed
         self.slices, total = slices, total or per_seed * slices
         self.seeds = seeds_for(total, GALLERY_SEED)
-        self.baseline = cached_baseline(model, total, steps, cache_dir)
-        self.second = cached_baseline(model, total, steps, cache_dir, seed=FLOOR_SEED)
-        self.unguided_rate = unguided_rate(model, self.seeds[:min(per_seed, TIMING_N)], steps)
+        timed = min(per_seed, TIMING_N)  # the bar: both baselines (when not cached), then the timing run
+        bar = stages(progress, dict(baseline=total, floor=total, timing=timed))
+        self.baseline = cached_baseline(model, total, steps, cache_dir, progress=bar["baseline"])
+        self.second = cached_baseline(model, total, steps, cache_dir, seed=FLOOR_SEED, progress=bar["floor"])
+        self.unguided_rate = unguided_rate(model, self.seeds[:timed], steps, progress=bar["timing"])
         self.fingerprint = model_fingerprint(model.unet)
         self._judge(feature)
 

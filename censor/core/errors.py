@@ -36,3 +36,11 @@ def source_name(source) -> str:
     p = Path(s)
     local = p.is_absolute() or s.startswith((".", "~")) or p.exists()
     return (p.expanduser().resolve().name or s) if local else s
+
+
+class JobCancelled(CensorError):
+    """A job the person stopped (Cancel, or a closed tab), raised from its progress callback at the next
+    check: the loop unwinds before anything of the run is written."""
+
+    def __init__(self, message: str = "cancelled; nothing was saved from this run"):
+        super().__init__(message)

@@ -19,21 +19,27 @@ import torch
 
 from censor.core.data import to_model_range
 from censor.core.errors import CensorError
+from censor.core.progress import Progress, part
 from censor.eval.metrics import tv_distance
 from censor.rewards.taps import mean_max_pool, unet_taps
 
 CLUSTERS = 8  # few enough that a 32-image gallery still says something
 CHANCE_QUANTILE = 0.95
+EMBED_BATCH = 64  # images per encoder pass: a fraction of a second on the CPU, between progress calls
 DRIFT_MESSAGE = ("the censored gallery has drifted from the baseline: some benign kinds of image lost or gained "
                  "share beyond chance; lower the strength")
 
 
 @torch.no_grad()
-def encoder_embedding(model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """[N, D] pooled encoder taps at t = 0 (pixels pooled to 7×7 for networks without a UNet encoder)."""
+def encoder_embedding(model, images: np.ndarray, batch_size: int = EMBED_BATCH,
+                      progress: Progress | None = None) -> np.ndarray:
+    """[N, D] pooled encoder taps at t = 0 (pixels pooled to 7×7 for networks without a UNet encoder);
+    ``progress`` hears after every batch."""
     x = to_model_range(np.asarray(images))
-    out = []
-    for chunk in x.split(batch_size):
+    out, chunks = [], x.split(batch_size)
+    for i, chunk in enumerate(chunks):
+        if progress is not None and i:
+            progress(i / len(chunks))
         if hasattr(model.unet, "down_blocks") and hasattr(model.unet, "mid_block"):
             if getattr(model, "is_latent", False):
                 chunk = model.encode(chunk)
@@ -44,8 +50,9 @@ def encoder_embedding(model, images: np.ndarray, batch_size: int = 250) -> np.nd
     return torch.cat(out).double().numpy()
 
 
-def kmeans(z: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> np.ndarray:
-    """Centres [k, D] by Lloyd's algorithm from a k-means++ start (deterministic for a seed)."""
+def kmeans(z: np.ndarray, k: int, seed: int = 0, iterations: int = 25, progress: Progress | None = None) -> np.ndarray:
+    """Centres [k, D] by Lloyd's algorithm from a k-means++ start (deterministic for a seed); ``progress``
+    hears at every iteration (seconds in all on a CPU for a pool of a thousand)."""
     if len(z) < k:
         raise CensorError(f"clustering into {k} groups needs at least {k} reference images, got {len(z)}")
     rng = np.random.default_rng(seed)
@@ -54,7 +61,9 @@ def kmeans(z: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> np.nda
         d = np.min([((z - c) ** 2).sum(1) for c in centres], axis=0)
         centres.append(z[rng.choice(len(z), p=d / d.sum())] if d.sum() > 0 else z[rng.integers(len(z))])
     centres = np.array(centres)
-    for _ in range(iterations):
+    for i in range(iterations):
+        if progress is not None:
+            progress(i / iterations)
         assign = assign_clusters(z, centres)
         for j in range(k):
             if (assign == j).any():
@@ -102,12 +111,13 @@ class DriftMeter:
     """Clusters of the reference (unguided) images in the encoder's feature space, fitted once;
     ``measure`` compares a gallery with the reference reweighted by the reward (p_data·r)."""
 
-    def __init__(self, model, reference_images: np.ndarray, clusters: int = CLUSTERS, seed: int = 0):
+    def __init__(self, model, reference_images: np.ndarray, clusters: int = CLUSTERS, seed: int = 0,
+                 progress: Progress | None = None):
         self.model, self.k = model, clusters
-        z = encoder_embedding(model, reference_images)
+        z = encoder_embedding(model, reference_images, progress=part(progress, 0.0, 0.6))
         self.mu, self.sd = z.mean(0), z.std(0) + 1e-6
         zs = (z - self.mu) / self.sd
-        self.centres = kmeans(zs, clusters, seed)
+        self.centres = kmeans(zs, clusters, seed, progress=part(progress, 0.6, 0.4))
         self.assign = assign_clusters(zs, self.centres)
 
     def assign_images(self, images: np.ndarray) -> np.ndarray:

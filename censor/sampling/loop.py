@@ -16,11 +16,15 @@ import torch
 from tqdm.auto import tqdm
 
 from censor.core.errors import CensorError
+from censor.core.progress import SEP, Progress, reporter
 from censor.diffusion.models import DiffusionModel
 from censor.diffusion.steps import initial_noise, make_scheduler, renoise, step_alphas, step_stride
 from censor.sampling.guidance import Guidance
 from censor.sampling.particles import ParticleState
 from censor.sampling.pieces import StepContext
+
+
+GUIDED_STEP_COST = 3.0  # a guided image-step against an unguided one (the reward's gradient): sizes bars
 
 
 def check_count(n: int) -> None:
@@ -36,7 +40,7 @@ def sample(
     method: str = "ddim",
     eta: float = 0.0,
     batch_size: int | None = None,
-    progress: Callable[[float], None] | None = None,
+    progress: Progress | None = None,
     show_bar: bool = False,
     guidance: Guidance | None = None,
 ) -> torch.Tensor:
@@ -58,13 +62,18 @@ def sample(
     total = len(batches) * steps
     bar = tqdm(total=total, desc="sampling", disable=not show_bar)
     done = 0
+    report = reporter(progress)
 
-    def tick() -> None:
+    def tick(within: float = 1.0) -> None:
+        """After each pass of a step (``within`` < 1: a recurrence pass of it), so a Cancel lands mid-step."""
         nonlocal done
-        done += 1
-        bar.update(1)
-        if progress is not None:
-            progress(done / total)
+        if within >= 1.0:
+            done += 1
+            bar.update(1)
+        if report is not None:
+            b, s = divmod(done - (within >= 1.0), steps)
+            report((done + (within if within < 1.0 else 0.0)) / total,
+                   desc=f"step {s + 1} of {steps}" + (f"{SEP}batch {b + 1} of {len(batches)}" if len(batches) > 1 else ""))
 
     smc = guidance.particles if guidance is not None else None
     out = []
@@ -80,7 +89,7 @@ def sample(
 
 
 def _denoise(model: DiffusionModel, starts: list[int], method: str, steps: int, eta: float,
-             guidance: Guidance | None, gen: torch.Generator, tick: Callable[[], None]):
+             guidance: Guidance | None, gen: torch.Generator, tick: Callable[[float], None]):
     """One batch from its starting seeds to x_0; with SMC also the starting particle of each image.
 
     The batch's state starts fresh here: the pieces' carries and the particles' weights."""
@@ -100,8 +109,10 @@ def _denoise(model: DiffusionModel, starts: list[int], method: str, steps: int, 
         active = guidance is not None and guidance.active(t)
         ab, ab_prev = step_alphas(alphas, t, stride, one)
         x_prev = x
-        for r in range(1 + (guidance.recurrence if active else 0)):
+        passes = 1 + (guidance.recurrence if active else 0)
+        for r in range(passes):
             if r > 0:  # recurrence: back to x_t through the forward kernel, then redo the step
+                tick(r / passes)
                 x = renoise(x_prev, ab, ab_prev, gen)
             step = StepContext(denoiser, x, t, ab, decode=model.decode, latent=model.is_latent)
             if smc is not None:  # twist by r(x_t, t), resample the groups whose weights degenerated

@@ -36,10 +36,11 @@ from tqdm.auto import tqdm
 
 from censor.core.data import to_model_range, to_uint8
 from censor.core.errors import CensorError
+from censor.core.progress import SEP, Progress, part, reporter
 from censor.core.settings import ALPHA, ITERATIONS, MEMBERS
 from censor.gallery.bundles import sha256
 from censor.rewards.ensemble import clean_input
-from censor.rewards.training import train_reward
+from censor.rewards.training import HEAD_ITERATION_STEPS, train_reward, training_cost
 from censor.sampling.loop import sample, seeds_for
 
 DEFAULT_RECALL = 0.99
@@ -92,7 +93,7 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.n
 def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, members: int = MEMBERS,
                       alpha: float = ALPHA, iterations: int = ITERATIONS, folds: int = DEFAULT_FOLDS,
                       recall: float = DEFAULT_RECALL, seed: int = 0,
-                      progress: Callable[[float], None] | None = None) -> dict:
+                      progress: Progress | None = None) -> dict:
     """Cross-fitted threshold: out-of-fold P(benign) of every labelled image, the threshold from the
     malign ones, and the share of held-out benign images it keeps (what the filter will cost).
 
@@ -109,9 +110,10 @@ def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diff
     t0 = time.time()
     for j, test in enumerate(parts):
         train = np.setdiff1d(np.arange(len(labels)), test)
-        sub = (lambda f, j=j: progress((j + f) / folds)) if progress else None
+        sub = part(progress, j / folds, 1 / folds, f"held-out threshold: fold {j + 1} of {folds}")
         r = train_reward(images[train], labels[train], kind=kind, diffusion=diffusion, members=members,
-                         alpha=alpha, iterations=iterations, seed=seed + 1000 * (j + 1), progress=sub)
+                         alpha=alpha, iterations=iterations, seed=seed + 1000 * (j + 1), progress=sub,
+                         score_table=False)  # a fold's reward only scores its held-out labels
         scores[test] = benign_scores(r, images[test], model=diffusion)
     malign, benign = scores[labels == 0], scores[labels == 1]
     tau = threshold_from_scores(malign, recall)
@@ -162,7 +164,7 @@ class RejectionResult:
 def reject_sample(model, reward, count: int, seed: int, threshold: float, *, guidance=None, steps: int = 50,
                   cap: int | None = None, cap_factor: float = DEFAULT_CAP_FACTOR, batch_size: int | None = None,
                   sampler: Callable[[Sequence[int]], np.ndarray] | None = None,
-                  progress: Callable[[float], None] | None = None, show_bar: bool = False) -> RejectionResult:
+                  progress: Progress | None = None, show_bar: bool = False) -> RejectionResult:
     """Sample in batches (unguided, or with ``guidance``), keep images whose P(benign) > ``threshold``,
     until ``count`` are kept or ``cap`` images were drawn (default ``cap_factor`` × count).
 
@@ -189,6 +191,7 @@ def reject_sample(model, reward, count: int, seed: int, threshold: float, *, gui
     sampling_s = scoring_s = 0.0
     images_kept = []
     bar = tqdm(total=count, desc="kept", disable=not show_bar)
+    report = reporter(progress)
     while len(kept_idx) < count and sampled < cap:
         need = count - len(kept_idx)
         if sampled == 0:
@@ -201,9 +204,10 @@ def reject_sample(model, reward, count: int, seed: int, threshold: float, *, gui
         expected = min(cap, max(sampled + size, count if not kept_idx else math.ceil(count * sampled / len(kept_idx))))
         base = sampled
 
-        def within(f, base=base, size=size, expected=expected):
-            if progress is not None:
-                progress(min(1.0, (base + f * size) / expected))
+        def within(f, desc=None, base=base, size=size, expected=expected, kept=len(kept_idx)):
+            if report is not None:
+                report(min(1.0, (base + f * size) / expected),
+                       desc=SEP.join(t for t in (f"kept {kept} of {count}, drew {base} of at most {cap}", desc) if t))
 
         t0 = time.perf_counter()
         imgs = sampler(seeds, within) if takes_progress else sampler(seeds)
@@ -227,8 +231,8 @@ def reject_sample(model, reward, count: int, seed: int, threshold: float, *, gui
         within(1.0)
         bar.set_postfix(drawn=drawn, dropped=dropped)
     bar.close()
-    if progress is not None:
-        progress(1.0)
+    if report is not None:
+        report(1.0)
     shape = tuple(images_kept[0].shape) if images_kept else tuple(model.image_shape[1:])
     images = np.stack(images_kept) if images_kept else np.zeros((0, *shape), dtype=np.uint8)
     return RejectionResult(images=images, seeds=[all_seeds[i] for i in kept_idx], scores=np.array(kept_scores),
@@ -241,24 +245,42 @@ def reject_sample(model, reward, count: int, seed: int, threshold: float, *, gui
 STRICT_FILE = "strict_threshold.json"
 
 
+def cached_threshold(reward_dir) -> dict | None:
+    """The session reward's cross-fitted threshold when it was computed for this very reward file."""
+    reward_dir = Path(reward_dir)
+    path = reward_dir / STRICT_FILE
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("reward_sha256") == sha256(reward_dir / "reward.safetensors") \
+                    and isinstance(cached.get("threshold"), float):
+                return cached
+        except (ValueError, OSError):
+            pass  # a damaged cache is recomputed
+    return None
+
+
+def threshold_cost(reward, labels: np.ndarray) -> float:
+    """What ``heldout_threshold`` costs with the reward's recipe, in unguided image-steps (sizes a bar)."""
+    labels = np.asarray(labels)
+    folds = max(1, int(min(DEFAULT_FOLDS, (labels == 0).sum(), (labels == 1).sum())))
+    per_fold = training_cost(len(labels) * (folds - 1) // folds, len(reward.members), int(reward.info.get(
+        "iterations", ITERATIONS)), reward.kind, score_table=False)
+    return HEAD_ITERATION_STEPS * folds * per_fold
+
+
 def session_threshold(reward_dir, reward, images: np.ndarray, labels: np.ndarray, diffusion,
-                      progress: Callable[[float], None] | None = None) -> dict:
+                      progress: Progress | None = None) -> dict:
     """The cross-fitted threshold of a saved session reward, computed once and kept beside it.
 
     The cache is keyed by the reward file's hash, so retraining the reward recomputes it. The folds
     use the reward's own recipe (kind, members, α, iterations) on the current labels.
     """
-
     reward_dir = Path(reward_dir)
-    digest = sha256(reward_dir / "reward.safetensors")
-    path = reward_dir / STRICT_FILE
-    if path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("reward_sha256") == digest and isinstance(cached.get("threshold"), float):
-                return cached
-        except (ValueError, OSError):
-            pass  # a damaged cache is recomputed
+    cached = cached_threshold(reward_dir)
+    if cached is not None:
+        return cached
+    digest, path = sha256(reward_dir / "reward.safetensors"), reward_dir / STRICT_FILE
     info = reward.info
     th = heldout_threshold(images, labels, kind=reward.kind, diffusion=diffusion, members=len(reward.members),
                            alpha=float(info.get("alpha", 0.1)), iterations=int(info.get("iterations", 300)),

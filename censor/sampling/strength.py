@@ -14,12 +14,12 @@ first. The user can always override the pick.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from censor.core.data import to_model_range, to_uint8
+from censor.core.progress import Progress, part
 from censor.core.settings import GuidanceSettings
 from censor.eval.drift import DriftMeter
 from censor.rewards.calibration import calibrated_score
@@ -31,14 +31,19 @@ from censor.sampling.objective import make_objective
 LADDER = (1.0, 2.0)  # multiples of the default weight, climbed in order (pilot: 16 → 32 helps weak rewards)
 PROBE_N = 32
 PROBE_STEPS = 12
+SCORE_BATCH = 64  # images per reward pass when scoring the pool: well under a second between progress calls
 PROBE_SEED = 77_777  # probe seeds are disjoint from galleries (seeds_for(n, seed) with small seeds)
 
 
 @torch.no_grad()
-def reward_benign(reward, model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """``guidance.calibrated_score`` at t = 0 on uint8 images, in batches."""
+def reward_benign(reward, model, images: np.ndarray, batch_size: int = SCORE_BATCH,
+                  progress: Progress | None = None) -> np.ndarray:
+    """``guidance.calibrated_score`` at t = 0 on uint8 images, in batches (``progress`` hears after each)."""
     out = []
-    for chunk in np.array_split(np.asarray(images), max(1, -(-len(images) // batch_size))):
+    chunks = np.array_split(np.asarray(images), max(1, -(-len(images) // batch_size)))
+    for i, chunk in enumerate(chunks):
+        if progress is not None and i:
+            progress(i / len(chunks))
         x = clean_input(reward, model, to_model_range(chunk))
         t = torch.zeros(len(x), dtype=torch.long) if reward.time_dependent else None
         out.append(calibrated_score(reward, x, t).float().numpy())
@@ -65,7 +70,7 @@ class StrengthChoice:
 
 def auto_strength(model, reward, meter: DriftMeter, pool_weights: np.ndarray, settings: GuidanceSettings,
                   probe_n: int = PROBE_N, probe_steps: int = PROBE_STEPS, ladder=LADDER,
-                  progress: Callable[[float], None] | None = None) -> StrengthChoice:
+                  progress: Progress | None = None) -> StrengthChoice:
     """Climb ``ladder`` × ``settings.weight``; see the module docstring for the stopping rule."""
     seeds = seeds_for(probe_n, PROBE_SEED)
     doubt = doubt_threshold(reward, settings)
@@ -76,7 +81,7 @@ def auto_strength(model, reward, meter: DriftMeter, pool_weights: np.ndarray, se
     for i, factor in enumerate(ladder):
         w = float(settings.weight * factor)
         g = guidance_for(reward, settings.with_(weight=w))
-        sub = (lambda f, i=i: progress((i + f) / len(ladder))) if progress else None
+        sub = part(progress, i / len(ladder), 1 / len(ladder), f"automatic strength: probe at ω {w:g}")
         probe = to_uint8(sample(model, seeds, steps=probe_steps, guidance=g, progress=sub))
         predicted = float((reward_benign(reward, model, probe) < doubt).mean())
         drift = meter.measure(probe, pool_weights)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
+from censor.core.progress import Progress, part, stages
 from censor.core.settings import DEFAULT_GUIDANCE
 from censor.diffusion.models import DiffusionModel
 from censor.eval.drift import DriftMeter
@@ -23,9 +23,16 @@ from censor.eval.judge import GalleryJudge, half_split_floor
 from censor.gallery.bundles import sha256
 from censor.rewards.ensemble import model_fingerprint
 from censor.sampling.kinds import kind_for
-from censor.sampling.loop import sample, seeds_for
-from censor.sampling.rejection import benign_scores, check_probability, reject_sample, session_threshold
-from censor.sampling.strength import auto_strength, reward_benign
+from censor.sampling.loop import GUIDED_STEP_COST, sample, seeds_for
+from censor.sampling.rejection import (
+    benign_scores,
+    cached_threshold,
+    check_probability,
+    reject_sample,
+    session_threshold,
+    threshold_cost,
+)
+from censor.sampling.strength import LADDER, PROBE_N, PROBE_STEPS, auto_strength, reward_benign
 from censor.studio.common import (
     BASELINE_CACHE_SIZE,
     LIMITS,
@@ -39,12 +46,8 @@ from censor.studio.manifest import guidance_settings_dict, settings_guidance
 from censor.studio.resources import Resources
 
 STRICT_P_RANGE = (0.0, 0.99)  # the strict threshold's slider; the server takes any probability in [0, 1)
+POOL_PASS_STEPS = 1.0  # a pool image's embedding, clustering and score, in image-steps (measured: 2-10 s on a loaded CPU)
 MIN_DRIFT_POOL = 50  # fewer pool images than this are too few clusters' worth to measure drift against
-
-
-def _part(progress, start: float, size: float):
-    """A progress callback for the stretch [start, start + size] of a job's bar (None passes through)."""
-    return (lambda f: progress(start + size * f)) if progress else None
 
 
 class Galleries:
@@ -59,7 +62,7 @@ class Galleries:
         self._baselines_lock = threading.Lock()
 
     def fresh_gallery(self, n: int, steps: int, seed: int,
-                      progress: Callable[[float], None] | None = None) -> list[Image.Image]:
+                      progress: Progress | None = None) -> list[Image.Image]:
         if not 1 <= n <= MAX_GALLERY:
             raise CensorError(f"a gallery holds 1 to {MAX_GALLERY} images, asked for {n}")
         steps = int(check_range("steps", steps, (1, LIMITS["steps"][1])))  # a quick look may take fewer steps
@@ -69,7 +72,7 @@ class Galleries:
     @reported("sampling")
     def censored_gallery(self, sid: str, guidance: str, weight: float, backward: int, recurrence: int,
                          steps: int, seed: int, count: int, feature: str | None = None,
-                         progress: Callable[[float], None] | None = None,
+                         progress: Progress | None = None,
                          tuned: tuple[str, DiffusionModel] | None = None, strict: bool = False,
                          strict_p: float | None = None, auto: bool = False) -> dict:
         """Baseline and censored galleries from the same seeds, with the oracle-free drift figure.
@@ -99,25 +102,43 @@ class Galleries:
         seeds = seeds_for(count, seed)
         base_settings = DEFAULT_GUIDANCE.with_(kind=guidance, backward_steps=backward, recurrence=recurrence)
         drift_ready = reward is not None and self._drift_available()
+        if strict and reward is None:
+            raise CensorError("strict mode filters with the session's reward: train one first (Train tab)")
+        threshold = cached_threshold(res.reward_dir(sid)) if strict and strict_p is None else None
+        labels = res.store.training_data(sid)[1] if strict and strict_p is None and threshold is None else None
+        # one bar, each stage sized by what it costs (unguided image-steps); stages already done cost nothing
+        cost = count * steps
+        bar = stages(progress, dict(
+            pool=POOL_PASS_STEPS * len(self.res.pool) if drift_ready and not self._pool_ready(sid) else 0.0,
+            threshold=threshold_cost(reward, labels) if labels is not None else 0.0,
+            auto=len(LADDER) * PROBE_N * PROBE_STEPS * GUIDED_STEP_COST if auto and reward is not None else 0.0,
+            baseline=0.0 if self.has_baseline(model, seed, count, steps) else cost, censored=cost * (GUIDED_STEP_COST if reward is not None else 1.0)))
+        if drift_ready:  # the pool's clusters and the reward's weights on it, the first time (seconds)
+            self._pool_weights(sid, reward, part(bar["pool"], 0, 1, "measuring the labelling pool"))
+        if labels is not None:  # cross-fitted on the session's labels once per reward, then cached beside it
+            threshold = session_threshold(res.reward_dir(sid), reward, res.store.training_data(sid)[0], labels,
+                                          model, progress=part(bar["threshold"], 0, 1, "strict mode"))
         chosen = None
         if auto and reward is not None:
             chosen = auto_strength(censoring, reward, self.drift_meter, self._pool_weights(sid, reward), base_settings,
-                                   progress=_part(progress, 0, 0.3))
+                                   progress=bar["auto"])
             weight = float(chosen.weight)
         settings = dict(guidance_settings_dict(base_settings.with_(weight=weight)), steps=steps, seed=seed,
                         count=count, method="ddim", eta=0.0, adapter=tuned[0] if tuned else None,
                         auto=chosen.as_dict() if chosen else None)
         g = settings_guidance(reward, settings) if reward is not None and weight > 0 else None
-        start = 0.3 if chosen else 0.0
-        entry = self.baseline(model, seed, count, steps, _part(progress, start, 0.5 - start / 2))
+        entry = self.baseline(model, seed, count, steps, part(bar["baseline"], 0, 1, "baseline"))
         base = entry["images"]
-        rest = _part(progress, 0.5 + start / 2, 0.5 - start / 2)
+        rest = part(bar["censored"], 0, 1, "censored")
         strict_info, cens_seeds = None, seeds
         if strict:  # the censored side keeps only images the reward passes: its seeds are the kept ones
-            cens, strict_info = self._strict_side(sid, reward, censoring, g, steps, seed, count, strict_p, rest)
-            cens_seeds = strict_info.pop("seeds")
-            settings.update(count=len(cens_seeds), strict=dict(threshold=strict_info["threshold"],
-                                                               source=strict_info["source"], requested=count))
+            p, source = (threshold["threshold"], "held-out") if strict_p is None else (strict_p, "user")
+            r = reject_sample(censoring, reward, count, seed, p, guidance=g, steps=steps, progress=rest)
+            if r.kept == 0:
+                raise CensorError(f"strict mode kept no image: {r.summary()}; lower the threshold")
+            cens, cens_seeds = r.images, r.seeds
+            strict_info = dict(r.as_dict(), source=source, summary=r.summary())
+            settings.update(count=len(cens_seeds), strict=dict(threshold=p, source=source, requested=count))
         else:
             cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=rest))
         rsha = sha256(res.reward_dir(sid) / "reward.safetensors") if reward else None
@@ -137,12 +158,12 @@ class Galleries:
         return result
 
     def baseline(self, model: DiffusionModel, seed: int, count: int, steps: int,
-                 progress: Callable[[float], None] | None = None) -> dict:
+                 progress: Progress | None = None) -> dict:
         """The unguided gallery of (model, seeds, steps), sampled on the first call and kept (LRU of
         ``BASELINE_CACHE_SIZE``) with what is judged of it: ``images``, and per feature the oracle's
         ``judges``, per reward file its ``reward_malign`` share and ``drift``. The key holds the model's
         weight fingerprint and conditioning, so a changed model misses."""
-        key = (id(model), model_fingerprint(model.unet), repr(conditioning_info(model)), seed, count, steps)
+        key = self._baseline_key(model, seed, count, steps)
         with self._baselines_lock:
             entry = self._baselines.get(key)
             if entry is not None:
@@ -158,6 +179,12 @@ class Galleries:
             progress(1.0)
         return entry
 
+    def _baseline_key(self, model: DiffusionModel, seed: int, count: int, steps: int) -> tuple:
+        return id(model), model_fingerprint(model.unet), repr(conditioning_info(model)), seed, count, steps
+
+    def has_baseline(self, model: DiffusionModel, seed: int, count: int, steps: int) -> bool:
+        return self._baseline_key(model, seed, count, steps) in self._baselines
+
     def _oracle_block(self, entry: dict, feature: str, censored: np.ndarray) -> dict:
         """Both sides judged by the benchmarks' one judge: malign count of n with its Wilson interval,
         and for the censored side tv to the baseline's benign classes, recall against the real benign
@@ -172,22 +199,6 @@ class Galleries:
                     censored=dict({k: c[k] for k in counts}, tv=c["tv"], recall=c["recall"],
                                   recall_ratio=c["recall_ratio"], confident=c["confident"]))
 
-    def _strict_side(self, sid, reward, model, g, steps, seed, count, strict_p, progress) -> tuple[np.ndarray, dict]:
-        """Strict mode: draw from the gallery's seeds on (guided by ``g``) and keep what the reward passes."""
-        if reward is None:
-            raise CensorError("strict mode filters with the session's reward: train one first (Train tab)")
-        if strict_p is None:  # cross-fitted on the session's labels once per reward, then cached beside it
-            images, labels = self.res.store.training_data(sid)
-            th = session_threshold(self.res.reward_dir(sid), reward, images, labels, self.res.model,
-                                   progress=_part(progress, 0, 0.4))
-            p, source, rest = th["threshold"], "held-out", _part(progress, 0.4, 0.6)
-        else:
-            p, source, rest = strict_p, "user", progress
-        r = reject_sample(model, reward, count, seed, p, guidance=g, steps=steps, progress=rest)
-        if r.kept == 0:
-            raise CensorError(f"strict mode kept no image: {r.summary()}; lower the threshold")
-        return r.images, dict(r.as_dict(), seeds=r.seeds, source=source, summary=r.summary())
-
     # ---- fidelity without the oracle ---------------------------------------------------------
     def _drift_available(self) -> bool:
         try:
@@ -198,18 +209,26 @@ class Galleries:
     @property
     def drift_meter(self) -> DriftMeter:
         """Clusters of the labelling pool in the encoder's feature space, fitted once per studio."""
+        return self._meter()
+
+    def _meter(self, progress: Progress | None = None) -> DriftMeter:
         if self._drift is None:
-            self._drift = DriftMeter(self.res.model, self.res.pool.images)
+            self._drift = DriftMeter(self.res.model, self.res.pool.images, progress=progress)
         return self._drift
 
-    def _pool_weights(self, sid: str, reward) -> np.ndarray:
-        """The reward's P(benign) on every pool image (the p_data·r target), cached per reward file."""
+    def _pool_ready(self, sid: str) -> bool:
+        return self._drift is not None and sha256(self.res.reward_dir(sid) / "reward.safetensors") in self._weights_cache
+
+    def _pool_weights(self, sid: str, reward, progress: Progress | None = None) -> np.ndarray:
+        """The reward's P(benign) on every pool image (the p_data·r target), cached per reward file; the
+        first call also fits the drift meter (``progress`` covers both)."""
+        self._meter(part(progress, 0.0, 0.5))
         key = sha256(self.res.reward_dir(sid) / "reward.safetensors")
         cache = self._weights_cache
         if key not in cache:
             if len(cache) > 16:
                 cache.clear()
-            cache[key] = reward_benign(reward, self.res.model, self.res.pool.images)
+            cache[key] = reward_benign(reward, self.res.model, self.res.pool.images, progress=part(progress, 0.5, 0.5))
         return cache[key]
 
 

@@ -4,7 +4,8 @@ restart, and a gate that lets each browser run one heavy job at a time, each und
 The gate's two halves: ``reserve`` runs when Gradio puts a job in its queue (the event's
 ``validator``), so a flood from one browser is refused before it takes queue places that other
 people's clicks need; ``job`` runs inside the job, holds the place while it works and stops it
-at the deadline (cooperatively, from the job's progress callback).
+at the deadline or when its browser cancels it (cooperatively, from the job's progress callback:
+Gradio's own ``cancels=`` only stops waiting for a worker thread, which runs on).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from censor.core.errors import CensorError
+from censor.core.errors import CensorError, JobCancelled
+from censor.core.progress import reporter
 from censor.studio.common import (
     JOB_TIME_LIMIT_S,
     JOBS_PER_CLIENT,
@@ -59,22 +61,32 @@ def browser_secret(data_dir: str | Path, environ=os.environ) -> str:
     return secret
 
 
+class _Job:
+    """One running job: its deadline and the flag a Cancel sets (its own, so none outlives the job)."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.cancelled = deadline, threading.Event()
+
+
 class JobGate:
     """At most ``per_client`` heavy jobs queued or running per browser (Gradio's session hash), each
-    stopped after ``time_limit`` seconds."""
+    stopped after ``time_limit`` seconds or when its browser asks (``cancel``)."""
 
     def __init__(self, per_client: int = JOBS_PER_CLIENT, time_limit: float = JOB_TIME_LIMIT_S,
                  queued_expiry: float = QUEUED_EXPIRY_S, clock: Callable[[], float] = time.monotonic):
         self.per_client, self.time_limit, self.queued_expiry, self.clock = per_client, time_limit, queued_expiry, clock
         self._lock = threading.Lock()
         self._queued: dict[str, list[float]] = {}  # client -> when each of its queued jobs was reserved
-        self._running: dict[str, int] = {}
+        self._dropped: dict[str, list[float]] = {}  # client -> queued places cancelled before their job started
+        self._running: dict[str, list[_Job]] = {}
+
+    def _fresh(self, table: dict[str, list[float]], client: str) -> list[float]:
+        now = self.clock()
+        table[client] = [t for t in table.get(client, []) if now - t < self.queued_expiry]
+        return table[client]
 
     def _busy(self, client: str) -> int:
-        now = self.clock()
-        queued = [t for t in self._queued.get(client, []) if now - t < self.queued_expiry]
-        self._queued[client] = queued
-        return len(queued) + self._running.get(client, 0)
+        return len(self._fresh(self._queued, client)) + len(self._running.get(client, []))
 
     def _refuse(self) -> CensorError:
         return CensorError("you already have a job queued or running; wait for it to finish, then try again")
@@ -86,34 +98,53 @@ class JobGate:
                 raise self._refuse()
             self._queued.setdefault(client or "", []).append(self.clock())
 
-    @contextmanager
-    def job(self, client: str | None, progress: Callable[[float], None] | None = None
-            ) -> Iterator[Callable[[float], None]]:
-        """Run one heavy job for ``client``: its reserved place becomes a running one (a job that skipped
-        the queue's check is checked here), and the callback it yields reports progress and raises a
-        CensorError once the job has run past the time limit."""
+    def cancel(self, client: str | None) -> bool:
+        """Stop ``client``'s jobs: a running one raises ``JobCancelled`` at its next progress call, a queued
+        one is refused when it starts; their places are free at once for the next job. Safe from any
+        thread (a Cancel button's or a closed tab's event). Returns whether anything was queued or running."""
         key = client or ""
         with self._lock:
-            queued = self._queued.get(key, [])
+            running, queued = self._running.get(key, []), self._fresh(self._queued, key)
+            for job in running:
+                job.cancelled.set()
+            self._dropped.setdefault(key, []).extend(queued)
+            self._queued.pop(key, None)
+            return bool(running or queued)
+
+    @contextmanager
+    def job(self, client: str | None, progress: Callable[..., None] | None = None
+            ) -> Iterator[Callable[..., None]]:
+        """Run one heavy job for ``client``: its reserved place becomes a running one (a job that skipped
+        the queue's check is checked here), and the callback it yields, ``tick(fraction, desc=None)``,
+        reports progress (the text too, when ``progress`` takes it) and raises a CensorError once the job
+        has run past the time limit, or ``JobCancelled`` once it was cancelled."""
+        key = client or ""
+        with self._lock:
+            queued = self._fresh(self._queued, key)
             if queued:
                 queued.pop(0)
+            elif self._fresh(self._dropped, key):  # its place was cancelled while it waited in the queue
+                self._dropped[key].pop(0)
+                raise JobCancelled()
             elif self._busy(key) >= self.per_client:
                 raise self._refuse()
-            self._running[key] = self._running.get(key, 0) + 1
-        deadline = self.clock() + self.time_limit
+            job = _Job(self.clock() + self.time_limit)
+            self._running.setdefault(key, []).append(job)
+        report = reporter(progress)
 
-        def tick(fraction: float) -> None:
-            if self.clock() > deadline:
+        def tick(fraction: float, desc: str | None = None) -> None:
+            if job.cancelled.is_set():
+                raise JobCancelled()
+            if self.clock() > job.deadline:
                 raise CensorError(f"this job ran past the time limit of {self.time_limit / 60:g} minutes and was "
                                   "stopped; try fewer images or steps")
-            if progress is not None:
-                progress(fraction)
+            if report is not None:
+                report(fraction, desc=desc)
         try:
             yield tick
         finally:
             with self._lock:
-                self._running[key] -= 1
-                if not self._running[key]:
-                    del self._running[key]
-                if not self._queued.get(key):
-                    self._queued.pop(key, None)
+                self._running[key].remove(job)
+                for table in (self._running, self._queued, self._dropped):
+                    if not table.get(key):
+                        table.pop(key, None)

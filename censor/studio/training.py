@@ -4,11 +4,10 @@ held-out check (``censor.rewards.validation``) and its interval recorded in its 
 
 from __future__ import annotations
 
-from typing import Callable
-
 from censor.core.errors import CensorError
-from censor.rewards.training import train_reward
-from censor.rewards.validation import held_out_check
+from censor.core.progress import Progress, part, reporter
+from censor.rewards.training import train_reward, training_cost
+from censor.rewards.validation import held_out_check, held_out_cost
 from censor.studio.common import MAX_TRAIN_LABELS, check_range, reported
 from censor.studio.readouts import held_out_interval
 from censor.studio.resources import Resources
@@ -16,13 +15,18 @@ from censor.studio.resources import Resources
 
 @reported("training")
 def train(res: Resources, sid: str, method: str, kind: str, members: int, iterations: int, alpha: float,
-          progress: Callable[[float], None] | None = None) -> dict:
+          progress: Progress | None = None) -> dict:
     """Train and save the session's reward; ``imitation`` resumes the previous one when it matches
     (same kind and member count). Returns the reward's info, with ``held_out_accuracy`` (None: too few
-    labels), ``held_out_counts`` (per-class hits and counts) and ``held_out_ci`` (its 95% interval)."""
+    labels), ``held_out_counts`` (per-class hits and counts) and ``held_out_ci`` (its 95% interval).
+    ``progress(fraction, desc=...)`` hears all through, e.g. "final reward (2 of 2) · member 2 of 4 ·
+    iteration 120 of 400"."""
     members = int(check_range("members", members)) if method != "single" else 1
     iterations = int(check_range("iterations", iterations))
     alpha = float(check_range("alpha", alpha))
+    report = reporter(progress)
+    if report is not None:  # at once: a Cancel lands even before the first loop starts
+        report(0.0, desc="reading the labels")
     images, labels = res.store.training_data(sid)
     if len(labels) > MAX_TRAIN_LABELS:
         raise CensorError(f"{len(labels)} labelled images; a reward trains on at most {MAX_TRAIN_LABELS} "
@@ -32,9 +36,16 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
         previous = res.session_reward(sid)
         if previous.kind == kind and len(previous.members) == members:
             resume = previous
-    held_out = held_out_check(images, labels, kind=kind, diffusion=res.model, iterations=iterations, alpha=alpha)
+    # one bar for both trainings, each part sized by its cost; the held-out one first (nothing is saved
+    # until the end, so a Cancel anywhere leaves the previous reward in place)
+    check = held_out_cost(labels, kind, iterations)
+    final = training_cost(len(labels), members, iterations, kind)
+    share = check / (check + final)
+    held_out = held_out_check(images, labels, kind=kind, diffusion=res.model, iterations=iterations, alpha=alpha,
+                              progress=part(progress, 0.0, share, "held-out check (1 of 2)"))
     reward = train_reward(images, labels, kind=kind, diffusion=res.model, members=members, alpha=alpha,
-                          iterations=iterations, resume=resume, progress=progress)
+                          iterations=iterations, resume=resume,
+                          progress=part(progress, share, 1.0 - share, "final reward (2 of 2)" if check else None))
     accuracy = held_out.pop("accuracy") if held_out else None
     ci = held_out_interval(held_out) if held_out else None
     reward.info.update(held_out_accuracy=accuracy, held_out_counts=held_out, held_out_ci=list(ci) if ci else None)
