@@ -62,7 +62,9 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
     @contextmanager
     def job(request, progress, what):
         """One heavy job under the gate; its progress bar says ``what`` unless the library says more."""
-        with gate.job(request.session_hash, lambda f, desc=None: progress(f, desc=desc or what)) as tick:
+        def show(fraction, desc=None):
+            progress(fraction, desc=f"{what} · {desc}" if desc else what)
+        with gate.job(request.session_hash, show) as tick:
             yield tick
 
     def grid_value(sid, page):
@@ -385,6 +387,7 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         paged = [page, grid, counts, page_info]  # every event that turns or redraws the grid's page
         demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, *paged, suggestion, source]
                   ).then(studio.informative_first, inputs=sid, outputs=informative
+                  ).then(studio.warm_up, api_name=False, show_progress="hidden"  # the default baseline, while one labels
                   ).then(on_restore, inputs=[sid, saved_page], outputs=paged, api_name=False)
         page.change(lambda p: p, inputs=page, outputs=saved_page, api_name=False, show_progress="hidden")
         informative.input(on_informative, inputs=[sid, informative], outputs=paged)

@@ -181,3 +181,17 @@ def test_a_page_marked_at_once_left_out_and_undone(studio):
     assert studio.store.counts(sid).malign == 0 and studio.undo(sid) == 0
     with pytest.raises(CensorError, match="'malign' or 'leave out'"):
         studio.mark_page(sid, 0, "benign")
+
+
+def test_the_warm_up_leaves_the_default_baseline_ready(studio, monkeypatch):
+    """Issue 20: the baseline was re-sampled on every render. The warm-up (started when a page is first
+    shown) samples the default one while a person labels; the first default render then reuses it."""
+    from censor.core.settings import COUNT, STEPS
+
+    g = studio.galleries
+    studio.warm_up(wait=True)
+    assert g.has_baseline(studio.model, 0, COUNT, STEPS)
+    first = studio._warm
+    studio.warm_up(wait=True)  # once per studio: a second call starts nothing new
+    assert studio._warm is first
+    assert g.has_baseline(studio.model, 0, COUNT, STEPS) and not g.has_baseline(studio.model, 0, COUNT, STEPS - 1)

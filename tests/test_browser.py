@@ -222,9 +222,10 @@ def test_rlhf_tab_runs_a_small_comparison_and_offers_its_adapters(server, browse
     _set_slider(page, "compare-budget", 14)
     _set_slider(page, "compare-n", 20)
     page.locator("#compare-btn").click()
-    page.wait_for_function("document.querySelector('#compare-result').innerText.includes('d3po+censored')",
-                           timeout=420_000)
+    page.wait_for_function("document.querySelector('#compare-result').innerText.includes('Fine-tuned adapters saved')",
+                           timeout=420_000)  # (the progress text names the methods as it goes)
     table = page.locator("#compare-result").inner_text()
+    assert "d3po+censored" in table and "can show a drop" in table, table  # 20 images: too few malign ones
     for method in ("baseline", "censored", "rlhf", "d3po"):
         assert method in table
     assert "Fine-tuned adapters saved" in table

@@ -8,6 +8,9 @@ app.py, the session timing and the tests use, forwarding each call to its tab.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +53,7 @@ class Studio(Resources):
         self.labelling = Labelling(self)
         self.galleries = Galleries(self)
         self.sharing = Sharing(self)
+        self._warm, self._warm_lock = None, threading.Lock()
 
     # ---- Label tab ---------------------------------------------------------------------------
     def open_session(self, sid: str | None, instructions: str = "") -> str:
@@ -114,6 +118,17 @@ class Studio(Resources):
         reward = self.session_reward(sid) if sid and self.has_reward(sid) else None
         return readouts.cost_text(reward, guidance, backward, recurrence, steps, strict)
 
+    def warm_up(self, wait: bool = False) -> None:
+        """Start (once per studio) ``Galleries.warm_up`` in a background thread at low priority;
+        ``wait`` joins it. The app calls it when the first page has been shown."""
+        with self._warm_lock:
+            if self._warm is None:
+                self._warm = threading.Thread(target=_quietly, args=(self.galleries.warm_up,), daemon=True,
+                                              name="studio-warm-up")
+                self._warm.start()
+        if wait:
+            self._warm.join()
+
     @property
     def drift_meter(self):
         return self.galleries.drift_meter
@@ -136,3 +151,16 @@ class Studio(Resources):
 
     def import_session(self, path: str | Path) -> str:
         return self.sharing.import_session(path)
+
+
+def _quietly(fn) -> None:
+    """A background job at the lowest CPU priority (Linux: per thread), its failure logged, never raised:
+    a warm-up only saves time, and a person's own job must win the CPU."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+    try:
+        fn()
+    except Exception:
+        logging.getLogger(__name__).exception("warm-up failed")

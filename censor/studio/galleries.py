@@ -15,7 +15,7 @@ from PIL import Image
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.core.progress import Progress, part, stages
-from censor.core.settings import DEFAULT_GUIDANCE
+from censor.core.settings import COUNT, DEFAULT_GUIDANCE, STEPS
 from censor.diffusion.models import DiffusionModel
 from censor.eval.drift import DriftMeter
 from censor.eval.features import load_features
@@ -198,6 +198,13 @@ class Galleries:
                     baseline=dict({k: b[k] for k in counts}, recall=judge.base_recall, confident=b["confident"]),
                     censored=dict({k: c[k] for k in counts}, tv=c["tv"], recall=c["recall"],
                                   recall_ratio=c["recall_ratio"], confident=c["confident"]))
+
+    def warm_up(self) -> None:
+        """What the first default render would otherwise wait for, done while a person labels: the
+        default gallery's baseline (seed 0, ``COUNT`` images, ``STEPS`` steps) and the pool's clusters."""
+        self.baseline(self.res.model, 0, COUNT, STEPS)
+        if self._drift_available():
+            self._meter()
 
     # ---- fidelity without the oracle ---------------------------------------------------------
     def _drift_available(self) -> bool:
