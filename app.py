@@ -309,11 +309,11 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                                        label="weight ω (used when automatic strength is off)")
                     backward = gr.Slider(*LIMITS["backward"], value=DEFAULT_GUIDANCE.backward_steps, step=1,
                                          label="backward steps", elem_id="censor-backward",
-                                         info="extra optimisation steps on the predicted clean image at each step: "
-                                              "a stronger push where one gradient is not enough")
+                                         info="extra steps on the predicted clean image: a stronger push, "
+                                              "at a cost (shown below)")
                     recurrence = gr.Slider(*LIMITS["recurrence"], value=DEFAULT_GUIDANCE.recurrence, step=1,
                                            label="recurrence", elem_id="censor-recurrence",
-                                           info="re-noise and repeat each step, so guidance can correct itself")
+                                           info="re-noise and repeat each step: guidance corrects itself")
                 with gr.Row():
                     steps = gr.Slider(*LIMITS["steps"], value=STEPS, step=1, label="steps", elem_id="censor-steps")
                     seed = gr.Number(0, precision=0, label="seed")

@@ -239,3 +239,17 @@ def test_relative_cost_and_its_readout():
     assert text.endswith("recurrence: re-noises and repeats each guided step 1 more time, letting guidance "
                          "correct itself)")
     assert cost_readout(d.with_(weight=0.0), 30) == "≈ 1× the unguided time (ω = 0: no guidance)"
+
+
+def test_the_censor_tabs_cost_line_prices_the_knobs_before_the_click():
+    """Issue 20: backward guidance cost several times the time with nothing saying so before the click."""
+    from censor.core.settings import DEFAULT_GUIDANCE
+    from censor.sampling.cost import relative_cost
+    from censor.studio.readouts import cost_text
+
+    plain = cost_text(None, "time", 0, 0, 30, False)
+    heavy = cost_text(None, "time", 5, 1, 30, True)
+    ratio = relative_cost(DEFAULT_GUIDANCE.with_(backward_steps=5, recurrence=1), 30)
+    assert f"≈ {ratio:.1f}×" in heavy and ratio > 2 * relative_cost(DEFAULT_GUIDANCE, 30)
+    assert "backward steps: 5 extra optimisation steps" in heavy and "recurrence" in heavy
+    assert "strict draws more" in heavy and "strict" not in plain and "backward" not in plain
