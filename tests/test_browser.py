@@ -132,16 +132,21 @@ def _set_slider(page, elem_id, value):
     box.press("Enter")
 
 
-def _label_two_and_train(page) -> None:
-    """Mark two pool images malign, then train a small reward (2 members, 20 iterations) in the Train tab."""
+def _label_two_for_training(page, members: int, iterations: int) -> None:
+    """Mark two pool images malign and open the Train tab, its sliders set to ``members`` and ``iterations``."""
     cells = page.locator("#label-grid .cell")
-    cells.first.wait_for(timeout=15_000)
+    cells.first.wait_for(timeout=30_000)
     for i in (1, 3):
         cells.nth(i).click()
     page.wait_for_function("document.querySelectorAll('#label-grid .cell.malign').length >= 2")
     page.get_by_role("tab", name="Train", exact=True).click()
-    _set_slider(page, "members", 2)
-    _set_slider(page, "iterations", 20)
+    _set_slider(page, "members", members)
+    _set_slider(page, "iterations", iterations)
+
+
+def _label_two_and_train(page) -> None:
+    """Mark two pool images malign, then train a small reward (2 members, 20 iterations) in the Train tab."""
+    _label_two_for_training(page, 2, 20)
     page.locator("#train-btn").click()
     page.wait_for_function("document.querySelector('#train-result').innerText.includes('Trained a')", timeout=120_000)
 
@@ -389,14 +394,7 @@ def test_training_shows_progress_greys_its_button_and_cancel_stops_the_server(se
     url, _ = server
     page = browser.new_page(viewport=VIEWPORTS["desktop"])
     page.goto(url)
-    cells = page.locator("#label-grid .cell")
-    cells.first.wait_for(timeout=30_000)
-    for i in (1, 3):
-        cells.nth(i).click()
-    page.wait_for_function("document.querySelectorAll('#label-grid .cell.malign').length >= 2")
-    page.get_by_role("tab", name="Train", exact=True).click()
-    _set_slider(page, "members", 8)
-    _set_slider(page, "iterations", 2000)  # minutes of work: only Cancel ends it in time
+    _label_two_for_training(page, 8, 2000)  # minutes of work: only Cancel ends it in time
     page.locator("#train-btn").click()
     page.wait_for_function("(() => { const e = [...document.querySelectorAll('#train-result .progress-text, "
                            "#train-result .progress-level, #train-result .eta-bar')]; "
