@@ -31,7 +31,8 @@ GRID_TEMPLATE, GRID_CSS, GRID_JS = ((UI / name).read_text() for name in ("grid.h
 # AA contrast: Gradio's default grey helper text (#9ca3af, 2.5:1 on white) darkened to 7.6:1
 THEME = gr.themes.Default().set(body_text_color_subdued="*neutral_600", block_info_text_color="*neutral_600",
                                 block_label_text_color="*neutral_600")
-LAUNCH = dict(theme=THEME, css=(UI / "app.css").read_text())  # what every launch of the studio passes
+# run_history=False: Gradio would keep every output (label grids, galleries) in the browser's storage
+LAUNCH = dict(theme=THEME, css=(UI / "app.css").read_text(), run_history=False)  # what every launch passes
 # The public Space's queue: one run at a time per event (the comparison has its own slot) and at most
 # 32 waiting; beyond that Gradio refuses the request (HTTP 503) and the page says "This application is
 # currently busy. Please try again." (see docs/reliability.md).
@@ -72,14 +73,14 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
 
     def on_load(saved_sid):
         sid = studio.open_session(saved_sid)
-        _, grid_, counts_, info = turn(sid, 0, 0)
+        _, grid_, counts_, info, _ = turn(sid, 0, 0)
         return (sid, sid, 0, grid_, counts_, info, studio.suggest_method(sid)[1],
                 gr.Dropdown(choices=["base model"] + available_adapters(studio, sid)))
 
     def on_restore(sid, saved_page):
         """After a reload, the page the browser was on (kept in its storage), not page 1."""
         if not saved_page:
-            return (gr.skip(),) * 4
+            return (gr.skip(),) * 5
         return turn(sid, int(saved_page), 0)
 
     def on_click(sid, page, evt: gr.EventData):
@@ -118,7 +119,9 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
     def turn(sid, page, step):
         total = studio.store.counts(sid).total
         page = int(np.clip(page + step, 0, max(0, (total - 1) // PAGE_SIZE)))
-        return page, grid_value(sid, page), studio.counts_text(sid), f"page {page + 1} of {max(1, -(-total // PAGE_SIZE))}"
+        # the page twice: the session's state, and the browser's storage (a reload comes back to it)
+        return (page, grid_value(sid, page), studio.counts_text(sid),
+                f"page {page + 1} of {max(1, -(-total // PAGE_SIZE))}", page)
 
     def on_train(sid, method, kind, members, iterations, alpha, request: gr.Request, progress=gr.Progress()):
         try:
@@ -202,13 +205,13 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
 
     def on_session_upload(path):
         if not path:
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 8
         try:
             new_sid = studio.import_session(path)
         except CensorError as e:
             raise gr.Error(str(e))
-        page_, grid_, counts_, info = turn(new_sid, 0, 0)
-        return new_sid, new_sid, page_, grid_, counts_, info, f"Imported as a new session ({counts_})."
+        turned = turn(new_sid, 0, 0)
+        return new_sid, new_sid, *turned, f"Imported as a new session ({turned[2]})."
 
     def on_permalink(request: gr.Request):
         token = request.query_params.get("bundle") if request else None
@@ -384,12 +387,12 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                     go_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="generate-cancel")
                 gallery = gr.Gallery(label="samples", columns=8, height="auto", elem_id="gallery")
 
-        paged = [page, grid, counts, page_info]  # every event that turns or redraws the grid's page
-        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, *paged, suggestion, source]
+        paged = [page, grid, counts, page_info, saved_page]  # every event that turns or redraws the grid's page
+        # not the stored page: on_restore reads it next
+        demo.load(on_load, inputs=saved_sid, outputs=[saved_sid, sid, page, grid, counts, page_info, suggestion, source]
                   ).then(studio.informative_first, inputs=sid, outputs=informative
                   ).then(studio.warm_up, api_name=False, show_progress="hidden"  # the default baseline, while one labels
                   ).then(on_restore, inputs=[sid, saved_page], outputs=paged, api_name=False)
-        page.change(lambda p: p, inputs=page, outputs=saved_page, api_name=False, show_progress="hidden")
         informative.input(on_informative, inputs=[sid, informative], outputs=paged)
         # every press counts: the default trigger_mode="once" drops clicks made while one is in flight
         grid.click(on_click, inputs=[sid, page], outputs=[grid, counts, suggestion], api_name=False,

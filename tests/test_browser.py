@@ -349,6 +349,27 @@ def test_grid_tabs_and_galleries_fit_the_window(server, browser, name):
     assert shown == total >= 8, f"{total - shown} of {total} gallery images clipped"
 
 
+def _colours(page, selector: str, prop: str) -> tuple[list[float], list[float]]:
+    """``prop`` of the first ``selector`` and the first opaque background behind it, as RGB lists."""
+    return page.evaluate(f"""(() => {{
+        const rgb = s => s.match(/[\\d.]+/g).map(Number);
+        let e = document.querySelector('{selector}');
+        const fg = rgb(getComputedStyle(e)['{prop}']);
+        while (e && (rgb(getComputedStyle(e).backgroundColor)[3] === 0)) e = e.parentElement;
+        return [fg.slice(0, 3), e ? rgb(getComputedStyle(e).backgroundColor).slice(0, 3) : [255, 255, 255]];
+    }})()""")
+
+
+def _contrast(a, b) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours."""
+    def lum(c):
+        c = [v / 255 for v in c]
+        c = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
 def test_undo_page_marks_focus_and_the_page_after_a_reload(server, browser):
     """Issue 20: no undo, no page-wide marking, the focus ring vanished after each mark, Tab could not
     reach the grid and a reload went back to page 1. Shown images count as benign: the page says so."""
@@ -380,6 +401,11 @@ def test_undo_page_marks_focus_and_the_page_after_a_reload(server, browser):
     page.locator("#page-out").click()
     page.wait_for_function("document.querySelectorAll('#label-grid .cell.unsure').length === 25")
     page.wait_for_function("document.querySelector('#counts').innerText.includes('benign 0 · unsure 25')")
+    # WCAG AA: helper text 4.5:1 against what is behind it, the unsure mark (a border) 3:1
+    text, back = _colours(page, "#informative-first .info-text", "color")
+    assert _contrast(text, back) >= 4.5, (text, back)
+    border, back = _colours(page, "#label-grid .cell.unsure", "borderTopColor")
+    assert _contrast(border, back) >= 3.0, (border, back)
     page.locator("#next-page").click()
     page.wait_for_function("document.querySelector('#page-info').innerText.includes('page 2')")
     page.reload()
