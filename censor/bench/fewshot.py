@@ -26,7 +26,7 @@ from censor.labels.labeller import SimulatedLabeller
 from censor.rewards.architectures import TIME_DEPENDENT
 from censor.rewards.training import train_reward
 
-VARIANTS = (("ddpm-encoder", "random"), ("half-unet", "random"), ("resnet18", "backbone"),
+VARIANTS = (("ddpm-encoder", "random"), ("half-unet", "random"), ("local-patch", "random"), ("resnet18", "backbone"),
             ("resnet18", "imagenet"), ("resnet18", "random"))
 
 

@@ -139,7 +139,7 @@ class RewardSettings(_Settings):
     """How labels become a reward (``rewards.training.train_reward`` and the methods around it)."""
 
     kind: str = knob("ddpm-encoder", "reward network (censor.rewards.architectures.REWARD_KINDS)",
-                     choices=("resnet18", "half-unet", "ddpm-encoder"))
+                     choices=("resnet18", "half-unet", "ddpm-encoder", "local-patch"))
     method: str = knob("ensemble", "how labels become a reward", choices=METHODS)
     members: int = knob(5, "ensemble size K", lo=1, hi=8, whole=True)
     iterations: int = knob(300, "training iterations per member", lo=10, hi=2000, whole=True)

@@ -13,6 +13,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from censor.core.errors import CensorError
 from censor.rewards.backbone import load_backbone_into
+from censor.rewards.local import LocalPatchReward
 from censor.rewards.taps import PooledHead, TapHead, tap_channels, unet_encode, unet_taps
 
 
@@ -101,6 +102,10 @@ def _half_unet(diffusion, init: str) -> nn.Module:
     return HalfUNetReward(in_channels=shape[0], sample_size=shape[1], widths=widths)
 
 
+def _local_patch(diffusion, init: str) -> nn.Module:
+    return LocalPatchReward(in_channels=reward_shape("local-patch", diffusion)[0])
+
+
 def _ddpm_encoder(diffusion, init: str) -> nn.Module:
     if diffusion is None:
         raise CensorError("the ddpm-encoder reward needs the diffusion model it reads features from")
@@ -126,17 +131,23 @@ def _resnet18(init: str, size: int = 28) -> ResNet18Reward:
 
 @dataclass(frozen=True)
 class RewardKind:
-    """One entry of the registry: whether the reward reads noised x_t (guidance needs r(x_t, t)) and
-    how to build one member for a diffusion model."""
+    """One entry of the registry: whether the reward reads noised x_t (guidance needs r(x_t, t)), how
+    to build one member for a diffusion model, the AdamW learning rate it trains at (a small net from
+    scratch needs a larger step to learn in the same 300 iterations), and the share of those
+    iterations spent on clean images before the noised ones (a detector of a small mark learns
+    nothing when most of its first views are noise that hides the mark, see ``rewards.local``)."""
 
     time_dependent: bool
     build: Callable[..., nn.Module]  # (diffusion, init) -> member
+    lr: float = 3e-4  # the paper's
+    clean_warmup: float = 0.0
 
 
 REGISTRY = {
     "resnet18": RewardKind(False, lambda diffusion, init: _resnet18(init, reward_shape("resnet18", diffusion)[1])),
     "half-unet": RewardKind(True, _half_unet),
     "ddpm-encoder": RewardKind(True, _ddpm_encoder),
+    "local-patch": RewardKind(True, _local_patch, lr=3e-3, clean_warmup=0.5),  # small marks: full resolution, max pool
 }
 REWARD_KINDS = tuple(REGISTRY)
 TIME_DEPENDENT = {name: k.time_dependent for name, k in REGISTRY.items()}

@@ -1,6 +1,6 @@
 """The reward ensemble r(x) ~ P(benign | x) of K members, and its storage (safetensors + JSON).
 
-Three kinds (``architectures.REGISTRY``), one interface (``member(x, t) -> logit [N]``, label 1 = benign):
+Four kinds (``architectures.REGISTRY``), one interface (``member(x, t) -> logit [N]``, label 1 = benign):
 
 - ``resnet18``: time-independent torchvision ResNet18 on clean images (universal/backward guidance).
   Stem adapted to 28x28 (stride-1 first conv, keeping its weights) so ImageNet or the embedded
@@ -12,6 +12,8 @@ Three kinds (``architectures.REGISTRY``), one interface (``member(x, t) -> logit
   and only a small head to learn from a hundred labels. It taps an early down block and the mid
   block: measured on 100 pool labels (AUC on 900 held-out, t = 0), the mid block alone sees bags
   (0.99) but not the corner stamp (0.58); adding the early tap with max pooling gives 0.80.
+- ``local-patch``: r(x_t, t) for small local marks (``rewards.local``): full-resolution dilated convs
+  with FiLM on t and a smooth max over positions, so a 7x7 stamp anywhere counts.
 
 An ensemble combines members as sum_k log sigmoid(logit_k), the log of the product of their
 probabilities, so one doubting member is enough to push a sample away."""

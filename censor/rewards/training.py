@@ -1,11 +1,13 @@
 """Training reward models from a person's labels (1 = benign, 0 = malign).
 
 - Loss: ``BCEWithLogitsLoss(pos_weight=alpha)``; alpha < 1 down-weights the abundant benign class
-  (the paper: 0.02-0.1), AdamW (lr 3e-4, weight decay 0.05), linear decay, a fixed budget.
+  (the paper: 0.02-0.1), AdamW (lr per kind, the paper's 3e-4 unless ``architectures.REGISTRY``
+  says otherwise; weight decay 0.05), linear decay, a fixed budget.
 - Ensemble (benign-dominant): member k sees *every* malign label and its own bootstrap draw of the
   benign labels, so rare malign examples are never left out and members disagree where data is thin.
 - Time-dependent kinds train on x_t = q_sample(x0, t), t ~ U{0..T-1}, with the diffusion model's
-  own schedule; clean-image kinds train on x0.
+  own schedule (after a share of clean views at t = 0 where the kind asks for one, ``clean_warmup``);
+  clean-image kinds train on x0.
 - Imitation rounds: ``train_reward(..., resume=previous)`` continues from the previous round's
   weights *and* optimizer state on the grown label set.
 """
@@ -22,7 +24,7 @@ from censor.core.data import to_model_range
 from censor.core.errors import CensorError
 from censor.core.progress import SEP, Progress, part, reporter, stages
 from censor.core.settings import ALPHA, HINGE_QUANTILES, ITERATIONS, MEMBERS
-from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT, build_member, reward_shape
+from censor.rewards.architectures import REGISTRY, REWARD_KINDS, TIME_DEPENDENT, build_member, reward_shape
 from censor.rewards.calibration import calibrated_score
 from censor.rewards.ensemble import RewardEnsemble, model_fingerprint
 from censor.rewards.taps import unet_taps
@@ -158,7 +160,7 @@ def train_reward(
     alpha: float = ALPHA,
     iterations: int = ITERATIONS,
     batch_size: int = 64,
-    lr: float = 3e-4,
+    lr: float | None = None,
     weight_decay: float = 0.05,
     init: str = "random",
     seed: int = 0,
@@ -182,6 +184,7 @@ def train_reward(
         raise CensorError(f"a time-dependent {kind} reward needs the diffusion model's noise schedule")
     if resume is not None and (resume.kind != kind or len(resume.members) != members):
         raise CensorError("an imitation round must continue the same reward kind and ensemble size")
+    lr = REGISTRY[kind].lr if lr is None else lr
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -200,6 +203,7 @@ def train_reward(
     # augmented, noised copies and train only the heads on it (5 members cost ~1 member's forwards).
     bank = FeatureBank(diffusion.unet, x_all, sched, gen, progress=stage["encoding"]) if kind == "ddpm-encoder" else None
     train_bar = stage["training"]
+    warmup = int(REGISTRY[kind].clean_warmup * iterations) if sched is not None and resume is None else 0
     trained, opt_states = [], []
     for k, idx in enumerate(subsets):
         model = resume.members[k] if resume is not None else build_member(kind, diffusion, init)
@@ -218,8 +222,8 @@ def train_reward(
             if bank is not None:
                 logits = model.head(bank.draw(b, gen))
             else:
-                x, t = noised_views(x_all[b], sched, gen)
-                logits = model(x, t)
+                x, t = noised_views(x_all[b], sched if it >= warmup else None, gen)
+                logits = model(x, torch.zeros(len(x), dtype=torch.long) if it < warmup else t)
             loss = loss_fn(logits, y_all[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
