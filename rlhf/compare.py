@@ -35,6 +35,7 @@ from censor.core.errors import CensorError
 from censor.core.progress import part
 from censor.core.settings import DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, MIN_BASELINE_MALIGN, REWARD_KIND
 from censor.eval.features import feature_spec
+from censor.eval.judge import legend
 from censor.labels.labeller import SimulatedLabeller
 from censor.rewards.training import training_cost
 from censor.sampling.guidance import guidance_for
@@ -232,10 +233,7 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n\n".join(table_notes(result)) + "\n"
 
 
-TABLE_LEGEND = ("malign %: the oracle's share of images showing the feature, with its 95% Wilson interval; tv: "
-                "distance of the class mix from the baseline's benign images (floor: two unguided galleries differ "
-                "this much by chance); recall vs baseline: how much of the real benign variety is still covered, "
-                "1× = as much as the baseline; confident: share of images the oracle classifies with confidence.")
+TABLE_LEGEND = legend("malign", "tv", "recall", "confident")
 
 
 def table_notes(result: dict) -> list[str]:

@@ -19,6 +19,19 @@ from censor.eval.metrics import (
 from censor.eval.oracle import Judgement, Oracle
 
 KNN_K = 3  # k of the k-NN recall (metrics.knn_precision_recall): each set needs more than k images
+# What each column of a judged gallery means, said once for every table and readout that shows them.
+COLUMNS = dict(
+    malign="malign %: the oracle's share of images showing the feature, with its 95% Wilson interval",
+    tv="tv: distance of the class mix from the baseline's benign images (0 = the same mix; floor: what chance "
+       "alone gives)",
+    recall="recall vs baseline: how much of the real benign variety is still covered, 1× = as much as the baseline",
+    confident="confident: share of images the oracle classifies with confidence",
+)
+
+
+def legend(*columns: str) -> str:
+    """The meanings of ``columns`` (keys of ``COLUMNS``) as one sentence."""
+    return "; ".join(COLUMNS[c] for c in columns) + "."
 
 
 class GalleryJudge:

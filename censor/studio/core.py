@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from censor.diffusion.models import DiffusionModel
-from censor.studio import readouts, training
+from censor.studio import training
 from censor.studio.common import (
     LIMITS,
     MAX_GALLERY,
@@ -115,8 +115,7 @@ class Studio(Resources):
                                                feature, progress, tuned, strict, strict_p, auto)
 
     def cost_text(self, sid: str, guidance: str, backward: int, recurrence: int, steps: int, strict: bool) -> str:
-        reward = self.session_reward(sid) if sid and self.has_reward(sid) else None
-        return readouts.cost_text(reward, guidance, backward, recurrence, steps, strict)
+        return self.galleries.cost_text(sid, guidance, backward, recurrence, steps, strict)
 
     def warm_up(self, wait: bool = False) -> None:
         """Start (once per studio) ``Galleries.warm_up`` in a background thread at low priority;

@@ -42,6 +42,7 @@ from censor.studio.common import (
     display,
     reported,
 )
+from censor.studio import readouts
 from censor.studio.manifest import guidance_settings_dict, settings_guidance
 from censor.studio.resources import Resources
 
@@ -198,6 +199,12 @@ class Galleries:
                     baseline=dict({k: b[k] for k in counts}, recall=judge.base_recall, confident=b["confident"]),
                     censored=dict({k: c[k] for k in counts}, tv=c["tv"], recall=c["recall"],
                                   recall_ratio=c["recall_ratio"], confident=c["confident"]))
+
+    def cost_text(self, sid: str | None, guidance: str, backward: int, recurrence: int, steps: int,
+                  strict: bool) -> str:
+        """The Censor tab's price of its settings before the click, for the session's reward if it has one."""
+        reward = self.res.session_reward(sid) if sid and self.res.has_reward(sid) else None
+        return readouts.cost_text(reward, guidance, backward, recurrence, steps, strict)
 
     def warm_up(self) -> None:
         """What the first default render would otherwise wait for, done while a person labels: the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from censor.core.settings import DEFAULT_GUIDANCE, MIN_BASELINE_MALIGN
 from censor.eval.drift import DRIFT_MESSAGE
+from censor.eval.judge import KNN_K, legend
 from censor.eval.metrics import wilson_interval
 from censor.sampling.cost import cost_readout
 from censor.sampling.kinds import kind_for
@@ -14,9 +15,7 @@ from censor.sampling.rejection import DEFAULT_CAP_FACTOR
 from censor.studio.common import MIN_TRUSTED_CLASS, MIN_TRUSTED_LABELS, inert
 
 CHANCE = 0.5  # balanced accuracy of a reward that guesses (or calls every image one class)
-ORACLE_LEGEND = ("tv: distance of the censored gallery's oracle classes from the baseline's benign images "
-                 "(0 = the same mix); recall: how much of the real benign variety the gallery still covers, "
-                 "1× = as much as the baseline; confident: share of images the oracle classifies with confidence.")
+ORACLE_LEGEND = legend("tv", "recall", "confident")
 
 
 def _sentence(text: str) -> str:
@@ -117,7 +116,7 @@ def oracle_lines(oracle: dict | None) -> list[str]:
         f" (two halves of the baseline differ by {floor:.2f} by chance alone)" if floor is not None
         else " (no floor measured)")
     recall = (f"recall {c['recall_ratio']:.2f}× the baseline's" if c.get("recall_ratio") is not None
-              else "recall not measured (it needs more than 3 images a side)")
+              else f"recall not measured (it needs more than {KNN_K} images a side)")
     out = [f"Oracle ({name}): baseline {_rate(b)} → censored {_rate(c)}; {tv}; {recall}; "
            f"oracle-confident {100 * c['confident']:.0f}%.", ORACLE_LEGEND]
     if b["malign"] < MIN_BASELINE_MALIGN:
