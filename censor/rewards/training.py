@@ -112,6 +112,15 @@ class FeatureBank:
                                    desc=f"encoding {len(x_all)} labels (view {d + 1} of {draws})")
                 per_draw.append([torch.cat(tap).half() for tap in zip(*views)])
         self.taps = [torch.stack(tap, 1) for tap in zip(*per_draw)]  # each [n_images, draws, C, h, w]
+        self.gen_state = gen.get_state()  # where the generator stood after it: a shared bank trains as a fresh one
+
+    def subset(self, image_idx) -> "FeatureBank":
+        """The bank of some of its images (a held-out check's training split): no encoder pass, and
+        the held-out images' views are not in it."""
+        sub = object.__new__(FeatureBank)
+        idx = torch.as_tensor(np.asarray(image_idx), dtype=torch.long)
+        sub.taps, sub.gen_state = [tap[idx] for tap in self.taps], self.gen_state
+        return sub
 
     def draw(self, image_idx: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
         which = torch.randint(0, self.taps[0].shape[1], (len(image_idx),), generator=gen)
@@ -141,11 +150,33 @@ def benign_score_table(reward, x_benign: torch.Tensor, sched, gen: torch.Generat
     return dict(t=list(timesteps), quantiles=list(quantiles), scores=rows, images=int(len(x0)))
 
 
+def model_inputs(images: np.ndarray, kind: str, diffusion) -> torch.Tensor:
+    """What a reward of ``kind`` trains on: images in the model's range, or, for a time-dependent
+    reward of a latent model, their latents (it judges noised latents)."""
+    x_all = to_model_range(images)
+    if TIME_DEPENDENT[kind] and diffusion is not None and diffusion.is_latent:
+        with torch.no_grad():
+            x_all = torch.cat([diffusion.encode(c) for c in x_all.split(32)])
+    return x_all
+
+
+def feature_bank(images: np.ndarray, kind: str, diffusion, seed: int = 0,
+                 progress: Progress | None = None) -> FeatureBank | None:
+    """The bank ``train_reward(images, ..., seed=seed)`` would encode for itself (None for kinds
+    without one): built once, it serves the final reward whole and a held-out check by ``subset``."""
+    if kind != "ddpm-encoder":
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return FeatureBank(diffusion.unet, model_inputs(images, kind, diffusion), diffusion.scheduler, gen,
+                       progress=progress)
+
+
 def training_cost(labels: int, members: int, iterations: int, kind: str, score_table: bool = True,
-                  split: bool = False) -> float | dict[str, float]:
-    """What ``train_reward`` costs, in head iterations: the encoding (ddpm-encoder's feature bank), the
-    members' iterations and the benign-score table; ``split`` gives each stage's share (bar sizes)."""
-    costs = dict(encoding=PASS_PER_IMAGE * BANK_DRAWS * labels if kind == "ddpm-encoder" else 0.0,
+                  split: bool = False, encoded: bool = False) -> float | dict[str, float]:
+    """What ``train_reward`` costs, in head iterations: the encoding (ddpm-encoder's feature bank; none
+    when ``encoded``, a bank given), the members' iterations and the benign-score table; ``split``
+    gives each stage's share (bar sizes)."""
+    costs = dict(encoding=PASS_PER_IMAGE * BANK_DRAWS * labels if kind == "ddpm-encoder" and not encoded else 0.0,
                  training=float(members * iterations),
                  scoring=PASS_PER_IMAGE * len(SCORE_TIMESTEPS) * min(labels, SCORE_IMAGES) if score_table and TIME_DEPENDENT[kind] else 0.0)
     return costs if split else sum(costs.values())
@@ -168,13 +199,15 @@ def train_reward(
     progress: Progress | None = None,
     bootstrap: bool | None = None,
     score_table: bool = True,
+    bank: FeatureBank | None = None,
 ) -> RewardEnsemble:
     """Train a K-member ensemble (K=1: a single model) on uint8 images and 0/1 labels.
 
     ``progress(fraction, desc=...)`` hears at every iteration of every member ("member 2 of 4 ·
     iteration 120 of 400") and inside the encoding and the benign-score table, so a job's Cancel lands
     within a fraction of a second. ``score_table=False`` skips the table (a reward only scored, never
-    used to guide, e.g. a held-out check)."""
+    used to guide, e.g. a held-out check). ``bank``: a ddpm-encoder bank of exactly these images
+    (``feature_bank``, or its ``subset``), so a second training on them skips the encoding."""
     images, labels = check_labels(images, labels)
     if kind not in REWARD_KINDS:
         raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
@@ -188,20 +221,22 @@ def train_reward(
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x_all = to_model_range(images)
-    if TIME_DEPENDENT[kind] and diffusion is not None and diffusion.is_latent:
-        # a time-dependent reward of a latent model judges noised latents: train it on encoded images
-        with torch.no_grad():
-            x_all = torch.cat([diffusion.encode(c) for c in x_all.split(32)])
+    if bank is not None and (kind != "ddpm-encoder" or len(bank.taps[0]) != len(labels)):
+        raise CensorError(f"a feature bank of {len(bank.taps[0])} images cannot train a {kind} reward on {len(labels)}")
+    x_all = model_inputs(images, kind, diffusion)
     y_all = torch.as_tensor(labels, dtype=torch.float32)
     subsets = bootstrap_indices(labels, members, rng, bootstrap)
     sched = diffusion.scheduler if TIME_DEPENDENT[kind] else None
     start = time.time()
     table = score_table and sched is not None
-    stage = stages(progress, training_cost(len(labels), members, iterations, kind, table, split=True))
+    stage = stages(progress, training_cost(len(labels), members, iterations, kind, table, split=True,
+                                           encoded=bank is not None))
     # A frozen encoder gives the same features to every member: compute them once for a bank of
     # augmented, noised copies and train only the heads on it (5 members cost ~1 member's forwards).
-    bank = FeatureBank(diffusion.unet, x_all, sched, gen, progress=stage["encoding"]) if kind == "ddpm-encoder" else None
+    if bank is not None:
+        gen.set_state(bank.gen_state)
+    elif kind == "ddpm-encoder":
+        bank = FeatureBank(diffusion.unet, x_all, sched, gen, progress=stage["encoding"])
     train_bar = stage["training"]
     warmup = int(REGISTRY[kind].clean_warmup * iterations) if sched is not None and resume is None else 0
     trained, opt_states = [], []

@@ -8,7 +8,7 @@ import torch
 
 from censor.core.data import to_model_range
 from censor.core.progress import Progress
-from censor.rewards.training import train_reward, training_cost
+from censor.rewards.training import FeatureBank, train_reward, training_cost
 
 MIN_LABELS, MIN_PER_CLASS = 30, 5  # below these a 20% split holds too few of a class to mean anything
 
@@ -43,24 +43,28 @@ def held_out_plan(labels: np.ndarray, iterations: int) -> tuple[np.ndarray, np.n
     return test, train, max(10, iterations // 2)
 
 
-def held_out_cost(labels: np.ndarray, kind: str, iterations: int) -> float:
-    """What the check costs in ``training_cost``'s units (0 when it is skipped): sizes its part of a bar."""
+def held_out_cost(labels: np.ndarray, kind: str, iterations: int, encoded: bool = False) -> float:
+    """What the check costs in ``training_cost``'s units (0 when it is skipped): sizes its part of a bar.
+    ``encoded``: it trains on a bank already built (``held_out_check(..., bank=)``)."""
     plan = held_out_plan(labels, iterations)
-    return 0.0 if plan is None else training_cost(len(plan[1]), 1, plan[2], kind, score_table=False)
+    return 0.0 if plan is None else training_cost(len(plan[1]), 1, plan[2], kind, score_table=False, encoded=encoded)
 
 
 def held_out_check(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, iterations: int,
-                   alpha: float, progress: Progress | None = None) -> dict | None:
+                   alpha: float, progress: Progress | None = None, bank: FeatureBank | None = None) -> dict | None:
     """One quick single-member reward of ``kind`` on 80% of the labels (half the iterations, at least
     10), judged on the other 20% (P(benign) > 0.5 = benign, label 1): its balanced ``accuracy`` and the
     per-class hits and counts (``class_hits``); None when ``held_out_plan`` says the check would mean
-    nothing. ``progress`` hears at every iteration."""
+    nothing. ``progress`` hears at every iteration. ``bank``: the final reward's feature bank of all
+    ``images`` (``training.feature_bank``); the check trains on its training split's rows, so the
+    encoder runs once per Train click, not twice."""
     plan = held_out_plan(labels, iterations)
     if plan is None:
         return None
     test, train, its = plan
     r = train_reward(images[train], labels[train], kind=kind, diffusion=diffusion, members=1, alpha=alpha,
-                     iterations=its, progress=progress, score_table=False)
+                     iterations=its, progress=progress, score_table=False,
+                     bank=None if bank is None else bank.subset(train))
     x = to_model_range(images[test])
     t = torch.zeros(len(x), dtype=torch.long) if r.time_dependent else None
     predicted = (r.benign_prob(x, t).numpy() > 0.5).astype(int)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from censor.core.errors import CensorError
 from censor.core.progress import Progress, part, reporter
-from censor.rewards.training import train_reward, training_cost
+from censor.rewards.training import feature_bank, train_reward, training_cost
 from censor.rewards.validation import held_out_check, held_out_cost
 from censor.studio.common import MAX_TRAIN_LABELS, check_range, reported
 from censor.studio.readouts import held_out_interval
@@ -36,16 +36,21 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
         previous = res.session_reward(sid)
         if previous.kind == kind and len(previous.members) == members:
             resume = previous
-    # one bar for both trainings, each part sized by its cost; the held-out one first (nothing is saved
-    # until the end, so a Cancel anywhere leaves the previous reward in place)
-    check = held_out_cost(labels, kind, iterations)
-    final = training_cost(len(labels), members, iterations, kind)
-    share = check / (check + final)
+    # one bar for the encoding (once, shared) and both trainings, each part sized by its cost; the
+    # held-out one first (nothing is saved until the end, so a Cancel anywhere leaves the previous
+    # reward in place)
+    final = training_cost(len(labels), members, iterations, kind, split=True)
+    encoding = final.pop("encoding")
+    check = held_out_cost(labels, kind, iterations, encoded=True)
+    total = encoding + check + sum(final.values())
+    enc, share = encoding / total, check / total
+    bank = feature_bank(images, kind, res.model, progress=part(progress, 0.0, enc, "encoding the labels"))
     held_out = held_out_check(images, labels, kind=kind, diffusion=res.model, iterations=iterations, alpha=alpha,
-                              progress=part(progress, 0.0, share, "held-out check (1 of 2)"))
+                              progress=part(progress, enc, share, "held-out check (1 of 2)"), bank=bank)
     reward = train_reward(images, labels, kind=kind, diffusion=res.model, members=members, alpha=alpha,
-                          iterations=iterations, resume=resume,
-                          progress=part(progress, share, 1.0 - share, "final reward (2 of 2)" if check else None))
+                          iterations=iterations, resume=resume, bank=bank,
+                          progress=part(progress, enc + share, 1.0 - enc - share,
+                                        "final reward (2 of 2)" if check else None))
     accuracy = held_out.pop("accuracy") if held_out else None
     ci = held_out_interval(held_out) if held_out else None
     reward.info.update(held_out_accuracy=accuracy, held_out_counts=held_out, held_out_ci=list(ci) if ci else None)
