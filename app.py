@@ -17,6 +17,7 @@ from censor.core.errors import CensorError, JobCancelled
 from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
 from censor.diffusion.sources import options_from_env
 from censor.eval.features import load_features
+from censor.rewards.architectures import REWARD_KINDS
 from censor.studio.common import DELETE_CACHE, LIMITS, PAGE_SIZE, display, inert
 from censor.studio.core import Studio
 from censor.studio.galleries import STRICT_P_RANGE
@@ -290,7 +291,9 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
             with gr.Tab("Train", id="train"):
                 suggestion = gr.Markdown()
                 method = gr.Radio(["ensemble", "imitation", "single"], value=DEFAULT_REWARD.method, label="method")
-                kind = gr.Dropdown(["ddpm-encoder", "half-unet", "resnet18"], value=DEFAULT_REWARD.kind, label="reward")
+                kind = gr.Dropdown(list(REWARD_KINDS), value=DEFAULT_REWARD.kind, label="reward",
+                                   info="local-patch sees small marks (watermarks, logos, text); the others "
+                                        "whole-image features (kinds of object)")
                 with gr.Row():
                     members = gr.Slider(*LIMITS["members"], value=DEFAULT_REWARD.members, step=1,
                                         label="ensemble size K", elem_id="members")

@@ -248,3 +248,20 @@ def test_miniature_active_bench_counts_views_and_resumes(tmp_path, fixture_image
     # cells from before the likely-malign term (weight 0) keep their settings key, so they stay reusable
     old = ActiveBenchConfig(weights=dict(ActiveBenchConfig().weights, malign=0.0))
     assert "malign" not in old.cell_settings("bags")["weights"]
+
+
+def test_active_bench_ranks_and_trains_with_the_local_reward(tmp_path, fixture_images, tiny_model):
+    """``--reward local-patch``: the ranking scores pool images with the local reward itself (it reads
+    no cached encoder taps), the cell's settings name the kind, and a kind that cannot guide is refused."""
+    from censor.bench.active import ActiveBenchConfig, run_active_bench
+    from censor.eval.oracle import load_oracle, load_reference
+
+    with pytest.raises(CensorError, match="time-dependent kind"):
+        ActiveBenchConfig(reward="resnet18")
+    assert "reward" not in ActiveBenchConfig().cell_settings("watermark")  # old cells stay reusable
+    pool = Pool(fixture_images["images"][:60], np.arange(60), {})
+    cfg = ActiveBenchConfig(features=("watermark",), strategies=("active",), seeds=1, budgets=(5, 10), batch=5, n=4,
+                            steps=2, members=2, iterations=3, reward="local-patch")
+    (cell,) = run_active_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
+                               cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert cell["settings"]["reward"] == "local-patch" and [p["viewed"] for p in cell["points"]] == [5, 10]

@@ -45,6 +45,7 @@ from censor.eval.features import feature_spec
 from censor.labels.imitation import imitation_round
 from censor.labels.labeller import SimulatedLabeller
 from censor.labels.ranking import ActiveWeights, EncoderFeatures, member_probs, rank
+from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT
 from censor.rewards.training import train_reward
 from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample
@@ -64,6 +65,7 @@ class ActiveBenchConfig:
     alpha: float = ALPHA
     iterations: int = ITERATIONS
     candidates: int = 60  # imitation: censored gallery per round, of which `batch` are labelled
+    reward: str = "ddpm-encoder"  # the kind trained at every budget and ranking with (local-patch: small marks)
     weights: dict = field(default_factory=lambda: asdict(ActiveWeights()))
 
     def __post_init__(self):
@@ -74,6 +76,8 @@ class ActiveBenchConfig:
         self.features, self.strategies, self.budgets = tuple(self.features), tuple(self.strategies), tuple(sorted(self.budgets))
         if min(self.seeds, self.batch, self.n, self.steps, self.members, self.iterations, *self.budgets) < 1:
             raise CensorError("seeds, batch, n, steps, members, iterations and budgets must be positive")
+        if self.reward not in REWARD_KINDS or not TIME_DEPENDENT[self.reward]:
+            raise CensorError(f"the ranking's reward guides too: use a time-dependent kind, not {self.reward!r}")
         if any(b % self.batch for b in self.budgets):
             raise CensorError(f"every budget must be a multiple of the batch ({self.batch})")
         if self.candidates < self.batch and any(method_for(f) == "imitation" for f in self.features):
@@ -84,6 +88,8 @@ class ActiveBenchConfig:
         return dict(feature=feature, method=method_for(feature), budgets=list(self.budgets), batch=self.batch, n=self.n,
                     steps=self.steps, members=self.members, weight=self.weight, alpha=self.alpha,
                     iterations=self.iterations, candidates=self.candidates,
+                    # cells run before the reward kind was a setting (all ddpm-encoder) stay reusable
+                    **({} if self.reward == "ddpm-encoder" else dict(reward=self.reward)),
                     # cells run before the likely-malign term existed (weight 0) stay reusable
                     weights={k: v for k, v in self.weights.items() if not (k == "malign" and v == 0)})
 
@@ -120,7 +126,7 @@ class Context:
 def _train(cfg, ctx, images, labels, seed, resume=None):
     if (labels == 0).sum() == 0 or (labels == 1).sum() == 0:
         return None  # one class only: nothing to learn yet (a real outcome of small budgets)
-    return train_reward(images, labels, kind="ddpm-encoder", diffusion=ctx.model, members=cfg.members,
+    return train_reward(images, labels, kind=cfg.reward, diffusion=ctx.model, members=cfg.members,
                         alpha=cfg.alpha, iterations=cfg.iterations, seed=seed, resume=resume)
 
 
@@ -166,7 +172,7 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
             if strategy == "random":
                 pick = perm[~labelled[perm]][: cfg.batch]
             else:
-                probs = member_probs(reward, features=feats) if reward is not None else None
+                probs = member_probs(reward, features=feats, images=pool.images) if reward is not None else None
                 pick = rank(feats.embedding, labelled, probs, weights, k=cfg.batch, seed=seed)
             labelled[pick] = True
             new = pool.images[pick]
@@ -184,11 +190,12 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
                 if strategy == "random":
                     out = gallery[: cfg.batch]
                 else:
-                    both = EncoderFeatures(ctx.model, np.concatenate([images, gallery]))
+                    shown = np.concatenate([images, gallery])
+                    both = EncoderFeatures(ctx.model, shown)
                     seen = np.arange(len(both)) < len(images)
-                    pick = rank(both.embedding, seen, member_probs(reward, features=both), weights, k=cfg.batch,
+                    pick = rank(both.embedding, seen, member_probs(reward, features=both, images=shown), weights, k=cfg.batch,
                                 seed=seed)
-                    out = np.concatenate([images, gallery])[pick]
+                    out = shown[pick]
                 clock["select"] = time.time() - t0  # sampling the gallery and ranking it
                 return out
 

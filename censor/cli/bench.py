@@ -142,7 +142,7 @@ def cmd_fewshot(a) -> None:
 
 
 ACTIVE_FIELDS = ("features", "strategies", "seeds", "budgets", "batch", "n", "steps", "weight", "candidates",
-                 "iterations")
+                 "iterations", "reward")
 
 
 def cmd_bench_active(a) -> None:
@@ -227,7 +227,7 @@ def register_bench(sub) -> None:
     ab.set_defaults(fn=cmd_bench_active)
 
 
-REJECT_FIELDS = ("feature", "budget", "method", "members", "alpha", "iterations", "rounds", "n", "steps", "seeds")
+REJECT_FIELDS = ("feature", "budget", "method", "reward", "members", "alpha", "iterations", "rounds", "n", "steps", "seeds")
 
 
 def add_reject_parser(sub) -> None:
