@@ -68,11 +68,12 @@ class Marks:
 
     def set_box(self, sid: str, item: int, box: Box | None) -> Box | None:
         """Show where image ``item`` is malign (it becomes malign if it was not), or ``None``: take its box
-        away (the image stays malign). One undoable action; returns the box as stored."""
-        rows = self._q("SELECT height, width FROM items WHERE session_id=? AND item=?", (self._check(sid), int(item)), sid)
-        if not rows:
-            raise CensorError(f"no image {item} in this session")
-        box = None if box is None else check_box(box, *rows[0])
+        away (the image stays malign; nothing happens to an image without one). One undoable action;
+        returns the box as stored."""
+        it = self.item(sid, item)
+        if box is None and it["box"] is None:
+            return None
+        box = None if box is None else check_box(box, *it["image"].shape[:2])
         self._act(sid, [int(item)], MALIGN, box)
         return box
 
@@ -146,7 +147,3 @@ class Marks:
     def training_boxes(self, sid: str) -> list[Box | None]:
         """The box of each of ``training_data``'s images, in its order (None: no box)."""
         return [box_of(r) for r in self._q(f"SELECT {BOX_SQL} FROM items {_TRAINED}", (self._check(sid),), sid)]
-
-    def box_count(self, sid: str) -> int:
-        """Boxes on the labels a reward would train on."""
-        return sum(b is not None for b in self.training_boxes(sid))

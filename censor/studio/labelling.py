@@ -121,9 +121,6 @@ class Labelling:
         self.store.add_items(sid, images, seeds, round_=next_round)
         return next_round
 
-    def box_count(self, sid: str) -> int:
-        return self.store.box_count(sid)
-
     # ---- most informative first --------------------------------------------------------------
     @property
     def ranker(self) -> SessionRanker:
