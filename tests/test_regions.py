@@ -239,8 +239,15 @@ def test_the_bench_labeller_boxes_the_stamps_it_labels_malign(fixture_images, ti
         BenchConfig(boxes=True)  # the default reward does not score positions
     with pytest.raises(CensorError, match="--boxes needs"):
         BenchConfig(feature="bags", reward="local-patch", boxes=True)  # no stamp to box
+    import argparse
+
+    from censor.cli.bench import BENCH_FIELDS, config_from_args, register_bench
+
+    parser = argparse.ArgumentParser()
+    register_bench(parser.add_subparsers())
+    a = parser.parse_args(["bench", "--reward", "local-patch", "--boxes"])
+    assert config_from_args(BenchConfig, a, BENCH_FIELDS).name.endswith("_boxes")
     cfg = BenchConfig(reward="local-patch", boxes=True, budget=60, members=1, method="union", iterations=3, batch_size=8)
-    assert cfg.name.endswith("_boxes")
     pool = Pool(fixture_images["images"][:60], np.arange(60), {})
     s = collect_labels_and_train(cfg, tiny_model, load_oracle(), pool, seed=0, log=lambda *_: None)
     malign = int((s.labels == 0).sum())
