@@ -42,7 +42,10 @@ QUEUE = dict(default_concurrency_limit=1, max_size=32, api_open=False)
 MAX_UPLOAD = "64mb"  # bundles and sessions are far smaller; Gradio refuses bigger uploads before they land
 HELP = ("Click an image to mark it **malign** (red); click again for **unsure** (dashed, left out of training); "
         "a third click resets it to benign. Keyboard: Tab reaches the grid; arrows move, space or m marks, "
-        "u undoes, n / p change page. Every click is saved at once.")
+        "u undoes, n / p change page. Every click is saved at once.\n\n"
+        "**Where is it?** (optional) Drag across a malign part to box it (the image turns malign); shift+click "
+        "puts a default box there; **b** boxes the focused image and moves the box corner by corner; **Escape** "
+        "takes it away. Boxes teach the local-patch reward where to look.")
 IMPLICIT = ("**Every image you are shown counts as benign unless you mark it** (the paper's convention). "
             "Skipped a page without looking? **Leave page out** turns its unmarked images unsure, out of training.")
 
@@ -85,8 +88,12 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         return turn(sid, int(saved_page), 0)
 
     def on_click(sid, page, evt: gr.EventData):
+        data = evt._data or {}
         try:
-            studio.click(sid, int((evt._data or {})["item"]))
+            if "box" in data or "at" in data:  # a box: a drag, shift+click, b (next corner) or Escape (clear)
+                studio.set_box(sid, int(data["item"]), data.get("box"), data.get("at"))
+            else:
+                studio.click(sid, int(data["item"]))
         except (KeyError, TypeError, ValueError):  # a hand-made request: no item, or not a number
             raise gr.Error("that click could not be read; reload the page") from None
         except CensorError as e:  # e.g. a session forgotten before its first label (a restart)
@@ -292,8 +299,8 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                 suggestion = gr.Markdown()
                 method = gr.Radio(["ensemble", "imitation", "single"], value=DEFAULT_REWARD.method, label="method")
                 kind = gr.Dropdown(list(REWARD_KINDS), value=DEFAULT_REWARD.kind, label="reward",
-                                   info="local-patch sees small marks (watermarks, logos, text); the others "
-                                        "whole-image features (kinds of object)")
+                                   info="local-patch sees small marks (watermarks, logos, text) and learns from "
+                                        "boxes; the others whole-image features (kinds of object)")
                 with gr.Row():
                     members = gr.Slider(*LIMITS["members"], value=DEFAULT_REWARD.members, step=1,
                                         label="ensemble size K", elem_id="members")

@@ -144,6 +144,18 @@ def _label_two_for_training(page, members: int, iterations: int) -> None:
     _set_slider(page, "iterations", iterations)
 
 
+def _download(page, button, name: str, path: Path) -> Path:
+    """Open the Share tab, press ``button`` and save the ``name`` it offers to ``path``."""
+    page.get_by_role("tab", name="Share", exact=True).click()
+    button.click()
+    link = page.locator(f'#downloads a[download="{name}"]')
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as dl:
+        link.click()
+    dl.value.save_as(path)
+    return path
+
+
 def _label_two_and_train(page) -> None:
     """Mark two pool images malign, then train a small reward (2 members, 20 iterations) in the Train tab."""
     _label_two_for_training(page, 2, 20)
@@ -167,14 +179,7 @@ def test_train_censor_and_download_a_bundle(server, browser, tmp_path):
     text = page.locator("#censor-result").inner_text()
     assert "Automatic strength: ω =" in text and "Fidelity (no oracle)" in text, text  # the studio's defaults
     _shot(page, "censored")
-    page.get_by_role("tab", name="Share", exact=True).click()
-    page.locator("#share-btn").click()
-    link = page.locator('#downloads a[download="gallery_bundle.zip"]')
-    link.wait_for(timeout=60_000)
-    with page.expect_download() as dl:
-        link.click()
-    path = tmp_path / "bundle.zip"
-    dl.value.save_as(path)
+    path = _download(page, page.locator("#share-btn"), "gallery_bundle.zip", tmp_path / "bundle.zip")
     import zipfile
 
     assert "manifest.json" in zipfile.ZipFile(path).namelist()
@@ -436,3 +441,70 @@ def test_training_shows_progress_greys_its_button_and_cancel_stops_the_server(se
     page.wait_for_function("document.querySelector('#train-result').innerText.includes('Trained a')", timeout=120_000)
     text = page.locator("#train-result").inner_text()
     assert "⚠" in text and "malign" in text, text  # two marks: too few to trust
+
+
+# ---- issue 21: region feedback -------------------------------------------------------------------
+
+def _regions(page) -> list:
+    """Per grid cell: its box's title text (None without a box)."""
+    return page.evaluate("[...document.querySelectorAll('#label-grid .cell')].map(c => "
+                         "c.querySelector('.region') ? c.title.split(', ').slice(1).join(', ') : null)")
+
+
+def test_a_box_drawn_on_an_image_survives_a_reload_and_a_session_export(server, browser, tmp_path):
+    """Issue 21: drag a box round the malign part, reload, the box is still there; b and Escape place
+    and remove one from the keyboard; a downloaded session brings its boxes back when uploaded."""
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1200, "height": 1000}, accept_downloads=True)
+    page.goto(url)
+    image = page.locator("#label-grid .cell img").first
+    image.wait_for(timeout=30_000)
+    # raw mouse events go to whatever is on top: wait until the image itself takes them (not the
+    # translucent status overlay Gradio lays over the grid while the load events still run)
+    image.hover(timeout=60_000)
+    page.wait_for_function("(() => { const i = document.querySelector('#label-grid .cell img'); "
+                           "const r = i.getBoundingClientRect(); "
+                           "return document.elementFromPoint(r.left + 5, r.top + 5) === i; })()", timeout=60_000)
+    r = image.bounding_box()
+    page.mouse.move(r["x"] + 0.05 * r["width"], r["y"] + 0.05 * r["height"])
+    page.mouse.down()
+    page.mouse.move(r["x"] + 0.2 * r["width"], r["y"] + 0.2 * r["height"], steps=4)
+    page.mouse.move(r["x"] + 0.3 * r["width"], r["y"] + 0.3 * r["height"], steps=4)
+    page.mouse.up()
+    first = "document.querySelectorAll('#label-grid .cell')[0]"
+    page.wait_for_function(f"{first}.classList.contains('malign') && {first}.querySelector('.region:not(.drawing)')",
+                           timeout=30_000)
+    assert _regions(page)[0] == "box x 1-9, y 1-9" and page.locator("#label-grid .region").count() == 1
+    page.wait_for_function("document.querySelector('#counts').innerText.includes('malign 1')", timeout=30_000)
+    page.reload()
+    page.locator("#label-grid .cell").first.wait_for(timeout=30_000)
+    page.wait_for_function(f"{first} && {first}.querySelector('.region')", timeout=30_000)
+    assert _regions(page)[0] == "box x 1-9, y 1-9"
+    # the keyboard: to the 3rd image, b boxes its top-left corner, b again the top-right, Escape removes it
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    third = "document.querySelectorAll('#label-grid .cell')[2]"
+    page.keyboard.press("b")
+    page.wait_for_function(f"{third}.title.includes('box x 0-9, y 0-9') && {third}.classList.contains('malign')",
+                           timeout=30_000)
+    page.keyboard.press("b")
+    page.wait_for_function(f"{third}.title.includes('box x 19-28, y 0-9')", timeout=30_000)
+    page.keyboard.press("Escape")
+    page.wait_for_function(f"!{third}.querySelector('.region') && {third}.classList.contains('malign')", timeout=30_000)
+    page.keyboard.press("b")
+    page.wait_for_function(f"{third}.title.includes('box x 0-9, y 0-9')", timeout=30_000)
+    # the session goes out as a zip and comes back as a new session, boxes and all
+    path = _download(page, page.get_by_role("button", name="Download session"), "session_bundle.zip",
+                     tmp_path / "session.zip")
+    import json
+    import zipfile
+
+    boxes = [it.get("box") for it in json.loads(zipfile.ZipFile(path).read("session.json"))["items"]]
+    assert [b for b in boxes if b] == [[1, 1, 9, 9], [0, 0, 9, 9]]
+    page.locator("#session-in input[type=file]").set_input_files(str(path))
+    page.wait_for_function("document.querySelector('#share-result').innerText.includes('Imported as a new session')",
+                           timeout=60_000)
+    page.get_by_role("tab", name="Label", exact=True).click()
+    page.wait_for_function("document.querySelectorAll('#label-grid .region').length === 2", timeout=30_000)
+    assert _regions(page)[0] == "box x 1-9, y 1-9" and _regions(page)[2] == "box x 0-9, y 0-9"

@@ -34,9 +34,9 @@ def test_held_out_check_needs_enough_labels_of_each_class(monkeypatch):
     assert calls == []  # refused before any training
     held_out_accuracy(images, np.array([0] * 5 + [1] * 35), kind="half-unet", diffusion=None, iterations=60,
                       alpha=0.3)
-    # one member, half the iterations; no benign-score table (the check's reward only scores)
+    # one member, half the iterations; no benign-score table (the check's reward only scores); no boxes given
     assert calls == [dict(kind="half-unet", diffusion=None, members=1, alpha=0.3, iterations=30, progress=None,
-                          score_table=False, bank=None)]
+                          score_table=False, bank=None, boxes=None)]
 
 
 def test_balanced_accuracy_is_the_mean_of_the_class_hit_rates():

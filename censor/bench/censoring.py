@@ -39,7 +39,8 @@ from censor.core.settings import (
 from censor.eval.drift import DriftMeter
 from censor.eval.features import feature_spec
 from censor.labels.imitation import imitation_round, pool_view
-from censor.labels.labeller import SimulatedLabeller
+from censor.labels.labeller import SimulatedLabeller, can_box
+from censor.rewards.architectures import REGISTRY
 from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.rewards.training import train_reward
 from censor.sampling.guidance import Guidance, guidance_for
@@ -80,6 +81,7 @@ class BenchConfig:
     seeds: int = 3
     flip_rate: float = 0.0
     init: str = "random"
+    boxes: bool = False  # region feedback: the labeller also boxes the stamp on each malign image
 
     def __post_init__(self):
         feature_spec(self.feature)
@@ -89,6 +91,8 @@ class BenchConfig:
             raise CensorError(f"unknown guidance {self.guidance!r}; use one of {', '.join(GUIDANCE_KINDS)}")
         if self.reward is None:
             self.reward = "resnet18" if self.guidance == "universal" else "ddpm-encoder"
+        if self.boxes and not (REGISTRY[self.reward].patches and can_box(self.feature)):  # the labeller boxes stamps
+            raise CensorError("--boxes needs the watermark feature and a reward that scores positions (local-patch)")
         if min(self.budget, self.n, self.steps, self.seeds, self.members, self.rounds) < 1:
             raise CensorError("budget, n, steps, seeds, members and rounds must be positive")
         self.window = tuple(self.window)
@@ -108,6 +112,7 @@ class BenchConfig:
         extra += "" if self.max_ratio is None else f"_cap{self.max_ratio:g}"
         extra += f"_p{self.particles}" if self.guidance == "particles" else ""
         extra += "_auto" if self.auto else ""
+        extra += "_boxes" if self.boxes else ""
         return f"{self.feature}_{self.method}_{self.guidance}_{self.reward}_b{self.budget}_w{self.weight:g}{extra}"
 
 
@@ -143,7 +148,7 @@ def pool_drift(meter, reward, model, pool) -> tuple:
     return meter, reward_benign(reward, model, pool.images)
 
 
-def train_for_method(cfg: BenchConfig, model, images, labels, seed, resume=None, progress=None):
+def train_for_method(cfg: BenchConfig, model, images, labels, seed, resume=None, progress=None, labeller=None):
     """The reward of ``cfg.method`` on these labels: what each method means *in the benchmark*.
 
     - ``single``: ONE bootstrap member (trained on a resample of the labels, as one member of an
@@ -151,11 +156,14 @@ def train_for_method(cfg: BenchConfig, model, images, labels, seed, resume=None,
       "single" is one model on all labels: that is the bench's ``union``.
     - ``union``: one member on all labels;
     - ``ensemble`` and ``imitation``: ``cfg.members`` bootstrap members (imitation adds rounds).
-    """
-    members = 1 if cfg.method in ("single", "union") else cfg.members
+    With ``cfg.boxes`` the ``labeller`` also boxes what it labelled malign (region feedback)."""
+    members, boxes = 1 if cfg.method in ("single", "union") else cfg.members, None
+    if cfg.boxes:
+        boxes = labeller.boxes(images, labels)
     return train_reward(images, labels, kind=cfg.reward, diffusion=model, members=members, alpha=cfg.alpha,
                         iterations=cfg.iterations, batch_size=cfg.batch_size, init=cfg.init, seed=seed,
-                        resume=resume, bootstrap=True if cfg.method == "single" else None, progress=progress)
+                        resume=resume, bootstrap=True if cfg.method == "single" else None, progress=progress,
+                        boxes=boxes)
 
 
 def _reward_cache(cfg: BenchConfig, model, seed: int, cache_dir) -> Path | None:
@@ -165,7 +173,7 @@ def _reward_cache(cfg: BenchConfig, model, seed: int, cache_dir) -> Path | None:
     if cache_dir is None or cfg.method == "imitation":
         return None
     key = (f"{cfg.feature}_{cfg.method}_{cfg.reward}_b{cfg.budget}_k{cfg.members}_a{cfg.alpha:g}_i{cfg.iterations}"
-           f"_bs{cfg.batch_size}_{cfg.init}_f{cfg.flip_rate:g}_s{seed}")
+           f"_bs{cfg.batch_size}_{cfg.init}_f{cfg.flip_rate:g}_s{seed}" + ("_boxes" if cfg.boxes else ""))
     return Path(cache_dir) / "rewards" / model_fingerprint(model.unet) / key
 
 
@@ -190,7 +198,7 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
     cached = _reward_cache(cfg, model, seed, cache_dir)
     if cached is not None and (cached / "reward.json").is_file():
         return Labelled(load_reward(cached, model), images, labels, labeller.viewed)
-    reward = train_for_method(cfg, model, images, labels, seed, progress=progress)
+    reward = train_for_method(cfg, model, images, labels, seed, progress=progress, labeller=labeller)
     if cached is not None:
         reward.save(cached)
     for r in range(2, (cfg.rounds if cfg.method == "imitation" else 1) + 1):
@@ -199,7 +207,7 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
         images, labels, reward = imitation_round(
             model, labeller, reward, make_guidance(cfg, reward, drift), images, labels, count=cfg.budget,
             session_seed=seed, round_=r, steps=cfg.steps,
-            train=lambda i, lab, resume: train_for_method(cfg, model, i, lab, seed, resume=resume))
+            train=lambda i, lab, resume: train_for_method(cfg, model, i, lab, seed, resume=resume, labeller=labeller))
     return Labelled(reward, images, labels, labeller.viewed)
 
 

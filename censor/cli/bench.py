@@ -57,9 +57,10 @@ HELP = dict(
     auto="automatic strength per reward (the studio's default), from --weight up",
     weight=GuidanceSettings.knobs()["weight"].help, batch="labels added between rankings",
     candidates="imitation: censored images per round",
+    boxes="region feedback: the labeller also boxes the stamp on every malign image (watermark, --reward local-patch)",
 )
 BENCH_FIELDS = ("feature", "budget", "method", "reward", "members", "alpha", "iterations", "rounds", "n", "steps",
-                "seeds", "flip_rate", "init", "auto")
+                "seeds", "flip_rate", "init", "auto", "boxes")
 
 
 def _default(f):

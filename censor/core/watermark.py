@@ -28,13 +28,16 @@ MAX_OFFSET = 2
 OPACITY_RANGE = (0.55, 1.0)
 
 
+def placement(corner: int, offset: tuple[int, int], h: int, w: int) -> tuple[int, int]:
+    """(top, left) of the glyph for a corner 0..3 (top-left, top-right, bottom-left, bottom-right) and offset."""
+    g, (dy, dx) = GLYPH.shape[0], offset
+    return (dy if corner in (0, 1) else h - g - dy), (dx if corner in (0, 2) else w - g - dx)
+
+
 def stamp(image: np.ndarray, corner: int, offset: tuple[int, int], opacity: float) -> np.ndarray:
     """Blend the glyph into one uint8 [H, W] image; corner 0..3 = top-left, top-right, bottom-left, bottom-right."""
-    h, w = image.shape
     g = GLYPH.shape[0]
-    dy, dx = offset
-    top = dy if corner in (0, 1) else h - g - dy
-    left = dx if corner in (0, 2) else w - g - dx
+    top, left = placement(corner, offset, *image.shape)
     out = image.astype(np.float32).copy()
     patch = out[top:top + g, left:left + g]
     a = opacity * GLYPH
@@ -60,3 +63,14 @@ def apply_watermark(
     for i, c, o, a in zip(chosen, corners, offsets, opacities):
         out[i] = stamp(images[i], int(c), (int(o[0]), int(o[1])), float(a))
     return out, flags
+
+
+def locate_stamp(image: np.ndarray) -> tuple[int, int]:
+    """(top, left) of the 7x7 window, among every place ``stamp`` may put the glyph, that looks most like
+    it (its ring brighter than the rest of the window): where a person would see the stamp."""
+    x, ring = image.astype(np.float32), GLYPH > 0
+    places = [placement(c, (dy, dx), *image.shape) for c in range(4)
+              for dy in range(MAX_OFFSET + 1) for dx in range(MAX_OFFSET + 1)]
+    g = GLYPH.shape[0]
+    score = [x[t:t + g, l:l + g][ring].mean() - x[t:t + g, l:l + g][~ring].mean() for t, l in places]
+    return places[int(np.argmax(score))]

@@ -5,8 +5,8 @@ setting and seed, label counts, library versions), ``reward.safetensors`` + ``re
 ``grid.png`` and the images as PNGs. Importing it re-samples from the manifest's seeds with the
 bundled reward and says how many images came out identical.
 
-Session bundle: ``session.json`` (instructions, per-image seed, round, label state, viewed) and
-``images.safetensors``, plus the reward files when there is one.
+Session bundle: ``session.json`` (instructions, per-image seed, round, label state, viewed, and the
+box of a malign image that has one) and ``images.safetensors``, plus the reward files when there is one.
 
 Only JSON, PNG and safetensors are ever read from a user's zip; names must be plain (no folders,
 no ``..``, no absolute paths), and entry count and sizes are capped before anything is unpacked.
@@ -33,6 +33,7 @@ from PIL import Image
 from safetensors.numpy import load_file, save
 
 from censor.core.errors import CensorError, source_name
+from censor.core.regions import check_box
 from censor.core.settings import STUDIO_LIMITS
 
 MAX_ENTRIES = 600
@@ -226,7 +227,8 @@ def _gallery_manifest(files: dict, image_size) -> dict:
 def write_session_bundle(path: str | Path, info: dict, items: list[dict], reward_dir: Path | None) -> Path:
     path = Path(path)
     meta = dict(info=dict(instructions=info["instructions"], model=source_name(info["model"])),
-                items=[{k: it[k] for k in ("seed", "round", "state", "viewed")} for it in items],
+                items=[{**{k: it[k] for k in ("seed", "round", "state", "viewed")},
+                        **({"box": list(it["box"])} if it.get("box") else {})} for it in items],
                 versions=versions())
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("session.json", json.dumps(meta, indent=1))
@@ -254,6 +256,11 @@ def read_session_bundle(path: str | Path, dest: str | Path) -> dict:
         if (not isinstance(it, dict) or it.get("state") not in (0, 1, 2)
                 or not all(type(it.get(k)) is int and 0 <= it[k] <= MAX_SEED for k in ("seed", "round"))):
             raise CensorError("session.json: every item needs a label state 0, 1 or 2 and an integer seed and round")
+    for i, it in enumerate(items):  # a box: only on a malign image, inside the bundle's own images
+        if it.get("box") is not None:
+            if it["state"] != 1:
+                raise CensorError(f"session.json: item {i} has a box but is not marked malign")
+            it["box"] = check_box(it["box"], *images.shape[1:3], where=f"session.json: item {i}: ")
     if not isinstance(meta.get("info", {}), dict):
         raise CensorError("session.json: 'info' must be a JSON object")
     has_reward = all(name in files for name in REWARD_FILES)

@@ -4,14 +4,26 @@ It looks at images the way a person in the studio would (the pool first, later c
 and says benign (1) or malign (0) by the oracle's verdict on a named feature, optionally flipping a
 set fraction of its answers to imitate human slips. Only these labels reach reward training; the
 oracle's probabilities and features never do.
+
+For the watermark it can also show where the stamp is (region feedback, ``boxes``): the stamp sits in
+a corner, and the labeller boxes the corner window that looks most like it, as a person would.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from censor.core.errors import CensorError
+from censor.core.watermark import GLYPH, locate_stamp
 from censor.eval.features import feature_spec, is_malign
 from censor.eval.oracle import Oracle
+
+BOX_MARGIN = 1  # px a simulated person's box leaves round the 7x7 stamp (a box drawn by hand is a little loose)
+
+
+def can_box(feature: str) -> bool:
+    """Whether the simulated labeller can show where ``feature`` is (the watermark's stamp only)."""
+    return feature_spec(feature)["rule"] == "watermark"
 
 
 class SimulatedLabeller:
@@ -30,3 +42,17 @@ class SimulatedLabeller:
         labels[flips] = 1 - labels[flips]
         self.viewed += len(labels)
         return labels
+
+    def boxes(self, images, labels) -> list:
+        """One box (x0, y0, x1, y1) per malign label (0) round the stamp it sees there, None for the rest."""
+        if not can_box(self.feature):
+            raise CensorError(f"the simulated labeller boxes only the watermark's stamp, not {self.feature!r}")
+        out, g = [], GLYPH.shape[0]
+        for im, y in zip(np.asarray(images), labels):
+            if int(y) != 0:
+                out.append(None)
+                continue
+            (top, left), (h, w) = locate_stamp(im), im.shape[:2]
+            out.append((max(0, left - BOX_MARGIN), max(0, top - BOX_MARGIN),
+                        min(w, left + g + BOX_MARGIN), min(h, top + g + BOX_MARGIN)))
+        return out

@@ -27,7 +27,7 @@ import numpy as np
 
 from censor.core.errors import CensorError
 from censor.labels.marks import BENIGN, MALIGN, STATE_NAMES, UNSURE, Marks
-from censor.labels.schema import ITEM_COLS, SCHEMA, Counts
+from censor.labels.schema import ITEM_COLS, ITEM_SLOTS, SCHEMA, Counts, migrate
 from censor.labels.upkeep import Quotas, sweep_root, tree_bytes
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -52,8 +52,7 @@ class SessionStore(Marks):
         # FULL: a commit is on the disk before the click is acknowledged, across power loss too
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        if "touched" not in {r[1] for r in self._db.execute("PRAGMA table_info(sessions)")}:
-            self._db.execute("ALTER TABLE sessions ADD COLUMN touched REAL")  # an older store
+        migrate(self._db)  # an older store: its new columns (boxes) added, its rows kept
         self._mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         self._mem.executescript(SCHEMA)
         self._pending: OrderedDict[str, None] = OrderedDict()
@@ -132,7 +131,7 @@ class SessionStore(Marks):
         self.folder(sid).mkdir(parents=True, exist_ok=True)
         with self._tx(self._db) as db:
             db.executemany("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)", session)
-            db.executemany(f"INSERT INTO items ({ITEM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", items)
+            db.executemany(f"INSERT INTO items ({ITEM_COLS}) VALUES ({ITEM_SLOTS})", items)
 
     def exists(self, sid: str) -> bool:
         try:
@@ -200,8 +199,8 @@ class SessionStore(Marks):
 
     def import_session(self, model: str, instructions: str, images: np.ndarray, items: list[dict],
                        folder: Path | None = None) -> str:
-        """A new session holding ``images`` with each item's seed, round, state and viewed flag, in one
-        transaction (linear in the items). ``folder`` (a prepared session folder) is renamed into place
+        """A new session holding ``images`` with each item's seed, round, state, viewed flag and box
+        (checked by the caller; none when absent), in one transaction (linear in the items). ``folder`` (a prepared session folder) is renamed into place
         first: a kill leaves either nothing or a folder without a session, which ``sweep`` removes."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(items):
@@ -210,7 +209,8 @@ class SessionStore(Marks):
         sid, now = secrets.token_urlsafe(18), time.time()
         h, w = images.shape[1:3]
         rows = [(sid, i, int(it["round"]), int(it["seed"]), np.ascontiguousarray(im).tobytes(), h, w,
-                 int(it["state"]), int(bool(it["viewed"])), now) for i, (im, it) in enumerate(zip(images, items))]
+                 int(it["state"]), int(bool(it["viewed"])), now, *(it.get("box") or (None,) * 4))
+                for i, (im, it) in enumerate(zip(images, items))]
         if folder is not None:
             Path(folder).rename(self.folder(sid))
         try:

@@ -13,7 +13,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from censor.core.errors import CensorError
 from censor.rewards.backbone import load_backbone_into
-from censor.rewards.local import LocalPatchReward
+from censor.rewards.local import LocalPatchReward, region_masks
 from censor.rewards.taps import PooledHead, TapHead, tap_channels, unet_encode, unet_taps
 
 
@@ -135,19 +135,21 @@ class RewardKind:
     to build one member for a diffusion model, the AdamW learning rate it trains at (a small net from
     scratch needs a larger step to learn in the same 300 iterations), and the share of those
     iterations spent on clean images before the noised ones (a detector of a small mark learns
-    nothing when most of its first views are noise that hides the mark, see ``rewards.local``)."""
+    nothing when most of its first views are noise that hides the mark, see ``rewards.local``), and
+    whether its members score positions (``malign_map`` and ``pool``), so boxes can supervise them."""
 
     time_dependent: bool
     build: Callable[..., nn.Module]  # (diffusion, init) -> member
     lr: float = 3e-4  # the paper's
     clean_warmup: float = 0.0
+    patches: bool = False
 
 
 REGISTRY = {
     "resnet18": RewardKind(False, lambda diffusion, init: _resnet18(init, reward_shape("resnet18", diffusion)[1])),
     "half-unet": RewardKind(True, _half_unet),
     "ddpm-encoder": RewardKind(True, _ddpm_encoder),
-    "local-patch": RewardKind(True, _local_patch, lr=3e-3, clean_warmup=0.5),  # small marks: full resolution, max pool
+    "local-patch": RewardKind(True, _local_patch, lr=3e-3, clean_warmup=0.5, patches=True),  # small marks: full resolution, max pool
 }
 REWARD_KINDS = tuple(REGISTRY)
 TIME_DEPENDENT = {name: k.time_dependent for name, k in REGISTRY.items()}
@@ -157,3 +159,11 @@ def build_member(kind: str, diffusion=None, init: str = "random") -> nn.Module:
     if kind not in REGISTRY:
         raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
     return REGISTRY[kind].build(diffusion, init)
+
+
+def region_input(kind: str, boxes, labels, image_hw: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Region feedback for a reward of ``kind``: the boxes' masks (``local.region_masks``), refused
+    unless its members score positions."""
+    if kind not in REGISTRY or not REGISTRY[kind].patches:
+        raise CensorError(f"region feedback (boxes) trains a reward that scores positions (local-patch), not {kind}")
+    return region_masks(boxes, labels, image_hw, size)

@@ -10,6 +10,7 @@
   clean-image kinds train on x0.
 - Imitation rounds: ``train_reward(..., resume=previous)`` continues from the previous round's
   weights *and* optimizer state on the grown label set.
+- Region feedback (``boxes=``): ``rewards.local.patch_loss`` besides, each box warped with its image.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from censor.core.data import to_model_range
 from censor.core.errors import CensorError
 from censor.core.progress import SEP, Progress, part, reporter, stages
 from censor.core.settings import ALPHA, HINGE_QUANTILES, ITERATIONS, MEMBERS
-from censor.rewards.architectures import REGISTRY, REWARD_KINDS, TIME_DEPENDENT, build_member, reward_shape
+from censor.rewards.architectures import REGISTRY, REWARD_KINDS, TIME_DEPENDENT, build_member, region_input, reward_shape
 from censor.rewards.calibration import calibrated_score
 from censor.rewards.ensemble import RewardEnsemble, model_fingerprint
+from censor.rewards.local import scored_with_region
 from censor.rewards.taps import unet_taps
 
 
@@ -80,13 +82,16 @@ def augment(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 10.0, ma
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
-def noised_views(x0: torch.Tensor, sched, gen: torch.Generator):
-    """Augmented copies, and for time-dependent rewards x_t = q_sample(x0, t) with t ~ U{0..T-1}."""
-    x, t = augment(x0, gen), None
+def noised_views(x0: torch.Tensor, sched, gen: torch.Generator, masks: torch.Tensor | None = None):
+    """Augmented copies, and for time-dependent rewards x_t = q_sample(x0, t) with t ~ U{0..T-1}. With
+    ``masks`` [N, H, W] (boxes) also the masks, warped alike (a channel shifted to pad with 0): (x, t, masks)."""
+    x = augment(x0 if masks is None else torch.cat([x0, masks[:, None] - 1], 1), gen)
+    x, masks = (x, None) if masks is None else (x[:, :-1], x[:, -1] + 1)
+    t = None
     if sched is not None:
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen)
         x = sched.add_noise(x, torch.randn(x.shape, generator=gen), t)
-    return x, t
+    return (x, t) if masks is None else (x, t, masks)
 
 
 class FeatureBank:
@@ -200,6 +205,7 @@ def train_reward(
     bootstrap: bool | None = None,
     score_table: bool = True,
     bank: FeatureBank | None = None,
+    boxes: list | None = None,
 ) -> RewardEnsemble:
     """Train a K-member ensemble (K=1: a single model) on uint8 images and 0/1 labels.
 
@@ -207,7 +213,8 @@ def train_reward(
     iteration 120 of 400") and inside the encoding and the benign-score table, so a job's Cancel lands
     within a fraction of a second. ``score_table=False`` skips the table (a reward only scored, never
     used to guide, e.g. a held-out check). ``bank``: a ddpm-encoder bank of exactly these images
-    (``feature_bank``, or its ``subset``), so a second training on them skips the encoding."""
+    (``feature_bank``, or its ``subset``), so a second training on them skips the encoding. ``boxes``: one
+    (x0, y0, x1, y1) or None per label (malign ones only) for a kind that scores positions; None: as without."""
     images, labels = check_labels(images, labels)
     if kind not in REWARD_KINDS:
         raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
@@ -225,6 +232,7 @@ def train_reward(
         raise CensorError(f"a feature bank of {len(bank.taps[0])} images cannot train a {kind} reward on {len(labels)}")
     x_all = model_inputs(images, kind, diffusion)
     y_all = torch.as_tensor(labels, dtype=torch.float32)
+    m_all = None if boxes is None else region_input(kind, boxes, labels, images.shape[1:3], x_all.shape[-2:])
     subsets = bootstrap_indices(labels, members, rng, bootstrap)
     sched = diffusion.scheduler if TIME_DEPENDENT[kind] else None
     start = time.time()
@@ -255,11 +263,12 @@ def train_reward(
         for it in range(iterations):
             b = idx[torch.randint(0, len(idx), (batch_size,), generator=gen)]
             if bank is not None:
-                logits = model.head(bank.draw(b, gen))
-            else:
-                x, t = noised_views(x_all[b], sched if it >= warmup else None, gen)
-                logits = model(x, torch.zeros(len(x), dtype=torch.long) if it < warmup else t)
-            loss = loss_fn(logits, y_all[b])
+                logits, region = model.head(bank.draw(b, gen)), 0.0
+            else:  # with boxes: the warped masks too, and the region term beside the image-level loss
+                x, t, *m = noised_views(x_all[b], sched if it >= warmup else None, gen, None if m_all is None else m_all[b])
+                t = torch.zeros(len(b), dtype=torch.long) if it < warmup else t
+                logits, region = (model(x, t), 0.0) if m_all is None else scored_with_region(model, x, t, m[0], y_all[b])
+            loss = loss_fn(logits, y_all[b]) + region
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -275,7 +284,7 @@ def train_reward(
         opt_states.append(opt.state_dict())
     info = dict(
         kind=kind, members=members, alpha=alpha, iterations=iterations + (resume.info.get("iterations", 0) if resume else 0),
-        batch_size=batch_size, lr=lr, init=init, seed=seed, labels=int(len(labels)),
+        batch_size=batch_size, lr=lr, init=init, seed=seed, labels=int(len(labels)), boxes=sum(map(bool, boxes or [])),
         malign_labels=int((labels == 0).sum()), benign_labels=int((labels == 1).sum()),
         rounds=(resume.info.get("rounds", 1) + 1) if resume else 1,
         train_seconds=round(time.time() - start + (resume.info.get("train_seconds", 0) if resume else 0), 2),

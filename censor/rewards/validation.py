@@ -51,20 +51,22 @@ def held_out_cost(labels: np.ndarray, kind: str, iterations: int, encoded: bool 
 
 
 def held_out_check(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, iterations: int,
-                   alpha: float, progress: Progress | None = None, bank: FeatureBank | None = None) -> dict | None:
+                   alpha: float, progress: Progress | None = None, bank: FeatureBank | None = None,
+                   boxes: list | None = None) -> dict | None:
     """One quick single-member reward of ``kind`` on 80% of the labels (half the iterations, at least
     10), judged on the other 20% (P(benign) > 0.5 = benign, label 1): its balanced ``accuracy`` and the
     per-class hits and counts (``class_hits``); None when ``held_out_plan`` says the check would mean
     nothing. ``progress`` hears at every iteration. ``bank``: the final reward's feature bank of all
     ``images`` (``training.feature_bank``); the check trains on its training split's rows, so the
-    encoder runs once per Train click, not twice."""
+    encoder runs once per Train click, not twice. ``boxes`` (one per label) train with the split's labels."""
     plan = held_out_plan(labels, iterations)
     if plan is None:
         return None
     test, train, its = plan
     r = train_reward(images[train], labels[train], kind=kind, diffusion=diffusion, members=1, alpha=alpha,
                      iterations=its, progress=progress, score_table=False,
-                     bank=None if bank is None else bank.subset(train))
+                     bank=None if bank is None else bank.subset(train),
+                     boxes=None if boxes is None else [boxes[i] for i in train])
     x = to_model_range(images[test])
     t = torch.zeros(len(x), dtype=torch.long) if r.time_dependent else None
     predicted = (r.benign_prob(x, t).numpy() > 0.5).astype(int)

@@ -65,6 +65,9 @@ class Studio(Resources):
     def click(self, sid: str, item: int) -> str:
         return self.labelling.click(sid, item)
 
+    def set_box(self, sid: str, item: int, box=None, at=None):
+        return self.labelling.set_box(sid, item, box, at)
+
     def mark_page(self, sid: str, page: int, how: str) -> int:
         return self.labelling.mark_page(sid, page, how)
 

@@ -1,5 +1,6 @@
-"""The Label tab: sessions opened from the pool, pages of the label grid, clicks, the method hint,
-and the "most informative first" order (``censor.labels.active``)."""
+"""The Label tab: sessions opened from the pool, pages of the label grid, clicks, boxes on malign
+images (region feedback, ``censor.core.regions``), the method hint, and the "most informative first"
+order (``censor.labels.active``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from censor.labels.active import SessionRanker
 from censor.core.errors import CensorError
+from censor.core.regions import box_at, next_preset
 from censor.labels.sessions import BENIGN, MALIGN, STATE_NAMES, UNSURE
 from censor.studio.common import (
     LABEL_TARGET,
@@ -53,10 +55,26 @@ class Labelling:
         """One page of the label grid; showing it counts its images as viewed (benign unless marked)."""
         items = self._page_items(sid, page, round_)
         self.store.mark_viewed(sid, [it["item"] for it in items])
-        return [dict(id=it["item"], src=png_data_uri(it["image"]), state=STATE_NAMES[it["state"]]) for it in items]
+        return [dict(id=it["item"], src=png_data_uri(it["image"]), state=STATE_NAMES[it["state"]],
+                     h=it["image"].shape[0], w=it["image"].shape[1], box=region_view(it["box"], *it["image"].shape[:2]))
+                for it in items]
 
     def click(self, sid: str, item: int) -> str:
         return STATE_NAMES[self.store.cycle(sid, item)]
+
+    def set_box(self, sid: str, item: int, box=None, at=None):
+        """The grid's box gestures on image ``item``: ``box`` four pixel edges (a drag), ``"next"`` (the
+        keyboard: the next preset position), ``"clear"`` (take it away); or ``at`` (x, y), a default-size
+        box centred there (shift+click). A box marks the image malign; returns the box stored (or None)."""
+        it = self.store.item(sid, item)
+        h, w = it["image"].shape[:2]
+        if at is not None:
+            box = box_at(at, h, w, "a click on a box: ")
+        elif box == "next":
+            box = next_preset(it["box"], h, w)
+        elif box == "clear":
+            box = None
+        return self.store.set_box(sid, int(item), box)
 
     def mark_page(self, sid: str, page: int, how: str) -> int:
         """A whole page at once, as one undoable action: ``malign`` marks every image on it; ``leave out``
@@ -129,3 +147,12 @@ class Labelling:
         order = self.label_order(sid) if self.informative_first(sid) else [it["item"] for it in items]
         first = next((k for k, i in enumerate(order) if i in in_round), 0)
         return first // PAGE_SIZE
+
+
+def region_view(box, h: int, w: int) -> dict | None:
+    """How the grid draws a box over its image: edges in percent of the image, and a text for its title."""
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    return dict(left=round(100 * x0 / w, 3), top=round(100 * y0 / h, 3), width=round(100 * (x1 - x0) / w, 3),
+                height=round(100 * (y1 - y0) / h, 3), text=f"box x {x0}-{x1}, y {y0}-{y1}")

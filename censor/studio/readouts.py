@@ -82,6 +82,12 @@ def training_summary(info: dict) -> str:
         shown = f" [95% CI {_pct(*ci)}]" if ci is not None else ""
         on = f", on {check['malign_n'] + check['benign_n']} held-out labels" if check else ""
         line += f" Held-out balanced accuracy {100 * acc:.0f}%{shown} (mean of the malign and benign hit rates{on})."
+    used, drawn = info.get("boxes") or 0, info.get("boxes_drawn") or 0
+    if used:
+        line += f" Region feedback: {used} box{'es' if used > 1 else ''} taught it where the malign part is."
+    elif drawn:
+        line += (f" {drawn} box{'es' if drawn > 1 else ''} drawn on the labels; only a reward that scores positions "
+                 "(local-patch) reads them.")
     return "\n\n".join([line] + [_warn(w) for w in training_warnings(info)])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from censor.core.errors import CensorError
 from censor.core.progress import Progress, part, reporter
+from censor.rewards.architectures import REGISTRY
 from censor.rewards.training import feature_bank, train_reward, training_cost
 from censor.rewards.validation import held_out_check, held_out_cost
 from censor.studio.common import MAX_TRAIN_LABELS, check_range, reported
@@ -17,7 +18,8 @@ from censor.studio.resources import Resources
 def train(res: Resources, sid: str, method: str, kind: str, members: int, iterations: int, alpha: float,
           progress: Progress | None = None) -> dict:
     """Train and save the session's reward; ``imitation`` resumes the previous one when it matches
-    (same kind and member count). Returns the reward's info, with ``held_out_accuracy`` (None: too few
+    (same kind and member count); the session's boxes train a kind that scores positions (local-patch).
+    Returns the reward's info (``boxes`` used, ``boxes_drawn`` on its labels), with ``held_out_accuracy`` (None: too few
     labels), ``held_out_counts`` (per-class hits and counts) and ``held_out_ci`` (its 95% interval).
     ``progress(fraction, desc=...)`` hears all through, e.g. "final reward (2 of 2) · member 2 of 4 ·
     iteration 120 of 400"."""
@@ -28,6 +30,9 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
     if report is not None:  # at once: a Cancel lands even before the first loop starts
         report(0.0, desc="reading the labels")
     images, labels = res.store.training_data(sid)
+    boxes = res.store.training_boxes(sid)  # region feedback: read by a reward that scores positions
+    drawn = sum(b is not None for b in boxes)
+    boxes = boxes if drawn and kind in REGISTRY and REGISTRY[kind].patches else None
     if len(labels) > MAX_TRAIN_LABELS:
         raise CensorError(f"{len(labels)} labelled images; a reward trains on at most {MAX_TRAIN_LABELS} "
                           "(mark the oldest ones unsure to leave them out)")
@@ -46,13 +51,14 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
     enc, share = encoding / total, check / total
     bank = feature_bank(images, kind, res.model, progress=part(progress, 0.0, enc, "encoding the labels"))
     held_out = held_out_check(images, labels, kind=kind, diffusion=res.model, iterations=iterations, alpha=alpha,
-                              progress=part(progress, enc, share, "held-out check (1 of 2)"), bank=bank)
+                              progress=part(progress, enc, share, "held-out check (1 of 2)"), bank=bank, boxes=boxes)
     reward = train_reward(images, labels, kind=kind, diffusion=res.model, members=members, alpha=alpha,
-                          iterations=iterations, resume=resume, bank=bank,
+                          iterations=iterations, resume=resume, bank=bank, boxes=boxes,
                           progress=part(progress, enc + share, 1.0 - enc - share,
                                         "final reward (2 of 2)" if check else None))
     accuracy = held_out.pop("accuracy") if held_out else None
     ci = held_out_interval(held_out) if held_out else None
-    reward.info.update(held_out_accuracy=accuracy, held_out_counts=held_out, held_out_ci=list(ci) if ci else None)
+    reward.info.update(held_out_accuracy=accuracy, held_out_counts=held_out, held_out_ci=list(ci) if ci else None,
+                       boxes_drawn=drawn)
     reward.save(res.reward_dir(sid))
     return dict(reward.info)
