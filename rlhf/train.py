@@ -79,6 +79,18 @@ def _inner_batches(n: int, size: int, passes: int):
         yield from torch.randperm(n).split(size)
 
 
+def _synced(policy, wrapper):
+    """``policy``, calling the data-parallel ``wrapper`` where it called the bare network: DDP syncs the
+    gradients of forwards that go through it only, and ``make_denoiser`` reads the bare network's config."""
+    inner = getattr(wrapper, "module", None)
+    if inner is None:  # one process: nothing wraps the network
+        return policy
+    if policy is inner:
+        return wrapper
+    policy.net = wrapper  # a Denoiser (conditioning, other parameterisations)
+    return policy
+
+
 class _Run:
     """Shared plumbing: accelerator, trainable parameters, optimiser, reference, progress."""
 
@@ -94,7 +106,7 @@ class _Run:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.unet, self.opt = self.acc.prepare(unet.to(self.acc.device), opt)
         # the policy is ε of the (adapted) network with the model's conditioning (a prompt, a class)
-        self.policy = model.denoiser_for(self.unet)
+        self.policy = _synced(model.denoiser_for(self.acc.unwrap_model(self.unet)), self.unet)
         self.ref_policy = model.denoiser_for(self.ref) if self.ref is not None else None
         self.sched = make_rollout_scheduler(model.scheduler.config, cfg.steps)
         self.trained = trained_steps(self.sched, cfg.eta, cfg.min_sigma)
