@@ -23,7 +23,8 @@ from censor.studio.core import Studio
 from censor.studio.galleries import STRICT_P_RANGE
 from censor.studio.readouts import gallery_readout, training_summary
 from censor.studio.space import JobGate, browser_secret
-from censor.studio.rlhf import COMPARE_DEFAULTS, COMPARE_LIMITS, adapted_model, available_adapters, run_comparison
+from censor.studio.rlhf import (COMPARE_DEFAULTS, COMPARE_LIMITS, adapted_model, available_adapters, preference_readout,
+                                run_comparison)
 from rlhf.compare import METHODS as COMPARE_METHODS
 
 
@@ -366,7 +367,7 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                     session_in = gr.File(label="import a session (.zip)", file_types=[".zip"], elem_id="session-in")
                 share_out = gr.Markdown(elem_id="share-result")
                 shared_gallery = gr.Gallery(label="shared gallery", columns=4, height="auto", elem_id="shared")
-            with gr.Tab("RLHF", id="rlhf"):
+            with gr.Tab("RLHF", id="rlhf") as rlhf_tab:
                 gr.Markdown("Fine-tuning against guidance on the same labels. A simulated labeller (the oracle's "
                             "verdict on the chosen feature) labels for every method, so the run is a fair, repeatable "
                             "comparison: censored sampling, RLHF (reward model + DDPO policy gradients on LoRA), "
@@ -385,6 +386,7 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                 with gr.Row():
                     cmp_btn = gr.Button("Run the comparison", variant="primary", elem_id="compare-btn")
                     cmp_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="compare-cancel")
+                cmp_pairs = gr.Markdown(elem_id="compare-pairs")
                 cmp_table = gr.Markdown(elem_id="compare-result")
                 cmp_plot = gr.Image(label="malign % against labels spent", type="filepath", elem_id="compare-plot")
             with gr.Tab("Samples", id="samples"):
@@ -425,6 +427,8 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         # its own queue slot: a comparison takes minutes and must not hold up labelling or galleries
         heavy(cmp_btn, cmp_cancel, on_compare, [sid, cmp_feature, cmp_methods, cmp_budget, cmp_seeds, cmp_n],
               [cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1)
+        rlhf_tab.select(lambda s: preference_readout(studio, s), inputs=sid, outputs=cmp_pairs, api_name=False,
+                        show_progress="hidden")
         send_btn.click(on_send, inputs=[sid, last], outputs=[send_out, *paged])
         heavy(go, go_cancel, generate, [n, sample_steps, sample_seed], gallery, api_name="generate")
         share_btn.click(on_share, inputs=[sid, last], outputs=share_files)

@@ -24,6 +24,10 @@ class CommonConfig:
     seed: int = 0
     rollout_batch: int = 64
     inner_epochs: int = 1  # passes over one epoch's trajectories (labels and rewards are reused: free)
+    # steps whose policy σ_t is below this are sampled but not trained: their score (x_{t-1}-μ)/σ_t²·∂μ
+    # has noise ∝ 1/σ_t and no more signal, and the last step (onto ᾱ_0, σ ≈ 0.01) swamped every other
+    # step's gradient (docs/benchmarks.md, issue 22)
+    min_sigma: float = 0.05
 
     def check(self) -> None:
         for name in ("steps", "epochs", "rollout_batch", "inner_epochs"):
@@ -33,6 +37,8 @@ class CommonConfig:
             raise CensorError(f"eta must be > 0 for a stochastic policy, got {self.eta}")
         if self.lr <= 0:
             raise CensorError(f"lr must be positive, got {self.lr}")
+        if self.min_sigma < 0:
+            raise CensorError(f"min_sigma must be >= 0, got {self.min_sigma}")
 
 
 @dataclass

@@ -64,6 +64,12 @@ def ddim_step_with_logprob(
     return prev_sample, log_prob.mean(dim=tuple(range(1, x_t.ndim)))
 
 
+def step_sigmas(scheduler: DDIMScheduler, eta: float) -> torch.Tensor:
+    """[S] the policy's σ_t of each step of ``scheduler`` (it depends on t only, not on the sample)."""
+    z = torch.zeros(1, 1, 1, 1)
+    return torch.stack([ddim_step(scheduler, z, t, z, eta).std.reshape(()) for t in scheduler.timesteps])
+
+
 @dataclass
 class Trajectory:
     """Recorded rollouts: xs[:, j] = x_t and xs[:, j+1] = x_{t-1} for t = timesteps[j].

@@ -30,7 +30,7 @@ from censor.sampling.loop import seeds_for
 from rlhf.adapters import frozen_reference, make_trainable
 from rlhf.configs import CommonConfig, D3POConfig, DDPOConfig
 from rlhf.losses import d3po_loss, ddpo_loss, standardise_advantages
-from rlhf.rollout import Trajectory, make_rollout_scheduler, rollout, step_log_prob
+from rlhf.rollout import Trajectory, make_rollout_scheduler, rollout, step_log_prob, step_sigmas
 
 
 def preference_pairs(labels: Sequence[int], group_ids: Sequence[int]) -> torch.Tensor:
@@ -64,10 +64,31 @@ def reward_from(ensemble) -> Callable[[torch.Tensor], torch.Tensor]:
     return reward
 
 
+def trained_steps(scheduler, eta: float, min_sigma: float) -> torch.Tensor:
+    """Indices of the rollout steps that are trained: those whose σ_t reaches ``min_sigma``."""
+    sigmas = step_sigmas(scheduler, eta)
+    keep = torch.nonzero(sigmas >= min_sigma).reshape(-1)
+    if len(keep) == 0:
+        raise CensorError(f"no rollout step has σ_t >= min_sigma={min_sigma} (largest {float(sigmas.max()):.3g})")
+    return keep
+
+
 def _inner_batches(n: int, size: int, passes: int):
     """Minibatches of ``range(n)``: ``passes`` shuffled passes, ``size`` items each."""
     for _ in range(passes):
         yield from torch.randperm(n).split(size)
+
+
+def _synced(policy, wrapper):
+    """``policy``, calling the data-parallel ``wrapper`` where it called the bare network: DDP syncs the
+    gradients of forwards that go through it only, and ``make_denoiser`` reads the bare network's config."""
+    inner = getattr(wrapper, "module", None)
+    if inner is None:  # one process: nothing wraps the network
+        return policy
+    if policy is inner:
+        return wrapper
+    policy.net = wrapper  # a Denoiser (conditioning, other parameterisations)
+    return policy
 
 
 class _Run:
@@ -85,9 +106,10 @@ class _Run:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.unet, self.opt = self.acc.prepare(unet.to(self.acc.device), opt)
         # the policy is ε of the (adapted) network with the model's conditioning (a prompt, a class)
-        self.policy = model.denoiser_for(self.unet)
+        self.policy = _synced(model.denoiser_for(self.acc.unwrap_model(self.unet)), self.unet)
         self.ref_policy = model.denoiser_for(self.ref) if self.ref is not None else None
         self.sched = make_rollout_scheduler(model.scheduler.config, cfg.steps)
+        self.trained = trained_steps(self.sched, cfg.eta, cfg.min_sigma)
         self.total, self.done = total, 0
         self.bar = tqdm(total=total, desc=desc, disable=not (show_bar and self.acc.is_main_process))
         self.t0 = time.perf_counter()
@@ -107,22 +129,23 @@ class _Run:
         return traj
 
     def ref_log_probs(self, traj: Trajectory) -> torch.Tensor:
-        """[N, S] log π_ref of the recorded steps: fixed for the epoch, so computed once."""
-        out = torch.empty_like(traj.log_probs)
+        """[N, S] log π_ref of the recorded (trained) steps: fixed for the epoch, so computed once."""
+        out = torch.zeros_like(traj.log_probs)
         dev = self.acc.device
         with torch.no_grad():
             for rows in torch.arange(len(traj)).split(self.cfg.rollout_batch):
-                for j, t in enumerate(traj.timesteps):
+                for j in self.trained.tolist():
+                    t = traj.timesteps[j]
                     self.within(0.0, "reference log-probabilities")
                     out[rows, j] = step_log_prob(self.ref_policy, self.sched, traj.xs[rows, j].to(dev), t,
                                                  traj.xs[rows, j + 1].to(dev), traj.eta).cpu()
         return out
 
     def optimise(self, step_loss: Callable[[int], torch.Tensor]) -> float:
-        """One optimiser step: ``step_loss(j)`` for every timestep j (random order), accumulated."""
-        S = self.cfg.steps
+        """One optimiser step: ``step_loss(j)`` for every trained timestep j (random order), accumulated."""
+        S = len(self.trained)
         total = 0.0
-        for k, j in enumerate(torch.randperm(S).tolist()):
+        for k, j in enumerate(self.trained[torch.randperm(S)].tolist()):
             if k:
                 self.within(k / S, "optimising")
             sync = k == S - 1

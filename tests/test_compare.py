@@ -105,3 +105,29 @@ def test_the_table_explains_its_columns_and_warns_of_a_baseline_without_the_feat
                                    "raise the gallery images per method")
     enough = markdown_table(dict(result, baseline=dict(malign=5, n=20)))
     assert "⚠" not in enough and "recall vs baseline: how much" in enough
+
+
+def test_clicks_on_images_that_share_x_T_become_d3po_preference_pairs(tmp_path, tiny_model, fixture_images):
+    from censor.studio.core import Studio
+    from censor.studio.rlhf import label_preference_pairs, preference_readout
+
+    images = fixture_images["images"][:30]
+    studio = Studio(model=tiny_model, data_dir=tmp_path / "data", pool=Pool(images, np.arange(30), {"seed": 0}))
+    sid = studio.open_session(None)
+    assert preference_readout(studio, "x" * 24).startswith("0 preference pairs")
+    first = [it["id"] for it in studio.page(sid, 0)[:4]]  # 25 viewed pool images, one seed each: no pair
+    seed_of = {it["item"]: it["seed"] for it in studio.store.items(sid)}
+    a, b, c, d = (seed_of[i] for i in first)
+    studio.click(sid, first[0])  # the pool's image of seed a: malign
+    assert label_preference_pairs(studio, sid) == []
+    assert "seed 0 (the pool's)" in preference_readout(studio, sid)
+    studio.send_to_labelling(sid, images[:4], [a, b, c, d])  # a gallery drawn from the same x_T
+    assert label_preference_pairs(studio, sid) == []  # not viewed yet: not labelled
+    second = studio.page(sid, studio.first_page_of_round(sid, 2))  # pool images 25-29, then the gallery
+    again = {it["seed"]: it["item"] for it in studio.store.items(sid, round_=2)}
+    assert set(again.values()) <= {it["id"] for it in second}
+    studio.click(sid, again[c])  # malign: the pool's (benign) image of seed c is preferred to it
+    for _ in range(2):
+        studio.click(sid, again[d])  # unsure: left out, as in training
+    assert sorted(label_preference_pairs(studio, sid)) == sorted([(again[a], first[0]), (first[2], again[c])])
+    assert preference_readout(studio, sid).startswith("2 preference pairs from your labels")

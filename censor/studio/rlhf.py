@@ -11,10 +11,12 @@ from typing import Callable
 from censor.core.errors import CensorError
 from censor.eval.features import load_features
 from censor.eval.oracle import load_reference
+from censor.labels.marks import BENIGN, UNSURE
 from censor.studio.common import check_range
 from censor.studio.resources import Resources
 from rlhf.adapters import load_adapter
 from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
+from rlhf.train import preference_pairs
 
 # Server-side bounds (the UI shows the same): a run must finish in minutes on a 2-core CPU.
 COMPARE_LIMITS = dict(budget=(14, 200), seeds=(1, 3), n=(20, 300))
@@ -57,3 +59,27 @@ def adapted_model(studio: Resources, sid: str, name: str):
     model = copy.deepcopy(studio.model)
     load_adapter(model.unet, _compare_dir(studio, sid) / "adapters" / name)
     return model
+
+
+def label_preference_pairs(studio: Resources, sid: str) -> list[tuple[int, int]]:
+    """(preferred, rejected) item ids from a session's clicks: D3PO's pairs, a viewed benign image
+    over a viewed malign one drawn from the same seed, hence the same initial noise x_T.
+
+    Pool images each have their own seed; a group forms when a censored gallery drawn with the
+    pool's seeds (the Censor tab's seed = the pool's) is sent back to labelling.
+    """
+    items = [it for it in studio.store.items(sid, limit=1_000_000) if it["viewed"] and it["state"] != UNSURE]
+    labels = [1 if it["state"] == BENIGN else 0 for it in items]  # rlhf's convention: 1 = preferred
+    pairs = preference_pairs(labels, [it["seed"] for it in items])
+    return [(items[w]["item"], items[l]["item"]) for w, l in pairs.tolist()]
+
+
+def preference_readout(studio: Resources, sid: str) -> str:
+    """The RLHF tab's line on what the session's own labels give D3PO."""
+    if not studio.store.exists(sid):
+        return "0 preference pairs from your labels: label some images first."
+    n = len(label_preference_pairs(studio, sid))
+    seed = studio.pool.meta.get("seed")
+    hint = ("" if n else f" Pairs need a benign and a malign image of the same x_T: draw a censored gallery "
+            f"with seed {seed} (the pool's), send it to labelling and mark it.")
+    return f"{n} preference pair{'s' if n != 1 else ''} from your labels (benign ≻ malign, same x_T).{hint}"

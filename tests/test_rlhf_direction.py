@@ -1,0 +1,73 @@
+"""rlhf/: the training loops move samples the rewarded way (issue 22), not merely "run".
+
+A known reward, the mean brightness of the final image, on the tiny UNet: a few DDPO updates must
+raise it, and so must D3PO on preferences for the brighter image of each pair. Both would fail with
+a flipped loss sign or a wrong log-probability (checked by flipping them), and DDPO failed before
+the last step (σ ≈ 0.01) was left out of training (``CommonConfig.min_sigma``).
+"""
+
+import copy
+
+import pytest
+import torch
+
+from rlhf.rollout import rollout
+from rlhf.train import D3POConfig, DDPOConfig, train_d3po, train_ddpo
+
+STEPS = 3
+
+
+def brightness(images: torch.Tensor) -> torch.Tensor:
+    return images.mean(dim=(1, 2, 3))
+
+
+def mean_brightness(model) -> float:
+    """Mean reward of 32 fixed rollouts (same x_T and step noise before and after training)."""
+    traj = rollout(model.unet, model.scheduler.config, seeds=list(range(100, 132)), steps=STEPS, eta=1.0,
+                   generator=torch.Generator().manual_seed(123))
+    return float(brightness(traj.images).mean())
+
+
+@pytest.fixture
+def fresh(tiny_model):
+    return copy.deepcopy(tiny_model)
+
+
+def test_ddpo_raises_a_brightness_reward(fresh):
+    before = mean_brightness(fresh)
+    info = train_ddpo(fresh, brightness, DDPOConfig(steps=STEPS, epochs=6, images=16, batch_size=16, full=True,
+                                                    lr=3e-4, seed=0))
+    gain = mean_brightness(fresh) - before
+    # measured +0.22 (seeds 1-3: +0.08, +0.05, +0.07); without min_sigma -0.13, +0.10, -0.04, -0.14
+    assert gain > 0.05, (gain, info["reward_mean"])
+
+
+def brighter_of_each_pair(images: torch.Tensor) -> list[int]:
+    """Groups of two (shared x_T): the brighter image is benign (1, preferred), the other malign (0)."""
+    b = brightness(images).reshape(-1, 2)
+    first = (b[:, 0] > b[:, 1]).long()
+    return torch.stack([first, 1 - first], dim=1).reshape(-1).tolist()
+
+
+def test_d3po_prefers_the_brighter_image_of_each_pair(fresh):
+    before = mean_brightness(fresh)
+    info = train_d3po(fresh, brighter_of_each_pair,
+                      D3POConfig(steps=STEPS, epochs=4, groups=16, group_size=2, batch_groups=16, full=True,
+                                 lr=1e-3, seed=0))
+    assert info["pairs"] == [16] * 4  # every pair gives one preference
+    gain = mean_brightness(fresh) - before
+    assert gain > 0.1, gain  # measured +0.59 (seeds 1-3: +0.39, +0.40, +0.19)
+
+
+def test_the_near_deterministic_last_step_is_not_trained(tiny_model):
+    from censor.core.errors import CensorError
+    from rlhf.rollout import make_rollout_scheduler, step_sigmas
+    from rlhf.train import trained_steps
+
+    sched = make_rollout_scheduler(tiny_model.scheduler.config, 10)
+    sigmas = step_sigmas(sched, 1.0)
+    assert sigmas[-1] < 0.02 < 0.2 < sigmas[:-1].min()  # onto ᾱ_0: σ ≈ 0.01, the others ≥ 0.28
+    assert trained_steps(sched, 1.0, 0.05).tolist() == list(range(9))
+    assert trained_steps(sched, 1.0, 0.0).tolist() == list(range(10))
+    with pytest.raises(CensorError, match="min_sigma"):
+        trained_steps(sched, 1.0, 5.0)
