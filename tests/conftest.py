@@ -7,7 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One torch thread per process: on 2 cores shared with anything else (a browser test's server, a CI
+# neighbour), two threads per process oversubscribe and every op waits at a barrier for a descheduled
+# thread; measured here: 15 reward iterations 3 s with one thread, 34 s with two beside a 2-thread job.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
 

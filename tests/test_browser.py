@@ -42,7 +42,7 @@ def _free_port() -> int:
 def _start_app(data_dir: Path, port: int, wait_s: float = 60) -> subprocess.Popen:
     """``python app.py`` on ``data_dir`` and ``port``, returned once it answers HTTP."""
     env = dict(os.environ, CENSOR_DATA_DIR=str(data_dir), GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="2")
+               GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1")  # see conftest
     env.pop("CENSOR_SECRET", None)  # the key comes from the data folder, as on a machine without a Space secret
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
