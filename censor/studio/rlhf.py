@@ -21,7 +21,7 @@ from rlhf.train import preference_pairs
 # Server-side bounds (the UI shows the same): a run must finish in minutes on a 2-core CPU.
 COMPARE_LIMITS = dict(budget=(14, 200), seeds=(1, 3), n=(20, 300))
 COMPARE_DEFAULTS = dict(budget=70, seeds=1, n=60)  # the tab's starting values: a few minutes on a CPU
-ADAPTERS = ("rlhf", "d3po")
+ADAPTERS = ("rlhf", "d3po", "distil")  # the methods that leave a fine-tuned model behind
 
 
 def _compare_dir(studio: Resources, sid: str) -> Path:
