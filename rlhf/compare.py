@@ -283,7 +283,9 @@ def plot(result: dict, path: str | Path) -> None:
         lo, hi = r["ci_pct"]
         # methods that spend the same labels sit side by side instead of hiding each other
         dx = (i - (len(rows) - 1) / 2) * 0.012 * span
-        ax.errorbar([r["labels"] + dx], [r["malign_pct"]], yerr=[[r["malign_pct"] - lo], [hi - r["malign_pct"]]],
+        # clamped: at 0% the Wilson bound sits a rounding error above the point, and matplotlib refuses that
+        yerr = [[max(0.0, r["malign_pct"] - lo)], [max(0.0, hi - r["malign_pct"])]]
+        ax.errorbar([r["labels"] + dx], [r["malign_pct"]], yerr=yerr,
                     fmt="o", capsize=4, label=name)
     ax.set_xlabel("human labels spent")
     ax.set_ylabel("oracle malign %")

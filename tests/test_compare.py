@@ -133,3 +133,12 @@ def test_clicks_on_images_that_share_x_T_become_d3po_preference_pairs(tmp_path, 
         studio.click(sid, again[d])  # unsure: left out, as in training
     assert sorted(label_preference_pairs(studio, sid)) == sorted([(again[a], first[0]), (first[2], again[c])])
     assert preference_readout(studio, sid).startswith("2 preference pairs from your labels")
+
+
+def test_the_plot_takes_a_zero_row(tmp_path):
+    """At 0% malign the Wilson lower bound is a rounding error above the point (8.7e-17, measured)."""
+    from rlhf.compare import plot
+
+    row = dict(labels=100.0, malign_pct=0.0, ci_pct=[8.673617379884035e-17, 1.26])
+    plot(dict(config=dict(feature="trousers"), methods={"distil": row}), tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
