@@ -371,8 +371,9 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                 gr.Markdown("Fine-tuning against guidance on the same labels. A simulated labeller (the oracle's "
                             "verdict on the chosen feature) labels for every method, so the run is a fair, repeatable "
                             "comparison: censored sampling, RLHF (reward model + DDPO policy gradients on LoRA), "
-                            "D3PO (per-step DPO, no reward model) and D3PO + censored sampling. Reduced steps: a few "
-                            "minutes on a CPU. Afterwards, the fine-tuned adapters can draw the Censor tab's gallery.")
+                            "D3PO (per-step DPO, no reward model), D3PO + censored sampling and censor-then-distil (the "
+                            "model fine-tuned on censored samples, then sampled unguided). Reduced steps: a few "
+                            "minutes on a CPU. Afterwards, the fine-tuned models can draw the Censor tab's gallery.")
                 with gr.Row():
                     cmp_feature = gr.Dropdown([f for f in features if f != "(none)"], value="bags", label="feature")
                     cmp_methods = gr.CheckboxGroup(list(COMPARE_METHODS), value=list(COMPARE_METHODS), label="methods")

@@ -1,1 +1,1 @@
-"""Fine-tuning alternatives to censored sampling: D3PO (preferences) and DDPO (a reward), with LoRA."""
+"""Fine-tuning alternatives to censored sampling: D3PO (preferences), DDPO (a reward) and censor-then-distil."""

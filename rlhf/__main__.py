@@ -1,4 +1,4 @@
-"""``python -m rlhf compare ...``: guidance against RLHF and D3PO on the same simulated labels."""
+"""``python -m rlhf compare ...``: guidance against RLHF, D3PO and censor-then-distil on the same simulated labels."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
 from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import load_pool
 from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
+from rlhf.configs import DistilConfig
 
 
 def cmd_compare(a) -> None:
     cfg = CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
                         train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr,
                         kl_beta=a.kl_beta, inner_epochs=a.inner_epochs, lora_target=a.lora_target,
-                        methods=tuple(a.methods))
+                        methods=tuple(a.methods),
+                        distil=DistilConfig(images=a.distil_images, drop=a.distil_drop, steps=a.distil_steps,
+                                            batch_size=a.distil_batch, lr=a.distil_lr, anchor=a.distil_anchor,
+                                            ema=a.distil_ema, full=not a.distil_lora, lora_target=a.lora_target))
     model = load_diffusion(a.model)
     result = run_compare(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(),
                          out_dir=a.out, cache_dir=a.cache)
@@ -27,7 +31,7 @@ def cmd_compare(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="baseline, censored sampling, RLHF (DDPO), D3PO and D3PO+censored")
+    c = sub.add_parser("compare", help="baseline, censored sampling, RLHF (DDPO), D3PO, D3PO+censored and censor-then-distil")
     c.add_argument("--feature", default="bags")
     c.add_argument("--budget", type=positive_int, default=100, help="human labels per method")
     c.add_argument("--seeds", type=positive_int, default=3, help="labelling seeds")
@@ -42,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passes over each batch of labelled or rewarded rollouts (costs no labels)")
     c.add_argument("--lora-target", default="attention", choices=("attention", "attention+convs"))
     c.add_argument("--kl-beta", type=float, default=0.0, help="per-step KL penalty of RLHF to the frozen model")
+    c.add_argument("--distil-images", type=positive_int, default=DistilConfig.images,
+                   help="censored samples the distil method learns from")
+    c.add_argument("--distil-drop", type=float, default=DistilConfig.drop,
+                   help="fraction of them the reward scores most malign, left out")
+    c.add_argument("--distil-steps", type=positive_int, default=DistilConfig.steps, help="distil optimiser steps")
+    c.add_argument("--distil-batch", type=positive_int, default=DistilConfig.batch_size)
+    c.add_argument("--distil-lr", type=float, default=DistilConfig.lr)
+    c.add_argument("--distil-anchor", type=float, default=DistilConfig.anchor, help="L2 pull to the original weights")
+    c.add_argument("--distil-ema", type=float, default=DistilConfig.ema,
+                   help="keep the moving average of the distilled weights with this decay (0: the last weights)")
+    c.add_argument("--distil-lora", action="store_true", help="distil into LoRA adapters (--lora-target) instead of "
+                   "every weight")
     c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     c.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     c.add_argument("--out", default="docs/bench")

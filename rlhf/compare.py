@@ -10,7 +10,8 @@ Per labelling seed, every method gets the same simulated labeller (the censoring
 - ``rlhf``: the same reward ensemble, DDPO-IS policy gradients on LoRA adapters;
 - ``d3po``: no reward model; the labeller marks ``budget`` images drawn in groups that share x_T,
   and benign ≻ malign pairs inside a group train LoRA adapters with the per-step DPO loss;
-- ``d3po+censored``: the D3PO model, sampled with the reward guidance of ``censored``.
+- ``d3po+censored``: the D3PO model, sampled with the reward guidance of ``censored``;
+- ``distil``: the model fully fine-tuned on ``censored``'s own samples (``rlhf.distil``), sampled unguided.
 
 Each fine-tuned model is then sampled with the same deterministic sampler and gallery seeds as
 the baseline, so every difference in the table comes from the method. Every gallery is judged by the
@@ -23,14 +24,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from censor.bench.censoring import BenchConfig, collect_labels_and_train
 from censor.bench.harness import TIMING_N, Arm, Harness, fmt, median, save, tv_cell
-from censor.core.data import to_uint8
+from censor.core.data import to_model_range, to_uint8
 from censor.core.errors import CensorError
 from censor.core.progress import part
 from censor.core.settings import DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, MIN_BASELINE_MALIGN, REWARD_KIND
@@ -39,11 +40,14 @@ from censor.eval.judge import legend
 from censor.labels.labeller import SimulatedLabeller
 from censor.rewards.training import training_cost
 from censor.sampling.guidance import guidance_for
-from censor.sampling.loop import sample
+from censor.sampling.loop import sample, seeds_for
 from rlhf.adapters import save_adapter
+from rlhf.configs import DistilConfig
+from rlhf.distil import DISTIL_SEED, keep_most_benign, train_distil
 from rlhf.train import D3POConfig, DDPOConfig, labels_from, reward_from, train_d3po, train_ddpo
 
-METHODS = ("baseline", "censored", "rlhf", "d3po", "d3po+censored")
+METHODS = ("baseline", "censored", "rlhf", "d3po", "d3po+censored", "distil")
+REWARDED = ("censored", "rlhf", "d3po+censored", "distil")  # the methods that need the reward ensemble
 
 
 @dataclass
@@ -64,9 +68,11 @@ class CompareConfig:
     lora_target: str = "attention"  # or "attention+convs" (the small model has few attention layers)
     kl_beta: float = 0.0
     methods: tuple[str, ...] = METHODS
+    distil: DistilConfig = field(default_factory=DistilConfig)  # its seed is the labelling seed's
 
     def __post_init__(self):
         feature_spec(self.feature)
+        self.distil.check()
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise CensorError(f"unknown method(s) {', '.join(sorted(unknown))}; use {', '.join(METHODS)}")
@@ -86,7 +92,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
 
     Every method is an arm of the benchmark harness: one gallery (the same n seeds for every
     labelling seed), judged and timed against the same unguided baseline. ``adapter_dir``: where the
-    first seed's RLHF and D3PO adapters are saved (``<dir>/rlhf``, ``<dir>/d3po``), so the studio
+    first seed's fine-tuned models are saved (``<dir>/rlhf``, ``<dir>/d3po``, ``<dir>/distil``), so the studio
     can sample from them afterwards.
     """
     bar = _Bar(progress, cfg)
@@ -110,7 +116,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
         if "baseline" in methods and seed == 0:  # one baseline gallery: the same images for every seed
             yield "baseline", Arm(h.baseline, dict(labels=0, train_s=0.0, sample_s_per_image=h.unguided_rate))
         reward = None
-        if {"censored", "rlhf", "d3po+censored"} & methods:  # the bench's session: view, label, train the ensemble
+        if set(REWARDED) & methods:  # the bench's session: view, label, train the ensemble
             session = collect_labels_and_train(labelling, model, oracle, pool, seed, log,
                                                progress=bar.next(f"seed {seed + 1}: reward"))
             if session.reward is None:
@@ -148,6 +154,18 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             if "d3po+censored" in methods:
                 yield "d3po+censored", sampled(tuned, d3po_labels + cfg.budget, d3po_s + reward_s, reward,
                                                "d3po+censored")
+        if "distil" in methods:  # censored samples from seeds apart from the gallery's, then the denoising loss
+            tuned, t = copy.deepcopy(model), time.time()
+            drawn = _sample(model, seeds_for(cfg.distil.images, DISTIL_SEED + seed), cfg, reward,
+                            bar.next(f"seed {seed + 1}: distil data"))
+            info = train_distil(tuned, keep_most_benign(to_model_range(drawn), reward, cfg.distil.drop),
+                                replace(cfg.distil, seed=seed),
+                                progress=bar.next(f"seed {seed + 1}: distil fine-tuning"))
+            log(f"  seed {seed} distil: {info['images']} censored images, loss {np.mean(info['losses'][:20]):.4f} "
+                f"-> {np.mean(info['losses'][-20:]):.4f}")
+            if seed == 0:
+                tuned_models["distil"] = tuned
+            yield "distil", sampled(tuned, cfg.budget, time.time() - t + reward_s, name="distil")
 
     def logged(method, row):
         log(f"  seed {row['seed']} {method:>14}: {row['malign_pct']:.2f}% malign [{row['ci_pct'][0]:.2f}, "
@@ -174,7 +192,8 @@ def _sample(model, seeds, cfg: CompareConfig, reward=None, progress=None) -> np.
 
 # What each stage of a comparison costs, in unguided image-steps of the UNet (2 ms each on the 2-core CPU):
 # a guided step about 3, a reward head iteration about 3 (``training_cost``'s unit), a fine-tuning step
-# (a forward and a backward) about 3 on top of its rollout's. They size the stages of the bar.
+# (a forward and a backward) about 3 on top of its rollout's, a distil step the same per image. They size the
+# stages of the bar.
 GUIDED_STEP, HEAD_ITERATION, TRAINING_STEP = 3.0, 3.0, 3.0
 
 
@@ -191,11 +210,14 @@ class _Bar:
                       "RLHF fine-tuning": cfg.epochs * cfg.ddpo_images * cfg.train_steps * (1 + TRAINING_STEP),
                       "D3PO fine-tuning": groups * cfg.d3po_group_size * cfg.train_steps * (2 + TRAINING_STEP),
                       "censored gallery": guided, "rlhf gallery": unguided, "d3po gallery": unguided,
-                      "d3po+censored gallery": guided}
-        per_seed = [k for k in ("rlhf gallery", "d3po gallery", "censored gallery", "d3po+censored gallery")
-                    if k.removesuffix(" gallery") in methods]
-        if {"censored", "rlhf", "d3po+censored"} & methods:
+                      "d3po+censored gallery": guided, "distil gallery": unguided,
+                      "distil data": GUIDED_STEP * cfg.distil.images * steps,
+                      "distil fine-tuning": cfg.distil.steps * cfg.distil.batch_size * TRAINING_STEP}
+        per_seed = [f"{m} gallery" for m in METHODS if m != "baseline" and m in methods]
+        if set(REWARDED) & methods:
             per_seed.append("reward")
+        if "distil" in methods:
+            per_seed += ["distil data", "distil fine-tuning"]
         if "rlhf" in methods:
             per_seed.append("RLHF fine-tuning")
         if {"d3po", "d3po+censored"} & methods:
@@ -261,7 +283,9 @@ def plot(result: dict, path: str | Path) -> None:
         lo, hi = r["ci_pct"]
         # methods that spend the same labels sit side by side instead of hiding each other
         dx = (i - (len(rows) - 1) / 2) * 0.012 * span
-        ax.errorbar([r["labels"] + dx], [r["malign_pct"]], yerr=[[r["malign_pct"] - lo], [hi - r["malign_pct"]]],
+        # clamped: at 0% the Wilson bound sits a rounding error above the point, and matplotlib refuses that
+        yerr = [[max(0.0, r["malign_pct"] - lo)], [max(0.0, hi - r["malign_pct"])]]
+        ax.errorbar([r["labels"] + dx], [r["malign_pct"]], yerr=yerr,
                     fmt="o", capsize=4, label=name)
     ax.set_xlabel("human labels spent")
     ax.set_ylabel("oracle malign %")

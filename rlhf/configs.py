@@ -1,4 +1,4 @@
-"""The settings of the D3PO and DDPO training loops (``rlhf.train``), checked before a run starts."""
+"""The settings of the D3PO and DDPO loops (``rlhf.train``) and of censor-then-distil, checked before a run."""
 
 from __future__ import annotations
 
@@ -67,3 +67,43 @@ class DDPOConfig(CommonConfig):
         super().check()
         if self.images < 2 or self.batch_size < 1:
             raise CensorError("DDPO needs images >= 2 and batch_size >= 1")
+
+
+@dataclass
+class DistilConfig:
+    """Censor-then-distil (``rlhf.distil``): the censored samples it learns from and the fine-tune on them."""
+
+    # defaults: the best of the settings measured on the embedded model (docs/benchmarks.md, censor-then-distil):
+    # 300 images / 300 steps left 4.7-6.7% bags, 1000 images (drop 0.1) / 600 steps 2.3%
+    images: int = 1000  # censored samples drawn to distil from
+    drop: float = 0.1  # fraction of them the reward scores most malign, left out (the reward, never the oracle)
+    steps: int = 600  # optimiser steps of the denoising loss
+    batch_size: int = 32
+    lr: float = 1e-4  # small: the model should move towards p_data·r, not forget p_data
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    anchor: float = 0.0  # L2 pull of the trained weights to where they started (summed over weights)
+    # the result is an exponential moving average of the weights, started at the original ones (0: the last
+    # weights): the shipped model is an EMA too, and single Adam steps on a few hundred images are noisy
+    ema: float = 0.99  # without it: tv 0.27 and confident 0.53 (baseline 0.70) at 300 images / 300 steps
+    flip: bool = True  # random horizontal flips, as the embedded model was trained with
+    full: bool = True  # every weight: LoRA r4 barely moves the embedded model (docs/benchmarks.md, issue 22)
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    lora_target: str = "attention"
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("images", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise CensorError(f"distil {name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.drop < 1:
+            raise CensorError(f"distil drop must be a fraction in [0, 1), got {self.drop}")
+        if round(self.images * (1 - self.drop)) < 1:
+            raise CensorError(f"dropping {self.drop:.0%} of {self.images} images leaves none to distil from")
+        if self.lr <= 0:
+            raise CensorError(f"distil lr must be positive, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise CensorError(f"distil ema must be a decay in [0, 1), got {self.ema}")
+        if self.anchor < 0 or self.weight_decay < 0:
+            raise CensorError("distil anchor and weight_decay must be >= 0")

@@ -10,6 +10,7 @@ from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import Pool
 from rlhf.__main__ import main as rlhf_main
 from rlhf.compare import METHODS, CompareConfig, run_compare
+from rlhf.configs import DistilConfig
 
 
 def test_every_method_is_judged_on_the_same_footing(tmp_path, fixture_images, tiny_model):
@@ -18,7 +19,7 @@ def test_every_method_is_judged_on_the_same_footing(tmp_path, fixture_images, ti
     idx = np.concatenate([bags, rest])
     pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})
     cfg = CompareConfig(feature="bags", budget=14, seeds=1, n=6, steps=2, train_steps=2, members=2, epochs=1,
-                        ddpo_images=4, d3po_group_size=7)
+                        ddpo_images=4, d3po_group_size=7, distil=DistilConfig(images=6, steps=2, batch_size=4))
     result = run_compare(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
                          cache_dir=tmp_path / "cache", log=lambda *_: None)
     rows = result["methods"]
@@ -27,6 +28,7 @@ def test_every_method_is_judged_on_the_same_footing(tmp_path, fixture_images, ti
     assert rows["baseline"]["labels"] == 0 and rows["censored"]["labels"] == 14 and rows["rlhf"]["labels"] == 14
     assert rows["d3po"]["labels"] == 14  # two groups of 7 sharing x_T, every image labelled
     assert rows["d3po+censored"]["labels"] == 28  # both budgets were spent
+    assert rows["distil"]["labels"] == 14 and rows["distil"]["train_s"] > rows["censored"]["train_s"]
     if result["baseline_recall"] > 0:  # a random tiny UNet may have zero recall against real images
         assert rows["baseline"]["recall_ratio"] == pytest.approx(1.0)
     for r in rows.values():
@@ -131,3 +133,12 @@ def test_clicks_on_images_that_share_x_T_become_d3po_preference_pairs(tmp_path, 
         studio.click(sid, again[d])  # unsure: left out, as in training
     assert sorted(label_preference_pairs(studio, sid)) == sorted([(again[a], first[0]), (first[2], again[c])])
     assert preference_readout(studio, sid).startswith("2 preference pairs from your labels")
+
+
+def test_the_plot_takes_a_zero_row(tmp_path):
+    """At 0% malign the Wilson lower bound is a rounding error above the point (8.7e-17, measured)."""
+    from rlhf.compare import plot
+
+    row = dict(labels=100.0, malign_pct=0.0, ci_pct=[8.673617379884035e-17, 1.26])
+    plot(dict(config=dict(feature="trousers"), methods={"distil": row}), tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -52,7 +52,8 @@ def register_training(sub) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--decay-from", type=int, default=None, metavar="STEP",
                    help="cosine-decay the learning rate to 0 from this step to --steps (a cheap final polish)")
-    p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 = plain MSE")
+    p.add_argument("--snr-gamma", type=float, default=diffusion_training.SNR_GAMMA,
+                   help="min-SNR weighting; 0 = plain MSE")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")

@@ -13,6 +13,7 @@ steps than plain epsilon MSE.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -30,6 +31,25 @@ from tqdm.auto import tqdm
 from censor.core.data import load_watermarked, to_model_range
 from censor.diffusion.checkpoint import flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
 from censor.diffusion.models import DiffusionModel, build_scheduler, build_unet, load_diffusion
+
+
+SNR_GAMMA = 5.0  # min-SNR-γ loss weighting of the embedded model's training (and of any fine-tune of it)
+
+
+def denoising_loss(unet, noise_sched, x0: torch.Tensor, generator: torch.Generator, snr_gamma: float = SNR_GAMMA,
+                   autocast=contextlib.nullcontext) -> torch.Tensor:
+    """The DDPM training loss on clean images ``x0`` in [-1, 1]: ε-MSE at a uniform random t, min-SNR-γ
+    weighted (γ = 0: plain MSE). One home for the training loop and for distilling into a trained UNet."""
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
+    xt = noise_sched.add_noise(x0, noise, t)
+    with autocast():
+        pred = unet(xt, t).sample
+    mse = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma > 0:
+        snr = compute_snr(noise_sched, t)
+        mse = mse * torch.clamp(snr, max=snr_gamma) / snr
+    return mse.mean()
 
 
 def lr_schedule(opt, args):
@@ -130,16 +150,7 @@ def train(args) -> Path:
         x0 = images[idx]
         flip = torch.rand(args.batch, generator=gen) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0).to(acc.device)
-        noise = torch.randn(x0.shape, generator=gen).to(acc.device)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,), generator=gen).to(acc.device)
-        xt = noise_sched.add_noise(x0, noise, t)
-        with acc.autocast():
-            pred = unet(xt, t).sample
-        mse = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
-        if args.snr_gamma > 0:
-            snr = compute_snr(noise_sched, t)
-            mse = mse * torch.clamp(snr, max=args.snr_gamma) / snr
-        loss = mse.mean()
+        loss = denoising_loss(unet, noise_sched, x0, gen, args.snr_gamma, acc.autocast)
         acc.backward(loss)
         acc.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
