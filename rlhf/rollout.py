@@ -115,6 +115,7 @@ def rollout(
     shape: tuple[int, int, int] | None = None,
     decode=None,
     progress=None,
+    step_seeds: Sequence[int] | None = None,
 ) -> Trajectory:
     """Sample ``group_size`` images per initial noise (from ``seeds`` or given ``noise``) and record them.
 
@@ -123,7 +124,10 @@ def rollout(
     ``generator``, so a seeded generator makes the whole rollout repeatable. ``unet`` may be any
     ε interface (``DiffusionModel.denoiser``); a latent model passes its ``shape`` and ``decode``,
     and the trajectory then records latents while ``images`` holds the decoded pictures.
-    ``progress(fraction)`` hears before every step.
+    ``progress(fraction)`` hears before every step. ``step_seeds`` (one per image, groups expanded)
+    give every image its own step-noise generator instead of ``generator``: an image's trajectory then
+    does not depend on which batch or process draws it, which is what lets two data-parallel
+    processes reproduce one process's doubled batch.
     """
     if (seeds is None) == (noise is None):
         raise CensorError("give either seeds or noise for the rollout")
@@ -140,17 +144,21 @@ def rollout(
         noise = initial_noise(seeds, shape)
     noise = noise.float().repeat_interleave(group_size, dim=0)
     group_ids = torch.arange(len(noise) // group_size).repeat_interleave(group_size)
+    if step_seeds is not None and len(step_seeds) != len(noise):
+        raise CensorError(f"{len(step_seeds)} step seeds for {len(noise)} images")
     sched = make_rollout_scheduler(scheduler_config, steps)
     xs_all, lps_all = [], []
     chunks = noise.split(batch_size)
     for c, chunk in enumerate(chunks):
         x = chunk.to(device)
         xs, lps = [x.cpu()], []
+        gen = generator if step_seeds is None else [
+            torch.Generator().manual_seed(int(s)) for s in step_seeds[c * batch_size:c * batch_size + len(chunk)]]
         for s, t in enumerate(sched.timesteps):
             if progress is not None:  # a fraction only: where a Cancel is heard
                 progress((c * len(sched.timesteps) + s) / (len(chunks) * len(sched.timesteps)))
             eps = unet(x, t.to(device).expand(x.shape[0])).sample
-            x, lp = ddim_step_with_logprob(sched, eps, t, x, eta, generator=generator,
+            x, lp = ddim_step_with_logprob(sched, eps, t, x, eta, generator=gen,
                                            use_clipped_model_output=use_clipped_model_output)
             xs.append(x.cpu())
             lps.append(lp.cpu())

@@ -73,6 +73,9 @@ def trained_steps(scheduler, eta: float, min_sigma: float) -> torch.Tensor:
     return keep
 
 
+STEP_SEED_OFFSET = 2**40  # step-noise seeds apart from the x_T seeds (seeds_for stays far below it)
+
+
 def _inner_batches(n: int, size: int, passes: int):
     """Minibatches of ``range(n)``: ``passes`` shuffled passes, ``size`` items each."""
     for _ in range(passes):
@@ -116,12 +119,15 @@ class _Run:
         self.losses: list[float] = []
 
     def rollout(self, epoch: int, n: int, group_size: int) -> Trajectory:
-        seed = self.cfg.seed + 1009 * epoch + 7919 * self.acc.process_index  # different per process
-        gen = torch.Generator().manual_seed(seed)
+        # each process draws its slice of one epoch-wide set of images, each image with its own step
+        # noise: k processes of n images roll out exactly what one process of k·n would
+        rank, world = self.acc.process_index, self.acc.num_processes
+        seeds = seeds_for(n * world, self.cfg.seed + 1009 * epoch)[rank * n:(rank + 1) * n]
+        step_seeds = [STEP_SEED_OFFSET + s * group_size + g for s in seeds for g in range(group_size)]
         unet = self.acc.unwrap_model(self.unet).eval()  # no gradients: skip the DDP wrapper
         decode = self.model.decode if self.model.is_latent else None
-        traj = rollout(self.model.denoiser_for(unet), self.model.scheduler.config, seeds=seeds_for(n, seed),
-                       steps=self.cfg.steps, eta=self.cfg.eta, group_size=group_size, generator=gen,
+        traj = rollout(self.model.denoiser_for(unet), self.model.scheduler.config, seeds=seeds,
+                       steps=self.cfg.steps, eta=self.cfg.eta, group_size=group_size, step_seeds=step_seeds,
                        batch_size=self.cfg.rollout_batch, shape=self.model.sample_shape, decode=decode,
                        progress=lambda f: self.within(f, f"epoch {epoch + 1}: rollouts"))
         self.unet.train()
