@@ -253,6 +253,11 @@ def test_the_bench_labeller_boxes_the_stamps_it_labels_malign(fixture_images, ti
     malign = int((s.labels == 0).sum())
     assert malign >= 3 and s.reward.info["boxes"] == malign
     boxes = SimulatedLabeller(None, "watermark").boxes(s.images, s.labels)
+    assert s.boxes == boxes  # the session hands its boxes on (the rejection bench's threshold trains with them)
+    a = parser.parse_args(["bench-reject", "--feature", "watermark", "--reward", "local-patch", "--boxes"])
+    from censor.cli.bench import REJECT_FIELDS
+
+    assert config_from_args(BenchConfig, a, REJECT_FIELDS).boxes
     flagged = fixture_images["watermark"][:60][pool_view(60, 60, 0)]
     assert all((b is not None) == (y == 0) for b, y in zip(boxes, s.labels))
     stamped = [b for b, f in zip(boxes, flagged) if b is not None and f]

@@ -60,13 +60,22 @@ def test_heldout_threshold_scores_every_label_out_of_fold(monkeypatch):
     labels = np.array([0] * 8 + [1] * 32)  # malign = the 8 darkest images
     seen = []
 
-    def fake_train(imgs, labs, **kw):
+    def fake_train(imgs, labs, boxes=None, **kw):
         seen.append(len(labs))
+        boxed.append(boxes)
         return BrightnessReward()
 
     monkeypatch.setattr(rejection, "train_reward", fake_train)
+    boxed = []
     th = heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4)
     assert th["folds"] == 4 and seen == [30, 30, 30, 30]  # every fold held out 10 images
+    assert boxed == [None] * 4
+    boxes = [(i % 20, 0, i % 20 + 8, 8) if y == 0 else None for i, y in enumerate(labels)]  # one per label
+    seen.clear()
+    heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4, boxes=boxes)
+    # each fold trains with the boxes of its own training labels, in their order
+    assert [sum(b is not None for b in bs) for bs in boxed[4:]] == [6, 6, 6, 6]
+    assert all(len(bs) == 30 and set(bs) <= set(boxes) for bs in boxed[4:])
     scores = benign_scores(BrightnessReward(), images)
     assert th["threshold"] == pytest.approx(scores[:8].max())
     assert th["heldout_malign_recall"] == 1.0 and th["heldout_benign_pass"] == 1.0

@@ -122,7 +122,8 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
             raise CensorError(f"labelling seed {seed}: the {s.viewed} viewed images hold one class only; raise --budget")
         if threshold is None:  # cross-fitted on the session's own labels
             th = heldout_threshold(s.images, s.labels, kind=cfg.reward, diffusion=model, members=len(s.reward.members),
-                                   alpha=cfg.alpha, iterations=cfg.iterations, folds=folds, recall=recall, seed=seed)
+                                   alpha=cfg.alpha, iterations=cfg.iterations, folds=folds, recall=recall, seed=seed,
+                                   boxes=s.boxes)
         else:
             th = dict(threshold=float(threshold), user=True, seconds=0.0)
         log(f"  seed {seed}: threshold p={th['threshold']:.4f} (held-out benign pass "

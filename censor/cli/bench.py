@@ -228,7 +228,8 @@ def register_bench(sub) -> None:
     ab.set_defaults(fn=cmd_bench_active)
 
 
-REJECT_FIELDS = ("feature", "budget", "method", "reward", "members", "alpha", "iterations", "rounds", "n", "steps", "seeds")
+REJECT_FIELDS = ("feature", "budget", "method", "reward", "members", "alpha", "iterations", "rounds", "n", "steps", "seeds",
+                 "boxes")
 
 
 def add_reject_parser(sub) -> None:

@@ -93,11 +93,12 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.n
 def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diffusion, members: int = MEMBERS,
                       alpha: float = ALPHA, iterations: int = ITERATIONS, folds: int = DEFAULT_FOLDS,
                       recall: float = DEFAULT_RECALL, seed: int = 0,
-                      progress: Progress | None = None) -> dict:
+                      progress: Progress | None = None, boxes: list | None = None) -> dict:
     """Cross-fitted threshold: out-of-fold P(benign) of every labelled image, the threshold from the
     malign ones, and the share of held-out benign images it keeps (what the filter will cost).
 
-    Every fold trains a reward with the given recipe on the other folds (the oracle is never used).
+    Every fold trains a reward with the given recipe on the other folds (the oracle is never used),
+    with their ``boxes`` (region feedback, one per label) when given.
     """
     images, labels = np.asarray(images), np.asarray(labels).astype(int)
     n_malign, n_benign = int((labels == 0).sum()), int((labels == 1).sum())
@@ -113,7 +114,8 @@ def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diff
         sub = part(progress, j / folds, 1 / folds, f"held-out threshold: fold {j + 1} of {folds}")
         r = train_reward(images[train], labels[train], kind=kind, diffusion=diffusion, members=members,
                          alpha=alpha, iterations=iterations, seed=seed + 1000 * (j + 1), progress=sub,
-                         score_table=False)  # a fold's reward only scores its held-out labels
+                         score_table=False,  # a fold's reward only scores its held-out labels
+                         boxes=None if boxes is None else [boxes[i] for i in train])
         scores[test] = benign_scores(r, images[test], model=diffusion)
     malign, benign = scores[labels == 0], scores[labels == 1]
     tau = threshold_from_scores(malign, recall)
