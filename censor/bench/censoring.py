@@ -157,16 +157,11 @@ def train_for_method(cfg: BenchConfig, model, images, labels, seed, resume=None,
     - ``union``: one member on all labels;
     - ``ensemble`` and ``imitation``: ``cfg.members`` bootstrap members (imitation adds rounds).
     With ``cfg.boxes`` the ``labeller`` also boxes what it labelled malign (region feedback)."""
-    members, boxes = 1 if cfg.method in ("single", "union") else cfg.members, _boxes(cfg, labeller, images, labels)
+    members, boxes = 1 if cfg.method in ("single", "union") else cfg.members, (labeller.boxes(images, labels) if cfg.boxes else None)
     return train_reward(images, labels, kind=cfg.reward, diffusion=model, members=members, alpha=cfg.alpha,
                         iterations=cfg.iterations, batch_size=cfg.batch_size, init=cfg.init, seed=seed,
                         resume=resume, bootstrap=True if cfg.method == "single" else None, progress=progress,
                         boxes=boxes)
-
-
-def _boxes(cfg: BenchConfig, labeller, images, labels) -> list | None:
-    """The labeller's boxes round what it marked malign, with ``cfg.boxes`` (deterministic in the images)."""
-    return labeller.boxes(images, labels) if cfg.boxes else None
 
 
 def _reward_cache(cfg: BenchConfig, model, seed: int, cache_dir) -> Path | None:
@@ -187,7 +182,7 @@ class Labelled(NamedTuple):
     images: np.ndarray
     labels: np.ndarray
     viewed: int
-    boxes: list | None = None  # region feedback (``cfg.boxes``): the labeller's box per label, None where unboxed
+    boxes: list | None = None  # region feedback (cfg.boxes): a box per label, None where unboxed
 
 
 def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, log=print, cache_dir=None,
@@ -201,8 +196,7 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
         return Labelled(None, images, labels, labeller.viewed)  # nothing to learn from: a real outcome of small budgets
     cached = _reward_cache(cfg, model, seed, cache_dir)
     if cached is not None and (cached / "reward.json").is_file():
-        return Labelled(load_reward(cached, model), images, labels, labeller.viewed,
-                        _boxes(cfg, labeller, images, labels))
+        return Labelled(load_reward(cached, model), images, labels, labeller.viewed, (labeller.boxes(images, labels) if cfg.boxes else None))
     reward = train_for_method(cfg, model, images, labels, seed, progress=progress, labeller=labeller)
     if cached is not None:
         reward.save(cached)
@@ -213,7 +207,7 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
             model, labeller, reward, make_guidance(cfg, reward, drift), images, labels, count=cfg.budget,
             session_seed=seed, round_=r, steps=cfg.steps,
             train=lambda i, lab, resume: train_for_method(cfg, model, i, lab, seed, resume=resume, labeller=labeller))
-    return Labelled(reward, images, labels, labeller.viewed, _boxes(cfg, labeller, images, labels))
+    return Labelled(reward, images, labels, labeller.viewed, (labeller.boxes(images, labels) if cfg.boxes else None))
 
 
 def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
