@@ -194,9 +194,11 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
     images, labels = pool.images[view], labeller.label(pool.images[view])
     if (labels == 0).sum() == 0 or (labels == 1).sum() == 0:
         return Labelled(None, images, labels, labeller.viewed)  # nothing to learn from: a real outcome of small budgets
+    def done(reward):  # the session as it ends (images and labels grow in imitation rounds), boxed with cfg.boxes
+        return Labelled(reward, images, labels, labeller.viewed, labeller.boxes(images, labels) if cfg.boxes else None)
     cached = _reward_cache(cfg, model, seed, cache_dir)
     if cached is not None and (cached / "reward.json").is_file():
-        return Labelled(load_reward(cached, model), images, labels, labeller.viewed, (labeller.boxes(images, labels) if cfg.boxes else None))
+        return done(load_reward(cached, model))
     reward = train_for_method(cfg, model, images, labels, seed, progress=progress, labeller=labeller)
     if cached is not None:
         reward.save(cached)
@@ -207,7 +209,7 @@ def collect_labels_and_train(cfg: BenchConfig, model, oracle, pool, seed: int, l
             model, labeller, reward, make_guidance(cfg, reward, drift), images, labels, count=cfg.budget,
             session_seed=seed, round_=r, steps=cfg.steps,
             train=lambda i, lab, resume: train_for_method(cfg, model, i, lab, seed, resume=resume, labeller=labeller))
-    return Labelled(reward, images, labels, labeller.viewed, (labeller.boxes(images, labels) if cfg.boxes else None))
+    return done(reward)
 
 
 def run_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
