@@ -73,7 +73,18 @@ def trained_steps(scheduler, eta: float, min_sigma: float) -> torch.Tensor:
     return keep
 
 
-STEP_SEED_OFFSET = 2**40  # step-noise seeds apart from the x_T seeds (seeds_for stays far below it)
+STEP_STREAM = 0x5354  # tags the step-noise seeds' SeedSequence, so they never retrace an x_T seed
+
+
+def step_seed(seed: int, member: int) -> int:
+    """The step-noise seed of image ``member`` of the group started from x_T seed ``seed``.
+
+    Mixed by numpy's SeedSequence into 32 bits, because ``torch.Generator.manual_seed`` keeps only
+    the low 32 bits: an offset such as 2**40 + seed replays the x_T stream, so the first step's
+    noise *was* x_T, the samples were not drawn from the policy, and DDPO climbed against its
+    reward (issue 22).
+    """
+    return int(np.random.SeedSequence([int(seed), int(member), STEP_STREAM]).generate_state(1, np.uint32)[0])
 
 
 def _inner_batches(n: int, size: int, passes: int):
@@ -123,7 +134,7 @@ class _Run:
         # noise: k processes of n images roll out exactly what one process of k·n would
         rank, world = self.acc.process_index, self.acc.num_processes
         seeds = seeds_for(n * world, self.cfg.seed + 1009 * epoch)[rank * n:(rank + 1) * n]
-        step_seeds = [STEP_SEED_OFFSET + s * group_size + g for s in seeds for g in range(group_size)]
+        step_seeds = [step_seed(s, g) for s in seeds for g in range(group_size)]
         unet = self.acc.unwrap_model(self.unet).eval()  # no gradients: skip the DDP wrapper
         decode = self.model.decode if self.model.is_latent else None
         traj = rollout(self.model.denoiser_for(unet), self.model.scheduler.config, seeds=seeds,
