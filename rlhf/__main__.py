@@ -17,7 +17,8 @@ from rlhf.configs import DistilConfig
 def cmd_compare(a) -> None:
     cfg = CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
                         train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr,
-                        kl_beta=a.kl_beta, inner_epochs=a.inner_epochs, lora_target=a.lora_target,
+                        kl_beta=a.kl_beta, full=a.full, ddpo_images=a.ddpo_images, inner_epochs=a.inner_epochs,
+                        lora_target=a.lora_target,
                         methods=tuple(a.methods),
                         distil=DistilConfig(images=a.distil_images, drop=a.distil_drop, steps=a.distil_steps,
                                             batch_size=a.distil_batch, lr=a.distil_lr, anchor=a.distil_anchor,
@@ -40,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--train-steps", type=positive_int, default=10, help="DDIM steps of fine-tuning rollouts")
     c.add_argument("--weight", type=float, default=DEFAULT_GUIDANCE.weight,
                    help="ω of the default guidance (censor/core/settings.py) for the censored methods")
-    c.add_argument("--epochs", type=positive_int, default=6, help="DDPO epochs")
-    c.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
+    c.add_argument("--epochs", type=positive_int, default=CompareConfig.epochs, help="DDPO epochs")
+    c.add_argument("--ddpo-images", type=positive_int, default=CompareConfig.ddpo_images,
+                   help="DDPO rollouts per epoch (two optimiser steps each)")
+    c.add_argument("--lr", type=float, default=CompareConfig.lr, help="RLHF and D3PO learning rate")
+    c.add_argument("--full", action="store_true", help="RLHF and D3PO fine-tune every weight instead of LoRA")
     c.add_argument("--inner-epochs", type=positive_int, default=1,
                    help="passes over each batch of labelled or rewarded rollouts (costs no labels)")
     c.add_argument("--lora-target", default="attention", choices=("attention", "attention+convs"))

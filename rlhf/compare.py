@@ -45,6 +45,7 @@ from rlhf.adapters import save_adapter
 from rlhf.configs import DistilConfig
 from rlhf.distil import DISTIL_SEED, keep_most_benign, train_distil
 from rlhf.train import D3POConfig, DDPOConfig, labels_from, reward_from, train_d3po, train_ddpo
+from rlhf.verdict import verdicts
 
 METHODS = ("baseline", "censored", "rlhf", "d3po", "d3po+censored", "distil")
 REWARDED = ("censored", "rlhf", "d3po+censored", "distil")  # the methods that need the reward ensemble
@@ -67,6 +68,7 @@ class CompareConfig:
     inner_epochs: int = 1  # passes over each batch of labelled / rewarded rollouts (no extra labels)
     lora_target: str = "attention"  # or "attention+convs" (the small model has few attention layers)
     kl_beta: float = 0.0
+    full: bool = False  # RLHF and D3PO train every weight instead of LoRA (the embedded UNet has 1.1M)
     methods: tuple[str, ...] = METHODS
     distil: DistilConfig = field(default_factory=DistilConfig)  # its seed is the labelling seed's
 
@@ -131,7 +133,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             train_ddpo(tuned, reward_from(reward), DDPOConfig(
                 steps=cfg.train_steps, epochs=cfg.epochs, images=cfg.ddpo_images, batch_size=cfg.ddpo_images // 2,
                 lr=cfg.lr, kl_beta=cfg.kl_beta, seed=seed, inner_epochs=cfg.inner_epochs,
-                lora_target=cfg.lora_target), progress=bar.next(f"seed {seed + 1}: RLHF fine-tuning"))
+                lora_target=cfg.lora_target, full=cfg.full), progress=bar.next(f"seed {seed + 1}: RLHF fine-tuning"))
             train_s = time.time() - t + reward_s
             if seed == 0:
                 tuned_models["rlhf"] = tuned
@@ -144,7 +146,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             info = train_d3po(tuned, labels_from(d3po_labeller), D3POConfig(
                 steps=cfg.train_steps, epochs=1, groups=groups, group_size=cfg.d3po_group_size,
                 batch_groups=max(1, groups // 4), lr=cfg.lr, seed=seed, inner_epochs=cfg.inner_epochs,
-                lora_target=cfg.lora_target), progress=bar.next(f"seed {seed + 1}: D3PO fine-tuning"))
+                lora_target=cfg.lora_target, full=cfg.full), progress=bar.next(f"seed {seed + 1}: D3PO fine-tuning"))
             d3po_s, d3po_labels = time.time() - t, d3po_labeller.viewed
             log(f"  seed {seed} d3po: {d3po_labels} labels, {sum(info['pairs'])} preference pairs")
             if seed == 0:
@@ -252,7 +254,8 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {name} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}] (n={r['n']}) | "
                      f"{tv_cell(r)} | {fmt(r['recall_ratio'], '{:.2f}×')} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
                      f"{r['sample_s_per_image']:.3f} |")
-    return "\n".join(lines) + "\n\n" + "\n\n".join(table_notes(result)) + "\n"
+    said = "".join(f"- {v}\n" for v in verdicts(result))  # the table in words: one line per method
+    return "\n".join(lines) + "\n\n" + said + "\n" + "\n\n".join(table_notes(result)) + "\n"
 
 
 TABLE_LEGEND = legend("malign", "tv", "recall", "confident")

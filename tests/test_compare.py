@@ -83,6 +83,7 @@ def test_the_studio_tab_leaves_adapters_that_draw_a_censored_gallery(tmp_path, t
     seen = []
     r = run_comparison(studio, sid, "bags", ["baseline", "d3po"], 14, 1, 20, progress=seen.append)
     assert "| d3po |" in r["table"] and r["plot"].is_file()
+    assert "- **d3po**: " in r["table"] and "labels" in r["table"].split("- **d3po**: ")[1]  # the tab's verdict
     assert seen[-1] == 1.0 and seen == sorted(seen)
     assert available_adapters(studio, sid) == ["d3po"]
 
