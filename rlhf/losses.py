@@ -13,8 +13,12 @@ log space, clamp(log r, log(1-ε), log(1+ε)), which is the same function with t
 cannot overflow exp() (exp → inf would turn the zero gradient of the clamp into NaN).
 
 DDPO (Black et al., ddpo-pytorch): PPO's clipped surrogate on importance ratios of each step,
-advantages = rewards standardised per batch and clipped, plus an optional per-step KL estimate
-β_KL·(log π_θ - log π_ref) to the frozen model (DPOK-style; 0 by default as in DDPO).
+advantages = rewards standardised per batch and clipped, plus an optional per-step KL penalty
+β_KL·KL(π_θ(·|x_t) ‖ π_ref(·|x_t)) to the frozen model (DPOK-style; 0 by default as in DDPO). Both
+policies are Gaussians with the same σ_t, so the KL is exact, ‖μ_θ − μ_ref‖² / 2σ_t² per pixel. The
+sample estimate log π_θ(a) − log π_ref(a) on the rollout's own actions is not a usable penalty: its
+gradient, ∇ log π_θ(a), has expectation zero under the sampling policy, so at the first update of an
+epoch it pulls nowhere and only adds noise.
 """
 
 from __future__ import annotations
@@ -59,12 +63,18 @@ def standardise_advantages(rewards: torch.Tensor, adv_clip: float = 5.0) -> torc
     return ((r - r.mean()) / (r.std() + 1e-8)).clamp(-adv_clip, adv_clip)
 
 
+def gaussian_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[N] KL(N(mean, std²) ‖ N(mean_ref, std²)) averaged over non-batch dims, as the log-probabilities are."""
+    kl = (mean - mean_ref) ** 2 / (2 * std**2)
+    return kl.mean(dim=tuple(range(1, mean.ndim)))
+
+
 def ddpo_loss(
     logp_new: torch.Tensor,
     logp_old: torch.Tensor,
     advantages: torch.Tensor,
     clip_range: float = 1e-4,
-    logp_ref: torch.Tensor | None = None,
+    kl_ref: torch.Tensor | None = None,
     kl_beta: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """PPO clipped surrogate for one step of each trajectory; returns (loss, diagnostics).
@@ -79,8 +89,8 @@ def ddpo_loss(
     clipped = -adv * ratio.clamp(1 - clip_range, 1 + clip_range)
     loss = torch.maximum(unclipped, clipped).mean()
     kl = torch.zeros((), device=logp_new.device)
-    if kl_beta and logp_ref is not None:
-        kl = (logp_new - logp_ref).mean()
+    if kl_beta and kl_ref is not None:  # [N] per-step KL to π_ref (``gaussian_kl``), with its gradient
+        kl = kl_ref.mean()
         loss = loss + kl_beta * kl
     info = {
         "approx_kl_old": 0.5 * ((logp_new - logp_old) ** 2).mean().item(),

@@ -60,8 +60,13 @@ def ddim_step_with_logprob(
         noise = randn_tensor(x_t.shape, generator=generator, device=x_t.device, dtype=torch.float32)
         prev_sample = mean + std * noise
     prev_sample = prev_sample.float()
-    log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
-    return prev_sample, log_prob.mean(dim=tuple(range(1, x_t.ndim)))
+    return prev_sample, gaussian_log_prob(prev_sample, mean, std)
+
+
+def gaussian_log_prob(x_prev: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[N] log N(x_prev | mean, std² I) averaged over non-batch dims; the gradient flows through ``mean``."""
+    log_prob = -((x_prev.detach() - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI
+    return log_prob.mean(dim=tuple(range(1, x_prev.ndim)))
 
 
 def step_sigmas(scheduler: DDIMScheduler, eta: float) -> torch.Tensor:
@@ -92,12 +97,20 @@ class Trajectory:
         return self.xs.shape[0]
 
 
-def step_log_prob(unet, scheduler, x_t, t, x_prev, eta: float, use_clipped_model_output: bool = False):
-    """log pi(x_prev | x_t) under ``unet``: one forward pass, with gradients if enabled."""
+def step_policy(unet, scheduler, x_t, t, eta: float, use_clipped_model_output: bool = False):
+    """(μ, σ_t) of π(x_{t-1} | x_t) under ``unet``: one forward pass, with gradients if enabled."""
+    if eta <= 0:
+        raise CensorError(f"a stochastic policy needs eta > 0, got {eta}")
     t_batch = torch.as_tensor(t).reshape(-1).expand(x_t.shape[0]).to(x_t.device)
     eps = unet(x_t, t_batch).sample
-    return ddim_step_with_logprob(scheduler, eps, t_batch.cpu(), x_t, eta, prev_sample=x_prev,
-                                  use_clipped_model_output=use_clipped_model_output)[1]
+    _, std, mean = ddim_step(scheduler, eps, t_batch.cpu(), x_t, eta, use_clipped_model_output)
+    return mean, std
+
+
+def step_log_prob(unet, scheduler, x_t, t, x_prev, eta: float, use_clipped_model_output: bool = False):
+    """log pi(x_prev | x_t) under ``unet``: one forward pass, with gradients if enabled."""
+    mean, std = step_policy(unet, scheduler, x_t, t, eta, use_clipped_model_output)
+    return gaussian_log_prob(x_prev.float(), mean, std)
 
 
 @torch.no_grad()

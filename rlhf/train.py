@@ -29,8 +29,9 @@ from censor.diffusion.models import DiffusionModel
 from censor.sampling.loop import seeds_for
 from rlhf.adapters import frozen_reference, make_trainable
 from rlhf.configs import CommonConfig, D3POConfig, DDPOConfig
-from rlhf.losses import d3po_loss, ddpo_loss, standardise_advantages
-from rlhf.rollout import Trajectory, make_rollout_scheduler, rollout, step_log_prob, step_sigmas
+from rlhf.losses import d3po_loss, ddpo_loss, gaussian_kl, standardise_advantages
+from rlhf.rollout import (Trajectory, gaussian_log_prob, make_rollout_scheduler, rollout, step_log_prob,
+                           step_policy, step_sigmas)
 
 
 def preference_pairs(labels: Sequence[int], group_ids: Sequence[int]) -> torch.Tensor:
@@ -258,8 +259,8 @@ def train_ddpo(
 ) -> dict:
     """DDPO-IS: PPO on per-step importance ratios, reward = ``reward_fn(final images in [-1, 1])``.
 
-    Advantages are the epoch's rewards standardised and clipped; ``kl_beta`` > 0 adds a per-step
-    KL estimate to the frozen pre-adapter UNet. Returns losses, mean reward per epoch, seconds.
+    Advantages are the epoch's rewards standardised and clipped; ``kl_beta`` > 0 adds the exact
+    per-step KL to the frozen pre-adapter UNet (``rlhf.losses.gaussian_kl``). Returns losses, mean reward per epoch, seconds.
     """
     cfg = config or DDPOConfig()
     n_batches = -(-cfg.images // cfg.batch_size) * cfg.inner_epochs
@@ -283,13 +284,14 @@ def train_ddpo(
             def step_loss(j: int) -> torch.Tensor:
                 x_t, x_prev = traj.xs[rows, j].to(dev), traj.xs[rows, j + 1].to(dev)
                 t = traj.timesteps[j]
-                lp = step_log_prob(run.policy, run.sched, x_t, t, x_prev, cfg.eta)
-                lp_ref = None
+                mean, std = step_policy(run.policy, run.sched, x_t, t, cfg.eta)
+                kl = None
                 if run.ref is not None:
                     with torch.no_grad():
-                        lp_ref = step_log_prob(run.ref_policy, run.sched, x_t, t, x_prev, cfg.eta)
-                loss, info = ddpo_loss(lp, traj.log_probs[rows, j].to(dev), a, cfg.clip_range,
-                                       lp_ref, cfg.kl_beta)
+                        mean_ref, _ = step_policy(run.ref_policy, run.sched, x_t, t, cfg.eta)
+                    kl = gaussian_kl(mean, mean_ref, std)
+                loss, info = ddpo_loss(gaussian_log_prob(x_prev, mean, std), traj.log_probs[rows, j].to(dev), a,
+                                       cfg.clip_range, kl, cfg.kl_beta)
                 fractions.append(info["clipfrac"])
                 return loss
 

@@ -128,10 +128,29 @@ def test_ddpo_clipping_stops_the_gradient_outside_the_range():
         new = (old + shift).requires_grad_(True)
         ddpo_loss(new, old, torch.tensor([adv]), clip_range=0.01)[0].backward()
         assert (new.grad.abs().item() == 0) == stopped, (adv, shift)
-    # the KL penalty pulls log π towards π_ref with slope kl_beta / N
-    new = torch.zeros(2, requires_grad=True)
-    ddpo_loss(new, torch.zeros(2), torch.zeros(2), logp_ref=torch.zeros(2), kl_beta=0.5)[0].backward()
-    assert torch.allclose(new.grad, torch.full((2,), 0.25))
+    # the KL penalty enters with weight kl_beta / N
+    kl = torch.tensor([0.2, 0.4], requires_grad=True)
+    loss, info = ddpo_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), kl_ref=kl, kl_beta=0.5)
+    loss.backward()
+    assert torch.allclose(kl.grad, torch.full((2,), 0.25)) and info["kl_ref"] == pytest.approx(0.3)
+
+
+def test_the_kl_penalty_is_the_exact_gaussian_kl_and_pulls_the_mean_home():
+    """Against a Monte-Carlo estimate of E[log π − log π_ref]; its gradient moves μ towards μ_ref, which the
+    per-sample estimate log π(a) − log π_ref(a) on π's own actions does not do in expectation."""
+    from rlhf.losses import gaussian_kl
+    from rlhf.rollout import gaussian_log_prob
+
+    g = torch.Generator().manual_seed(0)
+    mean_ref, std = torch.zeros(1, 4), torch.tensor(0.5)
+    mean = torch.tensor([[0.3, -0.2, 0.1, 0.0]], requires_grad=True)
+    a = mean.detach() + std * torch.randn(200_000, 4, generator=g)
+    mc = (gaussian_log_prob(a, mean.detach().expand_as(a), std) - gaussian_log_prob(a, mean_ref.expand_as(a), std)).mean()
+    kl = gaussian_kl(mean, mean_ref, std)
+    assert kl.item() == pytest.approx(mc.item(), rel=0.05) and kl.item() == pytest.approx(0.14 / 4 / 0.5, rel=1e-6)
+    kl.sum().backward()
+    assert (mean.grad * mean.detach() >= 0).all() and mean.grad[0, 3] == 0  # descent moves μ towards μ_ref
+    assert gaussian_kl(mean_ref, mean_ref, std).item() == 0
 
 
 def test_advantages_are_standardised_and_clipped():
