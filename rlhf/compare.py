@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,58 +34,17 @@ from censor.bench.harness import TIMING_N, Arm, Harness, fmt, median, save, tv_c
 from censor.core.data import to_model_range, to_uint8
 from censor.core.errors import CensorError
 from censor.core.progress import part
-from censor.core.settings import DEFAULT_GUIDANCE, ITERATIONS, MEMBERS, MIN_BASELINE_MALIGN, REWARD_KIND
-from censor.eval.features import feature_spec
+from censor.core.settings import DEFAULT_GUIDANCE, ITERATIONS, MIN_BASELINE_MALIGN, REWARD_KIND
 from censor.eval.judge import legend
 from censor.labels.labeller import SimulatedLabeller
 from censor.rewards.training import training_cost
 from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample, seeds_for
 from rlhf.adapters import save_adapter
-from rlhf.configs import DistilConfig
+from rlhf.configs import METHODS, REWARDED, CompareConfig  # noqa: F401 (CompareConfig: re-exported)
 from rlhf.distil import DISTIL_SEED, keep_most_benign, train_distil
-from rlhf.train import D3POConfig, DDPOConfig, labels_from, reward_from, train_d3po, train_ddpo
+from rlhf.train import labels_from, reward_from, train_d3po, train_ddpo
 from rlhf.verdict import verdicts
-
-METHODS = ("baseline", "censored", "rlhf", "d3po", "d3po+censored", "distil")
-REWARDED = ("censored", "rlhf", "d3po+censored", "distil")  # the methods that need the reward ensemble
-
-
-@dataclass
-class CompareConfig:
-    feature: str = "bags"
-    budget: int = 100  # human labels per method (d3po+censored spends two budgets)
-    seeds: int = 3
-    n: int = 300  # gallery images per seed and method
-    steps: int = 25  # sampling steps of every gallery
-    train_steps: int = 10  # DDIM steps of the fine-tuning rollouts
-    guidance_weight: float = DEFAULT_GUIDANCE.weight
-    members: int = MEMBERS
-    epochs: int = 6  # DDPO epochs (reward-model rollouts cost no labels)
-    ddpo_images: int = 32
-    d3po_group_size: int = 7
-    lr: float = 3e-4
-    inner_epochs: int = 1  # passes over each batch of labelled / rewarded rollouts (no extra labels)
-    lora_target: str = "attention"  # or "attention+convs" (the small model has few attention layers)
-    kl_beta: float = 0.0
-    full: bool = False  # RLHF and D3PO train every weight instead of LoRA (the embedded UNet has 1.1M)
-    methods: tuple[str, ...] = METHODS
-    distil: DistilConfig = field(default_factory=DistilConfig)  # its seed is the labelling seed's
-
-    def __post_init__(self):
-        feature_spec(self.feature)
-        self.distil.check()
-        unknown = set(self.methods) - set(METHODS)
-        if unknown:
-            raise CensorError(f"unknown method(s) {', '.join(sorted(unknown))}; use {', '.join(METHODS)}")
-        if min(self.budget, self.seeds, self.n, self.steps, self.train_steps, self.epochs, self.inner_epochs) < 1:
-            raise CensorError("budget, seeds, n, steps, train_steps, epochs and inner_epochs must be positive")
-        if self.lora_target not in ("attention", "attention+convs"):
-            raise CensorError(f"lora_target must be 'attention' or 'attention+convs', got {self.lora_target!r}")
-        if self.budget < 2 * self.d3po_group_size:
-            raise CensorError(f"a budget of {self.budget} labels is under two D3PO groups of {self.d3po_group_size}")
-        self.methods = tuple(self.methods)
-
 
 def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
                 cache_dir: str | Path | None = None, log=print, progress=None, adapter_dir: str | Path | None = None
@@ -130,23 +89,17 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
         if "rlhf" in methods:
             tuned = copy.deepcopy(model)
             t = time.time()
-            train_ddpo(tuned, reward_from(reward), DDPOConfig(
-                steps=cfg.train_steps, epochs=cfg.epochs, images=cfg.ddpo_images, batch_size=cfg.ddpo_images // 2,
-                lr=cfg.lr, kl_beta=cfg.kl_beta, seed=seed, inner_epochs=cfg.inner_epochs,
-                lora_target=cfg.lora_target, full=cfg.full), progress=bar.next(f"seed {seed + 1}: RLHF fine-tuning"))
+            train_ddpo(tuned, reward_from(reward), cfg.ddpo(seed), progress=bar.next(f"seed {seed + 1}: RLHF fine-tuning"))
             train_s = time.time() - t + reward_s
             if seed == 0:
                 tuned_models["rlhf"] = tuned
             yield "rlhf", sampled(tuned, cfg.budget, train_s, name="rlhf")
         if {"d3po", "d3po+censored"} & methods:
             tuned = copy.deepcopy(model)
-            groups = cfg.budget // cfg.d3po_group_size
             d3po_labeller = SimulatedLabeller(oracle, cfg.feature, seed=1000 + seed)
             t = time.time()
-            info = train_d3po(tuned, labels_from(d3po_labeller), D3POConfig(
-                steps=cfg.train_steps, epochs=1, groups=groups, group_size=cfg.d3po_group_size,
-                batch_groups=max(1, groups // 4), lr=cfg.lr, seed=seed, inner_epochs=cfg.inner_epochs,
-                lora_target=cfg.lora_target, full=cfg.full), progress=bar.next(f"seed {seed + 1}: D3PO fine-tuning"))
+            info = train_d3po(tuned, labels_from(d3po_labeller), cfg.d3po(seed),
+                              progress=bar.next(f"seed {seed + 1}: D3PO fine-tuning"))
             d3po_s, d3po_labels = time.time() - t, d3po_labeller.viewed
             log(f"  seed {seed} d3po: {d3po_labels} labels, {sum(info['pairs'])} preference pairs")
             if seed == 0:

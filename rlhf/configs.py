@@ -1,10 +1,13 @@
-"""The settings of the D3PO and DDPO loops (``rlhf.train``) and of censor-then-distil, checked before a run."""
+"""The settings of the D3PO and DDPO loops (``rlhf.train``), of censor-then-distil and of a comparison of them all,
+checked before a run: config as data, read by the CLI, the studio tab and the benchmarks alike."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from censor.core.errors import CensorError
+from censor.core.settings import DEFAULT_GUIDANCE, MEMBERS
+from censor.eval.features import feature_spec
 
 
 @dataclass
@@ -107,3 +110,58 @@ class DistilConfig:
             raise CensorError(f"distil ema must be a decay in [0, 1), got {self.ema}")
         if self.anchor < 0 or self.weight_decay < 0:
             raise CensorError("distil anchor and weight_decay must be >= 0")
+
+
+METHODS = ("baseline", "censored", "rlhf", "d3po", "d3po+censored", "distil")
+REWARDED = ("censored", "rlhf", "d3po+censored", "distil")  # the methods that need the reward ensemble
+
+
+@dataclass
+class CompareConfig:
+    """``rlhf compare``'s run: the labels, the galleries and each method's settings (``ddpo``, ``d3po``, ``distil``)."""
+
+    feature: str = "bags"
+    budget: int = 100  # human labels per method (d3po+censored spends two budgets)
+    seeds: int = 3
+    n: int = 300  # gallery images per seed and method
+    steps: int = 25  # sampling steps of every gallery
+    train_steps: int = 10  # DDIM steps of the fine-tuning rollouts
+    guidance_weight: float = DEFAULT_GUIDANCE.weight
+    members: int = MEMBERS
+    epochs: int = 6  # DDPO epochs (reward-model rollouts cost no labels)
+    ddpo_images: int = 32
+    d3po_group_size: int = 7
+    lr: float = 3e-4
+    inner_epochs: int = 1  # passes over each batch of labelled / rewarded rollouts (no extra labels)
+    lora_target: str = "attention"  # or "attention+convs" (the small model has few attention layers)
+    kl_beta: float = 0.0
+    full: bool = False  # RLHF and D3PO train every weight instead of LoRA (the embedded UNet has 1.1M)
+    methods: tuple[str, ...] = METHODS
+    distil: DistilConfig = field(default_factory=DistilConfig)  # its seed is the labelling seed's
+
+    def __post_init__(self):
+        feature_spec(self.feature)
+        self.distil.check()
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise CensorError(f"unknown method(s) {', '.join(sorted(unknown))}; use {', '.join(METHODS)}")
+        if min(self.budget, self.seeds, self.n, self.steps, self.train_steps, self.epochs, self.inner_epochs) < 1:
+            raise CensorError("budget, seeds, n, steps, train_steps, epochs and inner_epochs must be positive")
+        if self.lora_target not in ("attention", "attention+convs"):
+            raise CensorError(f"lora_target must be 'attention' or 'attention+convs', got {self.lora_target!r}")
+        if self.budget < 2 * self.d3po_group_size:
+            raise CensorError(f"a budget of {self.budget} labels is under two D3PO groups of {self.d3po_group_size}")
+        self.methods = tuple(self.methods)
+
+    def ddpo(self, seed: int, epochs: int | None = None) -> DDPOConfig:
+        """The RLHF arm's DDPO settings (two optimiser steps per epoch of rollouts)."""
+        return DDPOConfig(steps=self.train_steps, epochs=epochs or self.epochs, images=self.ddpo_images,
+                          batch_size=max(1, self.ddpo_images // 2), lr=self.lr, kl_beta=self.kl_beta, seed=seed,
+                          inner_epochs=self.inner_epochs, lora_target=self.lora_target, full=self.full)
+
+    def d3po(self, seed: int) -> D3POConfig:
+        """The D3PO arm's settings: one labelling round of ``budget // d3po_group_size`` groups."""
+        groups = self.budget // self.d3po_group_size
+        return D3POConfig(steps=self.train_steps, epochs=1, groups=groups, group_size=self.d3po_group_size,
+                          batch_groups=max(1, groups // 4), lr=self.lr, seed=seed, inner_epochs=self.inner_epochs,
+                          lora_target=self.lora_target, full=self.full)

@@ -52,7 +52,7 @@ def test_ddpo_moves_brightness_the_rewarded_way(fresh, sign):
 def test_step_noise_is_independent_of_the_initial_noise():
     """torch keeps only 32 bits of a seed: step seeds must not alias the x_T seeds they derive from."""
     from censor.diffusion.steps import initial_noise
-    from rlhf.train import step_seed
+    from rlhf.run import step_seed
 
     seeds = [0, 5, 2**20 + 3]
     x_T = initial_noise(seeds, (1, 8, 8))
@@ -86,7 +86,7 @@ def test_d3po_prefers_the_brighter_image_of_each_pair(fresh):
 def test_the_near_deterministic_last_step_is_not_trained(tiny_model):
     from censor.core.errors import CensorError
     from rlhf.rollout import make_rollout_scheduler, step_sigmas
-    from rlhf.train import trained_steps
+    from rlhf.run import trained_steps
 
     sched = make_rollout_scheduler(tiny_model.scheduler.config, 10)
     sigmas = step_sigmas(sched, 1.0)
