@@ -29,6 +29,19 @@ def cmd_compare(a) -> None:
     print(markdown_table(result), end="")
 
 
+def cmd_curve(a) -> None:
+    from rlhf.curves import CurveConfig, markdown_curve, run_curve
+
+    cfg = CurveConfig(CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
+                                    train_steps=a.train_steps, guidance_weight=a.weight, lr=a.lr, kl_beta=a.kl_beta,
+                                    full=a.full, ddpo_images=a.ddpo_images, inner_epochs=a.inner_epochs,
+                                    lora_target=a.lora_target, methods=("baseline", "censored", "rlhf")), at=a.at)
+    model = load_diffusion(a.model)
+    result = run_curve(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
+                       cache_dir=a.cache)
+    print(markdown_curve(result), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -67,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="docs/bench")
     c.add_argument("--cache", default="runs/bench_cache")
     c.set_defaults(fn=cmd_compare)
+    k = sub.add_parser("curve", help="RLHF (DDPO) judged after several epochs: malign % and tv against CPU minutes")
+    for action in c._actions:  # the comparison's options, less the ones a curve has no use for
+        if action.dest not in ("help", "methods", "epochs") and not action.dest.startswith("distil"):
+            k._add_action(action)
+    k.add_argument("--at", type=positive_int, nargs="+", default=[2, 5, 10, 20], help="DDPO epochs to judge")
+    k.set_defaults(fn=cmd_curve, seeds=1, out="docs/bench/rlhf_curves")
     return p
 
 

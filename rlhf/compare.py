@@ -65,7 +65,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
 
     def sampled(tuned, labels, train_s, reward=None, name="") -> Arm:
         t = time.time()
-        images = _sample(tuned, h.seeds, cfg, reward, bar.next(f"seed {seed_now[0] + 1}: {name} gallery"))
+        images = sample_gallery(tuned, h.seeds, cfg, reward, bar.next(f"seed {seed_now[0] + 1}: {name} gallery"))
         return Arm(images, dict(labels=int(labels), train_s=round(train_s, 1),
                                 sample_s_per_image=(time.time() - t) / len(images)))
 
@@ -111,7 +111,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
                                                "d3po+censored")
         if "distil" in methods:  # censored samples from seeds apart from the gallery's, then the denoising loss
             tuned, t = copy.deepcopy(model), time.time()
-            drawn = _sample(model, seeds_for(cfg.distil.images, DISTIL_SEED + seed), cfg, reward,
+            drawn = sample_gallery(model, seeds_for(cfg.distil.images, DISTIL_SEED + seed), cfg, reward,
                             bar.next(f"seed {seed + 1}: distil data"))
             info = train_distil(tuned, keep_most_benign(to_model_range(drawn), reward, cfg.distil.drop),
                                 replace(cfg.distil, seed=seed),
@@ -131,7 +131,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     for name, tuned in tuned_models.items() if adapter_dir is not None else ():  # only a finished run's
         save_adapter(tuned.unet, Path(adapter_dir) / name, dict(method=name, feature=cfg.feature))
     runs = {m: runs.get(m, []) for m in cfg.methods}
-    rows = {m: _pool_seeds(h, r) for m, r in runs.items() if r}
+    rows = {m: pool_seeds(h, r) for m, r in runs.items() if r}
     result = dict(config=asdict(cfg), **h.header(), baseline_recall=h.judge_all.base_recall,
                   baseline=h.baseline_row(sample_s_per_image=h.unguided_rate), methods=rows, runs=runs)
     if out_dir is not None:
@@ -140,7 +140,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     return result
 
 
-def _sample(model, seeds, cfg: CompareConfig, reward=None, progress=None) -> np.ndarray:
+def sample_gallery(model, seeds, cfg: CompareConfig, reward=None, progress=None) -> np.ndarray:
     guidance = guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.guidance_weight)) if reward is not None else None
     return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=guidance, progress=progress))
 
@@ -187,7 +187,7 @@ class _Bar:
         return out
 
 
-def _pool_seeds(h: Harness, runs: list[dict]) -> dict:
+def pool_seeds(h: Harness, runs: list[dict]) -> dict:
     """One method's row: the harness's pooling over seeds (Wilson malign %, tv of the pooled class
     histogram and its floor, mean recall ratio and confident), plus labels, training and sampling times.
     ``time_ratio``: the method's sampling seconds per image over unguided sampling's (the baseline's)."""

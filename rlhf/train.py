@@ -12,6 +12,7 @@ weight trains) and stay there; save them with ``rlhf.adapters.save_adapter``.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -117,11 +118,14 @@ def train_ddpo(
     progress: Progress | None = None,
     show_bar: bool = False,
     accelerator=None,
+    on_epoch: Callable[[int, torch.nn.Module, float], None] | None = None,
 ) -> dict:
     """DDPO-IS: PPO on per-step importance ratios, reward = ``reward_fn(final images in [-1, 1])``.
 
     Advantages are the epoch's rewards standardised and clipped; ``kl_beta`` > 0 adds the exact
-    per-step KL to the frozen pre-adapter UNet (``rlhf.losses.gaussian_kl``). Returns losses, mean reward per epoch, seconds.
+    per-step KL to the frozen pre-adapter UNet (``rlhf.losses.gaussian_kl``). ``on_epoch(epochs done,
+    network, seconds so far)`` hears after every epoch (``rlhf.curves`` copies the network there).
+    Returns losses, mean reward per epoch, seconds.
     """
     cfg = config or DDPOConfig()
     n_batches = -(-cfg.images // cfg.batch_size) * cfg.inner_epochs
@@ -158,4 +162,6 @@ def train_ddpo(
 
             run.optimise(step_loss)
             clipfrac.append(float(np.mean(fractions)))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, run.acc.unwrap_model(run.unet), time.perf_counter() - run.t0)
     return run.finish(reward_mean=reward_mean, clipfrac=clipfrac)

@@ -143,3 +143,29 @@ def test_the_plot_takes_a_zero_row(tmp_path):
     row = dict(labels=100.0, malign_pct=0.0, ci_pct=[8.673617379884035e-17, 1.26])
     plot(dict(config=dict(feature="trousers"), methods={"distil": row}), tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_curve_judges_ddpo_after_each_chosen_epoch_at_its_cost(tmp_path, fixture_images, tiny_model):
+    from censor.rewards.ensemble import model_fingerprint
+    from rlhf.curves import CurveConfig, markdown_curve, run_curve
+
+    bags = np.where(fixture_images["labels"] == 8)[0][:20]
+    rest = np.where(fixture_images["labels"] != 8)[0][:100]
+    idx = np.concatenate([bags, rest])
+    pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})
+    cfg = CurveConfig(CompareConfig(feature="bags", budget=14, seeds=1, n=6, steps=2, train_steps=2, members=2,
+                                    ddpo_images=4, full=True), at=(2, 1))
+    before = model_fingerprint(tiny_model.unet)
+    result = run_curve(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
+                       cache_dir=tmp_path / "cache", log=lambda *_: None)
+    assert model_fingerprint(tiny_model.unet) == before  # fine-tuning worked on a copy
+    rows = result["methods"]
+    assert list(rows) == ["baseline", "censored", "rlhf@1", "rlhf@2"]
+    # a later point cost more fine-tuning, and every point paid the reward's seconds first
+    assert rows["censored"]["train_s"] < rows["rlhf@1"]["train_s"] < rows["rlhf@2"]["train_s"]
+    assert all(r["n"] == 6 and r["labels"] == (0 if k == "baseline" else 14) for k, r in rows.items())
+    table = markdown_curve(result)
+    assert "| rlhf@2 |" in table and "- **rlhf@1**: " in table
+    assert (tmp_path / "curve_bags_b14.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(CensorError, match="positive"):
+        CurveConfig(at=(0, 3))

@@ -300,3 +300,14 @@ def test_bad_adapter_folders_are_refused(tiny_model, adapted, tmp_path, monkeypa
         other.conv_in.weight.add_(0.1)
     with pytest.raises(CensorError, match="another diffusion model"):
         load_adapter(other, good)
+
+
+def test_on_epoch_sees_the_network_as_each_epoch_left_it(fresh):
+    seen = []
+    info = train_ddpo(fresh, lambda x: x.mean(dim=(1, 2, 3)), DDPOConfig(steps=2, epochs=2, images=4, batch_size=4,
+                                                                         full=True),
+                      on_epoch=lambda e, net, s: seen.append((e, copy.deepcopy(net.state_dict()), s)))
+    assert [e for e, _, _ in seen] == [1, 2] and 0 < seen[0][2] < seen[1][2] <= info["seconds"]
+    first, last = seen[0][1], seen[1][1]
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # the second update moved it again
+    assert all(torch.equal(v, last[k]) for k, v in fresh.unet.state_dict().items())  # the last copy is the result
