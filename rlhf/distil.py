@@ -56,6 +56,8 @@ def train_distil(model: DiffusionModel, images: torch.Tensor, config: DistilConf
         data = model.encode(images.to(dev)) if model.is_latent else images.to(dev)
     params = make_trainable(unet, cfg.full, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target)
     start = [p.detach().clone() for p in params] if cfg.anchor > 0 else None
+    # a constant-decay average started at the *original* weights (the measured defaults): diffusers' EMAModel
+    # warms its decay up as (1+s)/(10+s) from the trained weights, a different average over a 600-step run
     average = [p.detach().clone() for p in params] if cfg.ema > 0 else None
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     net = model.denoiser_for(unet)  # ε with the model's conditioning and prediction type
