@@ -58,11 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ddpo-images", type=positive_int, default=CompareConfig.ddpo_images,
                    help="DDPO rollouts per epoch (two optimiser steps each)")
     c.add_argument("--lr", type=float, default=CompareConfig.lr, help="RLHF and D3PO learning rate")
-    c.add_argument("--full", action="store_true", help="RLHF and D3PO fine-tune every weight instead of LoRA")
+    c.add_argument("--full", dest="full", action="store_true", help="RLHF and D3PO train every weight (the default)")
+    c.add_argument("--lora", dest="full", action="store_false",
+                   help="RLHF and D3PO train LoRA adapters (--lora-target) instead of every weight")
+    c.set_defaults(full=CompareConfig.full)
     c.add_argument("--inner-epochs", type=positive_int, default=1,
                    help="passes over each batch of labelled or rewarded rollouts (costs no labels)")
     c.add_argument("--lora-target", default="attention", choices=("attention", "attention+convs"))
-    c.add_argument("--kl-beta", type=float, default=0.0, help="per-step KL penalty of RLHF to the frozen model")
+    c.add_argument("--kl-beta", type=float, default=CompareConfig.kl_beta,
+                   help="per-step KL penalty of RLHF to the frozen model")
     c.add_argument("--distil-images", type=positive_int, default=DistilConfig.images,
                    help="censored samples the distil method learns from")
     c.add_argument("--distil-drop", type=float, default=DistilConfig.drop,
@@ -85,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest not in ("help", "methods", "epochs") and not action.dest.startswith("distil"):
             k._add_action(action)
     k.add_argument("--at", type=positive_int, nargs="+", default=[2, 5, 10, 20], help="DDPO epochs to judge")
-    k.set_defaults(fn=cmd_curve, seeds=1, out="docs/bench/rlhf_curves")
+    k.set_defaults(fn=cmd_curve, seeds=1, out="docs/bench/rlhf_curves", full=CompareConfig.full)
     return p
 
 

@@ -169,3 +169,17 @@ def test_a_curve_judges_ddpo_after_each_chosen_epoch_at_its_cost(tmp_path, fixtu
     assert (tmp_path / "curve_bags_b14.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(CensorError, match="positive"):
         CurveConfig(at=(0, 3))
+
+
+def test_the_cli_reads_its_defaults_from_the_config():
+    from rlhf.__main__ import build_parser
+
+    p, cfg = build_parser(), CompareConfig()
+    for argv in (["compare"], ["curve"]):
+        a = p.parse_args(argv)
+        assert (a.full, a.kl_beta, a.lr, a.ddpo_images) == (cfg.full, cfg.kl_beta, cfg.lr, cfg.ddpo_images), argv
+    assert p.parse_args(["compare", "--lora"]).full is False and p.parse_args(["curve", "--lora"]).full is False
+    ddpo = cfg.ddpo(seed=3, epochs=7)
+    assert (ddpo.full, ddpo.epochs, ddpo.images, ddpo.batch_size, ddpo.seed) == (cfg.full, 7, cfg.ddpo_images,
+                                                                                 cfg.ddpo_images // 2, 3)
+    assert cfg.d3po(seed=0).groups == cfg.budget // cfg.d3po_group_size

@@ -31,3 +31,11 @@ def test_recall_alone_fails_fidelity_and_an_empty_result_says_nothing():
     result = dict(methods=dict(baseline=BASE, low_recall=_row(0.5, 0.2, 1.2, 0.02, 0.85)))
     assert "changes the other images too" in verdicts(result)[0]
     assert verdicts(dict(methods={})) == []
+
+
+def test_a_small_gallery_is_judged_against_its_floor_when_the_floor_is_above_the_target():
+    """At 300 images the floor (a second unguided gallery) is ~0.106: tv 0.096 is as good as chance allows."""
+    at_floor = dict(_row(5.7, 3.6, 8.9, 0.096, 0.99), tv_floor=0.106)
+    above = dict(_row(5.7, 3.6, 8.9, 0.135, 0.99), tv_floor=0.106)
+    lines = verdicts(dict(methods=dict(baseline=BASE, at_floor=at_floor, above=above)))
+    assert "leaves the other images as they were" in lines[0] and "changes the other images too" in lines[1]

@@ -42,7 +42,7 @@ def run_comparison(studio: Resources, sid: str, feature: str, methods, budget: i
     for name, value in (("budget", budget), ("seeds", seeds), ("n", n)):
         check_range(name, value, COMPARE_LIMITS[name])
     cfg = CompareConfig(feature=feature, budget=int(budget), seeds=int(seeds), n=int(n), steps=20, train_steps=10,
-                        epochs=4, methods=tuple(m for m in METHODS if m in methods), distil=copy.copy(STUDIO_DISTIL))
+                        methods=tuple(m for m in METHODS if m in methods), distil=copy.copy(STUDIO_DISTIL))
     out = _compare_dir(studio, sid)
     result = run_compare(cfg, studio.model, studio.oracle, studio.pool, load_reference(), out_dir=out,
                          cache_dir=studio.cache_dir, log=lambda *_: None, progress=progress,
