@@ -16,7 +16,7 @@ from rlhf.configs import DistilConfig
 
 def cmd_compare(a) -> None:
     cfg = CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
-                        train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr,
+                        train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr, d3po_lr=a.d3po_lr,
                         kl_beta=a.kl_beta, full=a.full, ddpo_images=a.ddpo_images, inner_epochs=a.inner_epochs,
                         lora_target=a.lora_target,
                         methods=tuple(a.methods),
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=positive_int, default=CompareConfig.epochs, help="DDPO epochs")
     c.add_argument("--ddpo-images", type=positive_int, default=CompareConfig.ddpo_images,
                    help="DDPO rollouts per epoch (two optimiser steps each)")
-    c.add_argument("--lr", type=float, default=CompareConfig.lr, help="RLHF and D3PO learning rate")
+    c.add_argument("--lr", type=float, default=CompareConfig.lr, help="RLHF learning rate")
+    c.add_argument("--d3po-lr", type=float, default=CompareConfig.d3po_lr, help="D3PO learning rate")
     c.add_argument("--full", dest="full", action="store_true", help="RLHF and D3PO train every weight (the default)")
     c.add_argument("--lora", dest="full", action="store_false",
                    help="RLHF and D3PO train LoRA adapters (--lora-target) instead of every weight")

@@ -182,4 +182,5 @@ def test_the_cli_reads_its_defaults_from_the_config():
     ddpo = cfg.ddpo(seed=3, epochs=7)
     assert (ddpo.full, ddpo.epochs, ddpo.images, ddpo.batch_size, ddpo.seed) == (cfg.full, 7, cfg.ddpo_images,
                                                                                  cfg.ddpo_images // 2, 3)
-    assert cfg.d3po(seed=0).groups == cfg.budget // cfg.d3po_group_size
+    assert cfg.d3po(seed=0).groups == cfg.budget // cfg.d3po_group_size and cfg.d3po(seed=0).lr == cfg.d3po_lr
+    assert build_parser().parse_args(["compare"]).d3po_lr == cfg.d3po_lr
