@@ -25,6 +25,9 @@ COMPARE_DEFAULTS = dict(budget=70, seeds=1, n=60)  # the tab's starting values: 
 # the tab's distil: a third of the samples and half the steps of the CLI's (~3 minutes instead of ~10 on a
 # 2-core CPU); measured at 300 / 300 without the drop: 4.7% bags against the CLI setting's 2.3%
 STUDIO_DISTIL = DistilConfig(images=300, steps=300)
+# the tab's RLHF: half the epochs and rollouts of the CLI's 10 x 64 (~1 minute instead of ~4 on a 2-core CPU);
+# on bags the CLI setting's curve was still at 5.7% after 5 epochs (docs/benchmarks.md, the RLHF curves)
+STUDIO_RLHF = dict(epochs=5, ddpo_images=32)
 ADAPTERS = ("rlhf", "d3po", "distil")  # the methods that leave a fine-tuned model behind
 
 
@@ -42,7 +45,7 @@ def run_comparison(studio: Resources, sid: str, feature: str, methods, budget: i
     for name, value in (("budget", budget), ("seeds", seeds), ("n", n)):
         check_range(name, value, COMPARE_LIMITS[name])
     cfg = CompareConfig(feature=feature, budget=int(budget), seeds=int(seeds), n=int(n), steps=20, train_steps=10,
-                        methods=tuple(m for m in METHODS if m in methods), distil=copy.copy(STUDIO_DISTIL))
+                        **STUDIO_RLHF, methods=tuple(m for m in METHODS if m in methods), distil=copy.copy(STUDIO_DISTIL))
     out = _compare_dir(studio, sid)
     result = run_compare(cfg, studio.model, studio.oracle, studio.pool, load_reference(), out_dir=out,
                          cache_dir=studio.cache_dir, log=lambda *_: None, progress=progress,
