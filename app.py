@@ -370,10 +370,12 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
             with gr.Tab("RLHF", id="rlhf") as rlhf_tab:
                 gr.Markdown("Fine-tuning against guidance on the same labels. A simulated labeller (the oracle's "
                             "verdict on the chosen feature) labels for every method, so the run is a fair, repeatable "
-                            "comparison: censored sampling, RLHF (reward model + DDPO policy gradients on LoRA), "
-                            "D3PO (per-step DPO, no reward model), D3PO + censored sampling and censor-then-distil (the "
-                            "model fine-tuned on censored samples, then sampled unguided). Reduced steps: a few "
-                            "minutes on a CPU. Afterwards, the fine-tuned models can draw the Censor tab's gallery.")
+                            "comparison: censored sampling, RLHF (reward model + DDPO policy gradients, every weight, with a KL "
+                            "pull to the original model), D3PO (per-step DPO, no reward model), D3PO + censored sampling "
+                            "and censor-then-distil (the model fine-tuned on censored samples, then sampled unguided). "
+                            "Reduced steps: a few minutes on a CPU. Each method ends with a one-line verdict: what it "
+                            "removed, what it did to the other images (tv, recall), what it cost. Afterwards, the "
+                            "fine-tuned models can draw the Censor tab's gallery.")
                 with gr.Row():
                     cmp_feature = gr.Dropdown([f for f in features if f != "(none)"], value="bags", label="feature")
                     cmp_methods = gr.CheckboxGroup(list(COMPARE_METHODS), value=list(COMPARE_METHODS), label="methods")
