@@ -378,7 +378,8 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                             "fine-tuned models can draw the Censor tab's gallery.")
                 with gr.Row():
                     cmp_feature = gr.Dropdown([f for f in features if f != "(none)"], value="bags", label="feature")
-                    cmp_methods = gr.CheckboxGroup(list(COMPARE_METHODS), value=list(COMPARE_METHODS), label="methods")
+                    cmp_methods = gr.CheckboxGroup(list(COMPARE_METHODS), value=list(COMPARE_METHODS), label="methods",
+                                                   elem_id="compare-methods")
                 with gr.Row():
                     cmp_budget = gr.Slider(*COMPARE_LIMITS["budget"], value=COMPARE_DEFAULTS["budget"], step=7,
                                            label="labels per method", elem_id="compare-budget")
