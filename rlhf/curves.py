@@ -28,6 +28,8 @@ from rlhf.verdict import TV_OK, verdicts
 
 @dataclass
 class CurveConfig:
+    """A curve's run: the comparison's settings (labels, galleries, DDPO) and the epochs to judge."""
+
     compare: CompareConfig = field(default_factory=lambda: CompareConfig(seeds=1, methods=("baseline", "censored",
                                                                                            "rlhf")))
     at: tuple[int, ...] = (2, 5, 10, 20)  # DDPO epochs at which the network is judged
