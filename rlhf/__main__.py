@@ -14,15 +14,19 @@ from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
 from rlhf.configs import DistilConfig
 
 
+def _config(a, **extra) -> CompareConfig:
+    """The comparison's settings from the options ``compare`` and ``curve`` share, plus ``extra``."""
+    return CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
+                         train_steps=a.train_steps, guidance_weight=a.weight, lr=a.lr, d3po_lr=a.d3po_lr,
+                         kl_beta=a.kl_beta, full=a.full, ddpo_images=a.ddpo_images, inner_epochs=a.inner_epochs,
+                         lora_target=a.lora_target, **extra)
+
+
 def cmd_compare(a) -> None:
-    cfg = CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
-                        train_steps=a.train_steps, guidance_weight=a.weight, epochs=a.epochs, lr=a.lr, d3po_lr=a.d3po_lr,
-                        kl_beta=a.kl_beta, full=a.full, ddpo_images=a.ddpo_images, inner_epochs=a.inner_epochs,
-                        lora_target=a.lora_target,
-                        methods=tuple(a.methods),
-                        distil=DistilConfig(images=a.distil_images, drop=a.distil_drop, steps=a.distil_steps,
-                                            batch_size=a.distil_batch, lr=a.distil_lr, anchor=a.distil_anchor,
-                                            ema=a.distil_ema, full=not a.distil_lora, lora_target=a.lora_target))
+    cfg = _config(a, epochs=a.epochs, methods=tuple(a.methods),
+                  distil=DistilConfig(images=a.distil_images, drop=a.distil_drop, steps=a.distil_steps,
+                                      batch_size=a.distil_batch, lr=a.distil_lr, anchor=a.distil_anchor,
+                                      ema=a.distil_ema, full=not a.distil_lora, lora_target=a.lora_target))
     model = load_diffusion(a.model)
     result = run_compare(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(),
                          out_dir=a.out, cache_dir=a.cache)
@@ -32,29 +36,24 @@ def cmd_compare(a) -> None:
 def cmd_curve(a) -> None:
     from rlhf.curves import CurveConfig, markdown_curve, run_curve
 
-    cfg = CurveConfig(CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
-                                    train_steps=a.train_steps, guidance_weight=a.weight, lr=a.lr, kl_beta=a.kl_beta,
-                                    full=a.full, ddpo_images=a.ddpo_images, inner_epochs=a.inner_epochs,
-                                    lora_target=a.lora_target, methods=("baseline", "censored", "rlhf")), at=a.at)
+    cfg = CurveConfig(_config(a, methods=("baseline", "censored", "rlhf")), at=a.at)
     model = load_diffusion(a.model)
     result = run_curve(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
                        cache_dir=a.cache)
     print(markdown_curve(result), end="")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="baseline, censored sampling, RLHF (DDPO), D3PO, D3PO+censored and censor-then-distil")
+def _shared(c: argparse.ArgumentParser, seeds: int, out: str) -> None:
+    """The options ``compare`` and ``curve`` share (each parser its own: argparse's set_defaults on a parser
+    rewrites the defaults of the very action objects it holds)."""
     c.add_argument("--feature", default="bags")
     c.add_argument("--budget", type=positive_int, default=100, help="human labels per method")
-    c.add_argument("--seeds", type=positive_int, default=3, help="labelling seeds")
+    c.add_argument("--seeds", type=positive_int, default=seeds, help="labelling seeds")
     c.add_argument("--n", type=positive_int, default=300, help="gallery images per seed and method")
     c.add_argument("--steps", type=positive_int, default=25, help="sampling steps of the galleries")
     c.add_argument("--train-steps", type=positive_int, default=10, help="DDIM steps of fine-tuning rollouts")
     c.add_argument("--weight", type=float, default=DEFAULT_GUIDANCE.weight,
                    help="ω of the default guidance (censor/core/settings.py) for the censored methods")
-    c.add_argument("--epochs", type=positive_int, default=CompareConfig.epochs, help="DDPO epochs")
     c.add_argument("--ddpo-images", type=positive_int, default=CompareConfig.ddpo_images,
                    help="DDPO rollouts per epoch (two optimiser steps each)")
     c.add_argument("--lr", type=float, default=CompareConfig.lr, help="RLHF learning rate")
@@ -62,12 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--full", dest="full", action="store_true", help="RLHF and D3PO train every weight (the default)")
     c.add_argument("--lora", dest="full", action="store_false",
                    help="RLHF and D3PO train LoRA adapters (--lora-target) instead of every weight")
-    c.set_defaults(full=CompareConfig.full)
     c.add_argument("--inner-epochs", type=positive_int, default=1,
                    help="passes over each batch of labelled or rewarded rollouts (costs no labels)")
     c.add_argument("--lora-target", default="attention", choices=("attention", "attention+convs"))
     c.add_argument("--kl-beta", type=float, default=CompareConfig.kl_beta,
                    help="per-step KL penalty of RLHF to the frozen model")
+    c.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
+    c.add_argument("--out", default=out)
+    c.add_argument("--cache", default="runs/bench_cache")
+    c.set_defaults(full=CompareConfig.full)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="baseline, censored sampling, RLHF (DDPO), D3PO, D3PO+censored and censor-then-distil")
+    _shared(c, seeds=3, out="docs/bench")
+    c.add_argument("--epochs", type=positive_int, default=CompareConfig.epochs, help="DDPO epochs")
     c.add_argument("--distil-images", type=positive_int, default=DistilConfig.images,
                    help="censored samples the distil method learns from")
     c.add_argument("--distil-drop", type=float, default=DistilConfig.drop,
@@ -81,16 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--distil-lora", action="store_true", help="distil into LoRA adapters (--lora-target) instead of "
                    "every weight")
     c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    c.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
-    c.add_argument("--out", default="docs/bench")
-    c.add_argument("--cache", default="runs/bench_cache")
     c.set_defaults(fn=cmd_compare)
     k = sub.add_parser("curve", help="RLHF (DDPO) judged after several epochs: malign % and tv against CPU minutes")
-    for action in c._actions:  # the comparison's options, less the ones a curve has no use for
-        if action.dest not in ("help", "methods", "epochs") and not action.dest.startswith("distil"):
-            k._add_action(action)
+    _shared(k, seeds=1, out="docs/bench/rlhf_curves")
     k.add_argument("--at", type=positive_int, nargs="+", default=[2, 5, 10, 20], help="DDPO epochs to judge")
-    k.set_defaults(fn=cmd_curve, seeds=1, out="docs/bench/rlhf_curves", full=CompareConfig.full)
+    k.set_defaults(fn=cmd_curve)
     return p
 
 

@@ -44,7 +44,7 @@ from rlhf.adapters import save_adapter
 from rlhf.configs import METHODS, REWARDED, CompareConfig  # noqa: F401 (CompareConfig: re-exported)
 from rlhf.distil import DISTIL_SEED, keep_most_benign, train_distil
 from rlhf.train import labels_from, reward_from, train_d3po, train_ddpo
-from rlhf.verdict import verdicts
+from rlhf.verdict import verdict_markdown
 
 def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
                 cache_dir: str | Path | None = None, log=print, progress=None, adapter_dir: str | Path | None = None
@@ -207,8 +207,8 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {name} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}] (n={r['n']}) | "
                      f"{tv_cell(r)} | {fmt(r['recall_ratio'], '{:.2f}×')} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
                      f"{r['sample_s_per_image']:.3f} |")
-    said = "".join(f"- {v}\n" for v in verdicts(result))  # the table in words: one line per method
-    return "\n".join(lines) + "\n\n" + said + "\n" + "\n\n".join(table_notes(result)) + "\n"
+    # the table in words: one line per method
+    return "\n".join(lines) + "\n\n" + verdict_markdown(result) + "\n" + "\n\n".join(table_notes(result)) + "\n"
 
 
 TABLE_LEGEND = legend("malign", "tv", "recall", "confident")

@@ -23,7 +23,7 @@ from censor.core.errors import CensorError
 from rlhf.compare import TABLE_LEGEND, pool_seeds, sample_gallery
 from rlhf.configs import CompareConfig
 from rlhf.train import reward_from, train_ddpo
-from rlhf.verdict import TV_OK, verdicts
+from rlhf.verdict import TV_OK, verdict_markdown
 
 
 @dataclass
@@ -92,8 +92,7 @@ def markdown_curve(result: dict) -> str:
     for name, r in result["methods"].items():
         lines.append(f"| {name} | {r['train_s']:.0f} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}]"
                      f" (n={r['n']}) | {tv_cell(r)} | {fmt(r['recall_ratio'], '{:.2f}×')} | {r['confident']:.2f} |")
-    said = "".join(f"- {v}\n" for v in verdicts(result))
-    return "\n".join(lines) + "\n\n" + said + "\n" + TABLE_LEGEND + "\n"
+    return "\n".join(lines) + "\n\n" + verdict_markdown(result) + "\n" + TABLE_LEGEND + "\n"
 
 
 def plot_curve(result: dict, path: str | Path) -> None:

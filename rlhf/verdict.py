@@ -59,3 +59,8 @@ def verdicts(result: dict) -> list[str]:
         return []
     return [f"**{name}**: {effect(r, base)}; {fidelity(r)}; {cost(r)}"
             for name, r in rows.items() if name != "baseline"]
+
+
+def verdict_markdown(result: dict) -> str:
+    """The verdicts as a markdown list, for the tables of ``rlhf compare`` and ``rlhf curve``."""
+    return "".join(f"- {v}\n" for v in verdicts(result))

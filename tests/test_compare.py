@@ -179,6 +179,9 @@ def test_the_cli_reads_its_defaults_from_the_config():
         a = p.parse_args(argv)
         assert (a.full, a.kl_beta, a.lr, a.ddpo_images) == (cfg.full, cfg.kl_beta, cfg.lr, cfg.ddpo_images), argv
     assert p.parse_args(["compare", "--lora"]).full is False and p.parse_args(["curve", "--lora"]).full is False
+    # each command keeps its own defaults (a curve's one seed and folder do not leak into compare's)
+    assert (p.parse_args(["compare"]).seeds, p.parse_args(["compare"]).out) == (3, "docs/bench")
+    assert (p.parse_args(["curve"]).seeds, p.parse_args(["curve"]).out) == (1, "docs/bench/rlhf_curves")
     ddpo = cfg.ddpo(seed=3, epochs=7)
     assert (ddpo.full, ddpo.epochs, ddpo.images, ddpo.batch_size, ddpo.seed) == (cfg.full, 7, cfg.ddpo_images,
                                                                                  cfg.ddpo_images // 2, 3)
