@@ -14,7 +14,7 @@ import gradio as gr
 import numpy as np
 
 from censor.core.errors import CensorError, JobCancelled
-from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS
+from censor.core.settings import COUNT, DEFAULT_GUIDANCE, DEFAULT_REWARD, STEPS, STRICT_MODES
 from censor.diffusion.sources import options_from_env
 from censor.eval.features import load_features
 from censor.rewards.architectures import REWARD_KINDS
@@ -143,14 +143,15 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         return training_summary(info)
 
     def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, source,
-                  strict=False, strict_p=0.0, auto=False, request: gr.Request = None, progress=gr.Progress()):
+                  strict=False, strict_p=0.0, auto=False, strict_mode="auto", request: gr.Request = None,
+                  progress=gr.Progress()):
         try:
             with job(request, progress, "sampling") as tick:
                 tuned = None if source == "base model" else (source, adapted_model(studio, sid, source))
                 r = studio.censored_gallery(sid, guidance, weight, backward, recurrence, steps, int(seed), int(count),
                                             None if feature == "(none)" else feature, progress=tick, tuned=tuned,
                                             strict=bool(strict), strict_p=float(strict_p) if strict_p else None,
-                                            auto=bool(auto))
+                                            auto=bool(auto), strict_mode=strict_mode)
         except JobCancelled as e:
             return gr.skip(), gr.skip(), f"⏹ {e}", gr.skip()
         except CensorError as e:
@@ -158,9 +159,9 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         text = gallery_readout(r, source, tuned is not None, None if feature == "(none)" else feature)
         return display(r["baseline"]), display(r["censored"]), text, r
 
-    def on_cost(sid, guidance, backward, recurrence, steps, strict):
+    def on_cost(sid, guidance, backward, recurrence, steps, strict, strict_mode="auto"):
         try:
-            return studio.cost_text(sid, guidance, backward, recurrence, steps, bool(strict))
+            return studio.cost_text(sid, guidance, backward, recurrence, steps, bool(strict), strict_mode)
         except (CensorError, TypeError, ValueError):  # a half-typed number: say nothing until it is one
             return gr.skip()
 
@@ -169,12 +170,14 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
             with job(request, progress, "fine-tuning and judging") as tick:
                 r = run_comparison(studio, sid, feature, methods, int(budget), int(seeds_), int(n_), progress=tick)
         except JobCancelled as e:
-            return f"⏹ {e}", gr.skip(), gr.skip()
+            return f"⏹ {e}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except CensorError as e:
             raise gr.Error(str(e))
         note = (f"\n\nFine-tuned adapters saved in this session: {', '.join(r['adapters'])}. Pick one as the "
                 "model in the Censor tab." if r["adapters"] else "")
-        return r["table"] + note, str(r["plot"]), gr.Dropdown(choices=["base model"] + r["adapters"])
+        curve = gr.Image(value=str(r["curve"]) if r["curve"] else None, visible=r["curve"] is not None)
+        return (r["table"] + note, str(r["plot"]), str(r["grid"]), curve,
+                gr.Dropdown(choices=["base model"] + r["adapters"]))
 
     def on_send(sid, last):
         if not last:
@@ -341,6 +344,11 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                                          info="after guidance, drop images the reward calls malign and draw more")
                     strict_p = gr.Slider(*STRICT_P_RANGE, value=0.0, step=0.01, elem_id="censor-strict-p",
                                          label="strict threshold P(benign) (0 = automatic: 99% held-out malign recall)")
+                    strict_mode = gr.Radio(list(STRICT_MODES), value=STRICT_MODES[0], label="strict mode",
+                                           elem_id="censor-strict-mode",
+                                           info="reject: drop a doubted image and draw another; repaint: redraw only "
+                                                "where the reward points (small marks: a local-patch reward); "
+                                                "auto: repaint with a local-patch reward, else reject")
                 cost = gr.Markdown(elem_id="censor-cost")
                 with gr.Row():
                     censor_btn = gr.Button("Render baseline and censored", variant="primary", elem_id="censor-btn")
@@ -392,7 +400,13 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                     cmp_cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="compare-cancel")
                 cmp_pairs = gr.Markdown(elem_id="compare-pairs")
                 cmp_table = gr.Markdown(elem_id="compare-result")
-                cmp_plot = gr.Image(label="malign % against labels spent", type="filepath", elem_id="compare-plot")
+                with gr.Row(equal_height=False):
+                    cmp_plot = gr.Image(label="malign % against labels spent", type="filepath", elem_id="compare-plot")
+                    cmp_grid = gr.Image(label="the galleries: two rows per method, top to bottom as in the table; "
+                                              "malign framed red", type="filepath", elem_id="compare-grid")
+                cmp_curve = gr.Image(label="RLHF against CPU minutes with the CLI's defaults (published: "
+                                           "python -m rlhf curve, 2-core CPU): malign % and tv", type="filepath",
+                                     visible=False, elem_id="compare-curve")
             with gr.Tab("Samples", id="samples"):
                 with gr.Row():
                     n = gr.Slider(*LIMITS["count"], value=COUNT, step=1, label="images")
@@ -422,15 +436,15 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         # heavy jobs: each its own queue slot (labelling clicks never wait behind them), one per browser
         heavy(train_btn, train_cancel, on_train, [sid, method, kind, members, iterations, alpha], train_out)
         heavy(censor_btn, censor_cancel, on_censor, [sid, guidance, weight, backward, recurrence, steps, seed, count,
-                                                     feature, source, strict, strict_p, auto],
+                                                     feature, source, strict, strict_p, auto, strict_mode],
               [base_gallery, cens_gallery, censor_out, last])
-        cost_inputs = [sid, guidance, backward, recurrence, steps, strict]
+        cost_inputs = [sid, guidance, backward, recurrence, steps, strict, strict_mode]
         for c in cost_inputs:  # the cost of a setting shows before the click
             c.change(on_cost, inputs=cost_inputs, outputs=cost, api_name=False, show_progress="hidden")
         censor_tab.select(on_cost, inputs=cost_inputs, outputs=cost, api_name=False, show_progress="hidden")
         # its own queue slot: a comparison takes minutes and must not hold up labelling or galleries
         heavy(cmp_btn, cmp_cancel, on_compare, [sid, cmp_feature, cmp_methods, cmp_budget, cmp_seeds, cmp_n],
-              [cmp_table, cmp_plot, source], concurrency_id="compare", concurrency_limit=1)
+              [cmp_table, cmp_plot, cmp_grid, cmp_curve, source], concurrency_id="compare", concurrency_limit=1)
         rlhf_tab.select(lambda s: preference_readout(studio, s), inputs=sid, outputs=cmp_pairs, api_name=False,
                         show_progress="hidden")
         send_btn.click(on_send, inputs=[sid, last], outputs=[send_out, *paged])

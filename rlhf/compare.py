@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from censor.bench.censoring import BenchConfig, collect_labels_and_train
-from censor.bench.harness import TIMING_N, Arm, Harness, fmt, median, save, tv_cell
+from censor.bench.harness import TIMING_N, Arm, Harness, arms_grid, fmt, median, save, tv_cell
 from censor.core.data import to_model_range, to_uint8
 from censor.core.errors import CensorError
 from censor.core.progress import part
@@ -127,7 +127,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             f"{row['ci_pct'][1]:.2f}] (n={row['n']})  tv {row['tv']:.3f}  recall {fmt(row['recall_ratio'], '{:.2f}×')}  "
             f"labels {row['labels']}  train {row['train_s']:.0f}s")
 
-    runs, _ = h.run(cfg.seeds, arms, on_row=logged)
+    runs, first = h.run(cfg.seeds, arms, on_row=logged)
     for name, tuned in tuned_models.items() if adapter_dir is not None else ():  # only a finished run's
         save_adapter(tuned.unet, Path(adapter_dir) / name, dict(method=name, feature=cfg.feature))
     runs = {m: runs.get(m, []) for m in cfg.methods}
@@ -136,7 +136,9 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
                   baseline=h.baseline_row(sample_s_per_image=h.unguided_rate), methods=rows, runs=runs)
     if out_dir is not None:
         stem = f"compare_{cfg.feature}_b{cfg.budget}"
-        plot(result, save(out_dir, stem, result, markdown_table(result)) / f"{stem}.png")
+        folder = save(out_dir, stem, result, markdown_table(result, grid=f"{stem}_grid.png"))
+        plot(result, folder / f"{stem}.png")
+        arms_grid(cfg.feature, first).save(folder / f"{stem}_grid.png")
     return result
 
 
@@ -199,7 +201,8 @@ def pool_seeds(h: Harness, runs: list[dict]) -> dict:
     return row
 
 
-def markdown_table(result: dict) -> str:
+def markdown_table(result: dict, grid: str | None = None) -> str:
+    """The comparison table, its verdicts and notes; ``grid``: the file name of its image grid, linked."""
     lines = [f"Measured on {result['machine']}, model {result.get('model_fingerprint', '?')}.\n",
              "| method | malign % [95% CI] | tv (floor) | recall vs baseline | confident | human labels | training s | "
              "sampling s / image |", "|---|---|---|---|---|---|---|---|"]
@@ -207,8 +210,16 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {name} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}] (n={r['n']}) | "
                      f"{tv_cell(r)} | {fmt(r['recall_ratio'], '{:.2f}×')} | {r['confident']:.2f} | {r['labels']:.0f} | {r['train_s']:.0f} | "
                      f"{r['sample_s_per_image']:.3f} |")
+    notes = table_notes(result) + ([grid_note(result, grid)] if grid else [])
     # the table in words: one line per method
-    return "\n".join(lines) + "\n\n" + verdict_markdown(result) + "\n" + "\n\n".join(table_notes(result)) + "\n"
+    return "\n".join(lines) + "\n\n" + verdict_markdown(result) + "\n" + "\n\n".join(notes) + "\n"
+
+
+def grid_note(result: dict, grid: str) -> str:
+    """The line that links a comparison's image grid and says what its rows are."""
+    names = ", ".join(result["methods"])
+    return (f"[Grid]({grid}): two rows of 10 per method from the same gallery seeds (first labelling seed), "
+            f"top to bottom {names}; the oracle's malign images framed red.")
 
 
 TABLE_LEGEND = legend("malign", "tv", "recall", "confident")

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from censor.bench.censoring import BenchConfig, collect_labels_and_train
-from censor.bench.harness import Arm, Harness, fmt, save, tv_cell
+from censor.bench.harness import Arm, Harness, arms_grid, fmt, save, tv_cell
 from censor.core.errors import CensorError
-from rlhf.compare import TABLE_LEGEND, pool_seeds, sample_gallery
+from rlhf.compare import TABLE_LEGEND, grid_note, pool_seeds, sample_gallery
 from rlhf.configs import CompareConfig
 from rlhf.train import reward_from, train_ddpo
 from rlhf.verdict import TV_OK, verdict_markdown
@@ -75,24 +75,27 @@ def run_curve(cfg: CurveConfig, model, oracle, pool, reference: dict, out_dir=No
         log(f"  seed {row['seed']} {name:>10}: {row['malign_pct']:.2f}% malign  tv {row['tv']:.3f}  "
             f"recall {fmt(row['recall_ratio'], '{:.2f}×')}  train {row['train_s']:.0f}s")
 
-    runs, _ = h.run(c.seeds, arms, on_row=logged)
+    runs, first = h.run(c.seeds, arms, on_row=logged)
     rows = {name: pool_seeds(h, r) for name, r in runs.items()}
     result = dict(config=dict(compare=asdict(c), at=list(cfg.at)), **h.header(),
                   baseline=h.baseline_row(sample_s_per_image=h.unguided_rate), methods=rows, runs=runs)
     if out_dir is not None:
         stem = f"curve_{c.feature}_b{c.budget}"
-        plot_curve(result, save(out_dir, stem, result, markdown_curve(result)) / f"{stem}.png")
+        folder = save(out_dir, stem, result, markdown_curve(result, grid=f"{stem}_grid.png"))
+        plot_curve(result, folder / f"{stem}.png")
+        arms_grid(c.feature, first).save(folder / f"{stem}_grid.png")
     return result
 
 
-def markdown_curve(result: dict) -> str:
+def markdown_curve(result: dict, grid: str | None = None) -> str:
     lines = [f"Measured on {result['machine']}, model {result.get('model_fingerprint', '?')}.\n",
              "| point | CPU s to reach it | malign % [95% CI] | tv (floor) | recall vs baseline | confident |",
              "|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
         lines.append(f"| {name} | {r['train_s']:.0f} | {r['malign_pct']:.2f} [{r['ci_pct'][0]:.2f}, {r['ci_pct'][1]:.2f}]"
                      f" (n={r['n']}) | {tv_cell(r)} | {fmt(r['recall_ratio'], '{:.2f}×')} | {r['confident']:.2f} |")
-    return "\n".join(lines) + "\n\n" + verdict_markdown(result) + "\n" + TABLE_LEGEND + "\n"
+    tail = TABLE_LEGEND + ("\n\n" + grid_note(result, grid) if grid else "")
+    return "\n".join(lines) + "\n\n" + verdict_markdown(result) + "\n" + tail + "\n"
 
 
 def plot_curve(result: dict, path: str | Path) -> None:

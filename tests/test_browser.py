@@ -247,6 +247,8 @@ def test_rlhf_tab_runs_a_small_comparison_and_offers_its_adapters(server, browse
     assert "| distil |" not in table  # the unticked method did not run
     assert "Fine-tuned adapters saved" in table
     page.locator("#compare-plot img").wait_for(state="visible", timeout=10_000)
+    page.locator("#compare-grid img").wait_for(state="visible", timeout=10_000)
+    page.locator("#compare-curve img").wait_for(state="visible", timeout=10_000)  # bags has a published curve
     _shot(page, "rlhf")
     page.get_by_role("tab", name="Censor", exact=True).click()
     page.locator("#censor-model input").click()

@@ -37,6 +37,16 @@ def test_every_method_is_judged_on_the_same_footing(tmp_path, fixture_images, ti
     assert saved["machine"] and set(saved["methods"]) == set(METHODS)
     assert (tmp_path / "compare_bags_b14.png").read_bytes()[:4] == b"\x89PNG"
     assert "| d3po+censored |" in (tmp_path / "compare_bags_b14.md").read_text()
+    # a grid to look at: two rows of 10 per method (6 of 20 images here, the rest black), linked from the table
+    from PIL import Image
+
+    from censor.gallery.grid import grid
+
+    with Image.open(tmp_path / "compare_bags_b14_grid.png") as im:
+        assert im.size == grid(np.zeros((20 * len(METHODS), 28, 28), np.uint8), nrow=10).size
+        cells = np.asarray(im.convert("L"))
+    assert cells.std() > 0  # not all black: the galleries are in it
+    assert "[Grid](compare_bags_b14_grid.png)" in (tmp_path / "compare_bags_b14.md").read_text()
     # judged by the shared GalleryJudge: tv with its floor, and sampling time against unguided
     assert saved["feature"] == "bags" and saved["dominance"] == "benign"
     floor = saved["baseline"]["tv_floor"]
@@ -82,7 +92,8 @@ def test_the_studio_tab_leaves_adapters_that_draw_a_censored_gallery(tmp_path, t
         run_comparison(studio, sid, "bags", ["d3po"], 5000, 1, 20)
     seen = []
     r = run_comparison(studio, sid, "bags", ["baseline", "d3po"], 14, 1, 20, progress=seen.append)
-    assert "| d3po |" in r["table"] and r["plot"].is_file()
+    assert "| d3po |" in r["table"] and r["plot"].is_file() and r["grid"].is_file()
+    assert r["curve"] is not None and r["curve"].suffix == ".png"  # bags: a curve with the CLI defaults is published
     assert "- **d3po**: " in r["table"] and "labels" in r["table"].split("- **d3po**: ")[1]  # the tab's verdict
     assert seen[-1] == 1.0 and seen == sorted(seen)
     assert available_adapters(studio, sid) == ["d3po"]
@@ -167,8 +178,30 @@ def test_a_curve_judges_ddpo_after_each_chosen_epoch_at_its_cost(tmp_path, fixtu
     table = markdown_curve(result)
     assert "| rlhf@2 |" in table and "- **rlhf@1**: " in table
     assert (tmp_path / "curve_bags_b14.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "curve_bags_b14_grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert "top to bottom baseline, censored, rlhf@1, rlhf@2" in (tmp_path / "curve_bags_b14.md").read_text()
     with pytest.raises(CensorError, match="positive"):
         CurveConfig(at=(0, 3))
+
+
+def test_a_published_curve_is_shown_only_for_the_cli_defaults(tmp_path):
+    from dataclasses import asdict
+
+    from censor.studio.rlhf import published_curve
+
+    def write(folder, **change):
+        run = dict(asdict(CompareConfig()), feature="trousers", **change)
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "curve_trousers_b100.json").write_text(json.dumps(dict(config=dict(compare=run))))
+        (tmp_path / folder / "curve_trousers_b100.png").write_bytes(b"\x89PNG")
+
+    write("a_other_lr", lr=1e-3)
+    assert published_curve("trousers", tmp_path) is None  # another learning rate is not what the tab runs
+    (tmp_path / "b_broken").mkdir()
+    (tmp_path / "b_broken" / "curve_trousers_b100.json").write_text("{not json")
+    write("c_defaults")
+    assert published_curve("trousers", tmp_path) == tmp_path / "c_defaults" / "curve_trousers_b100.png"
+    assert published_curve("bags", tmp_path) is None
 
 
 def test_the_cli_reads_its_defaults_from_the_config():

@@ -184,7 +184,7 @@ def test_session_threshold_is_cross_fitted_once_per_reward(tmp_path, monkeypatch
     assert len(calls) == 10
 
 
-def test_miniature_rejection_bench_reports_three_modes(tmp_path, fixture_images, tiny_model):
+def test_miniature_rejection_bench_reports_every_mode(tmp_path, fixture_images, tiny_model):
     from censor.bench.censoring import BenchConfig
     from censor.bench.reject import MODES, markdown_table, run_reject_bench
     from censor.eval.oracle import load_oracle, load_reference
@@ -208,11 +208,11 @@ def test_miniature_rejection_bench_reports_three_modes(tmp_path, fixture_images,
     saved = json.loads((tmp_path / f"{result['name']}.json").read_text())
     assert saved["name"].startswith("reject_bags_ensemble") and (tmp_path / f"{result['name']}.png").is_file()
     assert "guide+reject" in markdown_table(result)
-    from censor.bench.reject import combined_table, normalised_s_per_accepted
+    from censor.bench.reject_report import combined_table, normalised_s_per_accepted
 
     g = result["modes"]["guide"]
     assert normalised_s_per_accepted(result, "guide") == pytest.approx(g["seconds"] / g["kept"])
-    assert combined_table([result]).count("\n| |") == 3
+    assert combined_table([result]).count("\n| |") == len(MODES)
     # the unguided draws are kept for the next run
     assert list((tmp_path / "cache").glob("reject_draws_*.safetensors"))
     # judged by the shared GalleryJudge: tv against the baseline's benign histogram, with its floor
@@ -236,9 +236,9 @@ def test_miniature_rejection_bench_reports_three_modes(tmp_path, fixture_images,
         m.pop("tv"), m.pop("tv_floor")
     old["baseline"].pop("tv_floor")
     mode_lines = [line for line in markdown_table(old).splitlines() if line.split("|")[1:2] in ([f" {m} "] for m in MODES)]
-    assert len(mode_lines) == 3 and all(line.split("|")[3].strip() == "n/a" for line in mode_lines)
+    assert len(mode_lines) == len(MODES) and all(line.split("|")[3].strip() == "n/a" for line in mode_lines)
     combined = [line for line in combined_table([old]).splitlines() if line.startswith("| | ")]
-    assert len(combined) == 3 and all(line.split("|")[4].strip() == "n/a" for line in combined)
+    assert len(combined) == len(MODES) and all(line.split("|")[4].strip() == "n/a" for line in combined)
 
 
 

@@ -230,6 +230,24 @@ def comparison_grid(feature: str, baseline, censored, jb, jc, rows: int = 5):
     return grid(both, nrow=10, marks=marks)
 
 
+def arms_grid(feature: str, blocks: dict, per: int = 20):
+    """Rows of 10, ``per`` images of each arm in ``blocks`` (name -> (images, judgement or None)) from the
+    same gallery seeds, top to bottom in order, the oracle's malign ones framed red; an arm that kept
+    fewer images (a rejection arm) is padded black. What the reporting rule asks to look at beside a table."""
+    images, marks = [], []
+    for imgs, judged in blocks.values():
+        imgs = np.asarray(imgs)[:per]
+        m = is_malign(judged, feature)[:per] if judged is not None and len(imgs) else np.zeros(len(imgs), bool)
+        pad = per - len(imgs)
+        if pad:
+            shape = next(np.asarray(b[0]).shape[1:] for b in blocks.values() if len(b[0]))
+            imgs = np.concatenate([imgs.reshape(-1, *shape), np.zeros((pad, *shape), np.uint8)])
+            m = np.concatenate([m, np.zeros(pad, bool)])
+        images.append(imgs)
+        marks.append(m)
+    return grid(np.concatenate(images), nrow=10, marks=np.concatenate(marks))
+
+
 def fmt(x, spec: str = "{:.2f}", missing: str = "n/a") -> str:
     """A number of a table cell; ``missing`` where a row has none (nothing kept, saved before it existed)."""
     return missing if x is None else spec.format(x)

@@ -8,7 +8,11 @@ so imitation works as in ``bench``), and its threshold is cross-fitted on the sa
 
 - ``reject``: unguided draws from the gallery seeds on, kept when the reward passes them;
 - ``guide``: guided sampling of the gallery seeds (what ``bench`` measures);
-- ``guide+reject``: guided draws, the same filter (its first batch *is* the ``guide`` gallery).
+- ``guide+reject``: guided draws, the same filter (its first batch *is* the ``guide`` gallery);
+- ``repaint``: the unguided gallery, each image the filter drops repainted inside the reward's malign
+  mask instead (sampling.repaint: keep the rest, redraw the mark), so nothing is thrown away.
+
+``modes`` picks some of them (a run of ``reject,repaint`` needs no guided sampling at all).
 
 Unguided draws do not depend on the reward, so they are sampled once per model and steps, kept in
 the cache folder and shared by seeds and features; every draw is charged the sampling time it took
@@ -30,11 +34,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from censor.bench.censoring import BenchConfig, collect_labels_and_train, make_guidance
-from censor.bench.harness import GALLERY_SEED, Arm, Harness, fmt, median, save, seed_share, tv_cell
+from censor.bench.harness import GALLERY_SEED, Arm, Harness, arms_grid, fmt, median, save, seed_share
+from censor.bench.reject_report import markdown_table
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
-from censor.eval.features import is_malign
-from censor.gallery.grid import grid
 from censor.sampling.loop import sample, seeds_for
 from censor.sampling.rejection import (
     DEFAULT_CAP_FACTOR,
@@ -43,8 +46,9 @@ from censor.sampling.rejection import (
     heldout_threshold,
     reject_sample,
 )
+from censor.sampling.repaint import repaint_flagged
 
-MODES = ("reject", "guide", "guide+reject")
+MODES = ("reject", "guide", "guide+reject", "repaint")
 
 
 class DrawStore:
@@ -103,9 +107,16 @@ def _accounted(result, store: DrawStore) -> dict:
 
 def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir=None, cache_dir=None,
                      threshold: float | None = None, recall: float = DEFAULT_RECALL, folds: int = DEFAULT_FOLDS,
-                     cap_factor: float = DEFAULT_CAP_FACTOR, log=print) -> dict:
-    """Every labelling seed censors the same ceil(n / seeds) gallery seeds three ways (the modes);
-    the baseline row is over all n baseline images."""
+                     cap_factor: float = DEFAULT_CAP_FACTOR, modes=MODES, repaint: dict | None = None,
+                     log=print) -> dict:
+    """Every labelling seed censors the same ceil(n / seeds) gallery seeds in each of ``modes``;
+    the baseline row is over all n baseline images. ``repaint``: keyword arguments of
+    ``repaint_flagged`` (start, attempts, harmonize) other than its defaults."""
+    repaint = dict(repaint or {})
+    unknown = [m for m in modes if m not in MODES]
+    modes = tuple(m for m in MODES if m in modes)  # in the table's order
+    if unknown or not modes:
+        raise CensorError(f"unknown or no modes {unknown}; use some of {', '.join(MODES)}")
     per_seed = seed_share(cfg.n, cfg.seeds)
     h = Harness(model, oracle, reference, cfg.feature, cfg.steps, per_seed, total=cfg.n, cache_dir=cache_dir)
     gallery_seeds, baseline = h.gallery(0)
@@ -117,7 +128,7 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
     seeds_info = []
 
     def arms(seed):
-        s = collect_labels_and_train(cfg, model, oracle, pool, seed, log)
+        s = collect_labels_and_train(cfg, model, oracle, pool, seed, log, cache_dir=cache_dir)
         if s.reward is None:
             raise CensorError(f"labelling seed {seed}: the {s.viewed} viewed images hold one class only; raise --budget")
         if threshold is None:  # cross-fitted on the session's own labels
@@ -130,15 +141,23 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
             f"{th.get('heldout_benign_pass', float('nan')):.2f}, {th['seconds']:.0f}s)")
         seeds_info.append(dict(seed=seed, labels=int(len(s.labels)), malign_labels=int((s.labels == 0).sum()),
                                reward_train_s=s.reward.info["train_seconds"], threshold=dict(th)))
-        unguided.charged_s = 0.0
-        rj = reject_sample(model, s.reward, per_seed, GALLERY_SEED, th["threshold"], steps=cfg.steps, cap=cap,
-                           sampler=unguided)
-        yield "reject", Arm(rj.images, _accounted(rj, unguided))
+        if "reject" in modes:
+            unguided.charged_s = 0.0
+            rj = reject_sample(model, s.reward, per_seed, GALLERY_SEED, th["threshold"], steps=cfg.steps, cap=cap,
+                               sampler=unguided)
+            yield "reject", Arm(rj.images, _accounted(rj, unguided))
+        if "repaint" in modes:
+            yield "repaint", _repaint_arm(h, cfg, s.reward, unguided(gallery_seeds), gallery_seeds, th["threshold"],
+                                          repaint)
+        if "guide" not in modes and "guide+reject" not in modes:
+            return
         t1 = time.perf_counter()
         guided_imgs = to_uint8(sample(model, gallery_seeds, steps=cfg.steps, guidance=make_guidance(cfg, s.reward)))
         guide_s = time.perf_counter() - t1
-        yield "guide", Arm(guided_imgs, dict(kept=per_seed, drawn=per_seed, dropped=0, sampled=per_seed, capped=False,
-                                             charged_sampling_s=round(guide_s, 2), s_per_accepted=guide_s / per_seed))
+        if "guide" in modes:
+            yield "guide", Arm(guided_imgs, _whole(per_seed, guide_s))
+        if "guide+reject" not in modes:
+            return
         # guide+reject: its first batch *is* the guide gallery, charged what it cost
         guided = DrawStore(model, cfg.steps, make_guidance(cfg, s.reward), gallery_seeds, guided_imgs,
                            np.full(per_seed, guide_s / per_seed))
@@ -152,15 +171,16 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
             f"recall {m['recall_ratio'] or float('nan'):.2f}x  drawn {m['drawn']}  {m['s_per_accepted']:.3f} s/accepted")
 
     rows, first = h.run(cfg.seeds, arms, on_row=logged)
-    runs = [dict(info, modes={mode: rows[mode][i] for mode in MODES}) for i, info in enumerate(seeds_info)]
-    name = _name(cfg, threshold, cap_factor)
+    runs = [dict(info, modes={mode: rows[mode][i] for mode in modes}) for i, info in enumerate(seeds_info)]
+    name = _name(cfg, threshold, cap_factor, modes, repaint)
     if out_dir is not None:
         _save_grid(out_dir, name, cfg.feature, baseline, h.judges[0].base, first)
     if store_path is not None:
         unguided.save(store_path)
     result = dict(kind="reject-bench", name=name, config=dict(vars(cfg), window=list(cfg.window)), **h.header(),
-                  reject=dict(threshold=threshold, recall=recall, folds=folds, cap_factor=cap_factor, cap_per_seed=cap),
-                  baseline=base, modes={mode: _pool(runs, mode, h) for mode in MODES}, runs=runs)
+                  reject=dict(threshold=threshold, recall=recall, folds=folds, cap_factor=cap_factor, cap_per_seed=cap,
+                              repaint=repaint),
+                  baseline=base, modes={mode: _pool(runs, mode, h) for mode in modes}, runs=runs)
     if out_dir is not None:
         save(out_dir, name, result, markdown_table(result))
     return result
@@ -184,89 +204,31 @@ def _pool(runs, mode, h: Harness) -> dict:
     return out
 
 
-def _name(cfg: BenchConfig, threshold, cap_factor) -> str:
+def _whole(n: int, seconds: float, **extra) -> dict:
+    """The record of an arm that keeps every one of its ``n`` images (nothing drawn beyond them)."""
+    return dict(kept=n, drawn=n, dropped=0, sampled=n, capped=False, charged_sampling_s=round(seconds, 2),
+                s_per_accepted=seconds / n, **extra)
+
+
+def _repaint_arm(h: Harness, cfg: BenchConfig, reward, images: np.ndarray, seeds, threshold: float,
+                 options: dict) -> Arm:
+    """The unguided gallery with every dropped image repainted: charged its unguided sampling at the
+    run's rate plus the repainting and scoring."""
+    rp = repaint_flagged(h.model, reward, images, seeds, threshold, steps=cfg.steps, **options)
+    sampled_s = h.unguided_rate * len(images)
+    return Arm(rp.images, _whole(len(images), sampled_s + rp.seconds, scoring_s=0.0, repaint=rp.as_dict()))
+
+
+def _name(cfg: BenchConfig, threshold, cap_factor, modes=MODES, repaint=None) -> str:
     extra = "" if threshold is None else f"_p{threshold:g}"
+    extra += "".join(f"_rp-{k}{v:g}" for k, v in sorted((repaint or {}).items()))
     extra += "" if cap_factor == DEFAULT_CAP_FACTOR else f"_cap{cap_factor:g}"
+    extra += "" if tuple(modes) == MODES else "_" + "-".join(m.replace("+", "") for m in modes)
     return f"reject_{cfg.name}{extra}"
 
 
 def _save_grid(out_dir, name, feature, baseline, jb, first) -> None:
-    """Rows of 10: baseline, reject, guide, guide+reject (2 rows each; malign framed red)."""
-    blocks, marks = [baseline[:20]], [is_malign(jb, feature)[:20]]
-    for mode in MODES:
-        imgs, judged = first[mode]
-        imgs = imgs[:20]
-        pad = 20 - len(imgs)
-        blocks.append(np.concatenate([imgs, np.zeros((pad, *baseline.shape[1:]), np.uint8)]) if pad else imgs)
-        m = is_malign(judged, feature)[:20] if judged is not None else np.zeros(0, bool)
-        marks.append(np.concatenate([m, np.zeros(pad, bool)]))
+    """Rows of 10: baseline, then each mode (2 rows each; malign framed red)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    grid(np.concatenate(blocks), nrow=10, marks=np.concatenate(marks)).save(out / f"{name}.png")
-
-
-def _per_kept(m: dict) -> str:
-    return f"{m['drawn'] / m['kept']:.2f}×" if m["kept"] else "none kept"
-
-
-def _floor(b: dict) -> str:
-    return "–" if b.get("tv_floor") is None else f"– ({b['tv_floor']:.3f})"
-
-
-def markdown_table(result: dict, link: str | None = None) -> str:
-    b = result["baseline"]
-    name = f"[{result['name']}]({link}/{result['name']}.png)" if link else result["name"]
-    lines = [f"**{result['config']['feature']}** ({name}; {result['machine']}):", "",
-             "| mode | malign % [95% CI] | tv (floor) | recall vs baseline | confident | drawn / kept (draws per kept) | "
-             "dropped | capped seeds | s per accepted image | thresholds p |",
-             "|---|---|---|---|---|---|---|---|---|---|",
-             f"| baseline (unguided) | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] (n={b['n']}) | "
-             f"{_floor(b)} | 1.00× | {b['confident']:.2f} | – | – | – | {b['s_per_image']:.3f} | – |"]
-    for mode, m in result["modes"].items():
-        ci = (f"{fmt(m['malign_pct'], missing='–')} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})"
-              if m["n"] else "– (none kept)")
-        lines.append(f"| {mode} | {ci} | {tv_cell(m, b)} | {fmt(m['recall_ratio'], '{:.2f}×', '–')} | {fmt(m['confident'], missing='–')} | "
-                     f"{m['drawn']} / {m['kept']} ({_per_kept(m)}) | {m['dropped']} | "
-                     f"{m['capped_seeds']} | {fmt(m['s_per_accepted'], '{:.3f}', '–')} | "
-                     f"{' / '.join(f'{t:.3f}' for t in m['thresholds']) if mode != 'guide' else '–'} |")
-    m = result["modes"]["reject"]
-    lines += ["", f"Reward training {m['reward_train_s']:.0f} s and threshold cross-fitting {m['threshold_s']:.0f} s "
-                  "per labelling seed (median), not included in the per-image times."]
-    return "\n".join(lines) + "\n"
-
-
-# ---- command line -----------------------------------------------------------------------------
-def normalised_s_per_accepted(result: dict, mode: str) -> float | None:
-    """Seconds per accepted image at the run's own per-image rates (unguided: the timing at the start;
-    guided: the ``guide`` galleries), times images sampled per kept, plus scoring: the same cost with
-    the load of a shared machine taken out of the individual batches."""
-    m = result["modes"][mode]
-    if not m["kept"]:
-        return None
-    guide = result["modes"]["guide"]
-    rate = result["baseline"]["s_per_image"] if mode == "reject" else guide["seconds"] / guide["kept"]
-    if mode == "guide":
-        return rate
-    scoring = sum(r["modes"][mode].get("scoring_s", 0.0) for r in result["runs"])
-    return (m["sampled"] * rate + scoring) / m["kept"]
-
-
-def combined_table(results: list[dict], link: str = "bench") -> str:
-    """One table over features: the three modes next to the unguided baseline (docs/benchmarks.md)."""
-    lines = ["| feature (labelling seeds × images) | mode | malign % [95% CI] | tv (floor) | recall vs baseline | "
-             "confident | drawn / kept (per kept) | capped seeds | s per accepted image, measured | "
-             "at the run's per-image rates |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        b, c = r["baseline"], r["config"]
-        feat = f"[{c['feature']}]({link}/{r['name']}.png) ({c['seeds']} × {seed_share(c['n'], c['seeds'])})"
-        lines.append(f"| {feat} | baseline | {b['malign_pct']:.2f} [{b['ci_pct'][0]:.2f}, {b['ci_pct'][1]:.2f}] "
-                     f"(n={b['n']}) | {_floor(b)} | 1.00× | {b['confident']:.2f} | – | – | {b['s_per_image']:.3f} | "
-                     f"{b['s_per_image']:.3f} |")
-        for mode, m in r["modes"].items():
-            ci = (f"{m['malign_pct']:.2f} [{m['ci_pct'][0]:.2f}, {m['ci_pct'][1]:.2f}] (n={m['n']})" if m["n"]
-                  else "– (none kept)")
-            lines.append(f"| | {mode} | {ci} | {tv_cell(m, b)} | {fmt(m['recall_ratio'], '{:.2f}×', '–')} | {fmt(m['confident'], missing='–')} | "
-                         f"{m['drawn']} / {m['kept']} ({_per_kept(m)}) | {m['capped_seeds']} | "
-                         f"{fmt(m['s_per_accepted'], '{:.3f}', '–')} | {fmt(normalised_s_per_accepted(r, mode), '{:.3f}', '–')} |")
-    return "\n".join(lines) + "\n"
+    arms_grid(feature, dict(baseline=(baseline, jb), **first)).save(out / f"{name}.png")

@@ -23,8 +23,9 @@ from censor.bench.censoring import (
     run_bench,
 )
 from censor.bench.fewshot import VARIANTS, run_fewshot, save
-from censor.bench.reject import markdown_table as reject_table
+from censor.bench.reject import MODES as REJECT_MODES
 from censor.bench.reject import run_reject_bench
+from censor.bench.reject_report import markdown_table as reject_table
 from censor.bench.sweep import run_sweep, summary_table, write_summary
 from censor.bench.throughput import ARCHS, MODES, markdown, measure_throughput, random_arch
 from censor.bench.timing import time_guidance
@@ -46,6 +47,7 @@ from censor.eval.features import load_features
 from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import load_pool
 from censor.sampling.rejection import DEFAULT_CAP_FACTOR, DEFAULT_FOLDS, DEFAULT_RECALL
+from censor.sampling.repaint import REPAINT_ATTEMPTS, REPAINT_DEFAULTS, REPAINT_HARMONIZE, REPAINT_START
 
 CACHE = "runs/bench_cache"  # the shared unguided baselines, draws and first-round rewards
 CHOICES = dict(method=METHODS, reward=RewardSettings.knobs()["kind"].choices, init=("random", "backbone", "imagenet"),
@@ -244,6 +246,10 @@ def add_reject_parser(sub) -> None:
     r.add_argument("--recall", type=float, default=DEFAULT_RECALL)
     r.add_argument("--folds", type=positive_int, default=DEFAULT_FOLDS)
     r.add_argument("--cap-factor", type=float, default=DEFAULT_CAP_FACTOR, help="cap on draws, x the requested count")
+    r.add_argument("--modes", default=",".join(REJECT_MODES), help=f"comma-separated, some of {', '.join(REJECT_MODES)}")
+    r.add_argument("--repaint-start", type=float, default=REPAINT_START, help="repaint from this fraction of T")
+    r.add_argument("--repaint-attempts", type=positive_int, default=REPAINT_ATTEMPTS)
+    r.add_argument("--repaint-harmonize", type=int, default=REPAINT_HARMONIZE, help="RePaint resampling passes per step")
     _paths(r, "docs/bench")
     r.set_defaults(fn=cmd_bench_reject)
 
@@ -253,7 +259,10 @@ def cmd_bench_reject(a) -> None:
         raise CensorError("--cap-factor must be >= 1")
     cfg = config_from_args(BenchConfig, a, REJECT_FIELDS, **guidance_kwargs(guidance_from_args(a)))
     result = run_reject_bench(cfg, *_inputs(a), out_dir=a.out, cache_dir=a.cache, threshold=a.reject_threshold,
-                              recall=a.recall, folds=a.folds, cap_factor=a.cap_factor)
+                              recall=a.recall, folds=a.folds, cap_factor=a.cap_factor, modes=a.modes.split(","),
+                              repaint={k: v for k, v in dict(start=a.repaint_start, attempts=a.repaint_attempts,
+                                                             harmonize=a.repaint_harmonize).items()
+                                       if v != REPAINT_DEFAULTS[k]})
     print(reject_table(result, link="bench"), end="")
 
 

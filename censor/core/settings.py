@@ -154,6 +154,7 @@ DEFAULT_GUIDANCE = GuidanceSettings()
 DEFAULT_REWARD = RewardSettings()
 REWARD_KIND, MEMBERS, ALPHA, ITERATIONS = (DEFAULT_REWARD.kind, DEFAULT_REWARD.members, DEFAULT_REWARD.alpha,
                                            DEFAULT_REWARD.iterations)
+STRICT_MODES = ("auto", "reject", "repaint")  # what strict does with a doubted image (sampling.repaint.resolve_strict_mode)
 STEPS = 30  # DDIM steps of a studio gallery
 COUNT = 32  # images in a studio gallery (the Samples tab and the censored gallery)
 # A censored malign % can show a drop only from a baseline holding some malign images: under this many,

@@ -59,10 +59,11 @@ def step_alphas(alphas_cumprod: torch.Tensor, t, stride: int, final: torch.Tenso
     return alphas_cumprod[t], ab_prev
 
 
-def renoise(x_prev: torch.Tensor, ab_t: torch.Tensor, ab_prev: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Forward kernel q(x_t | x_{t'}) of the respaced schedule: the recurrence step."""
+def renoise(x_prev: torch.Tensor, ab_t: torch.Tensor, ab_prev: torch.Tensor, gen: torch.Generator | None,
+            z: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward kernel q(x_t | x_{t'}) of the respaced schedule: the recurrence step (noise ``z``, else from ``gen``)."""
     a = ab_t / ab_prev
-    z = torch.randn(x_prev.shape, generator=gen).to(x_prev.device)
+    z = torch.randn(x_prev.shape, generator=gen).to(x_prev.device) if z is None else z
     return a.sqrt() * x_prev + (1 - a).sqrt() * z
 
 

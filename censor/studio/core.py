@@ -113,12 +113,13 @@ class Studio(Resources):
                          steps: int, seed: int, count: int, feature: str | None = None,
                          progress: Callable[[float], None] | None = None,
                          tuned: tuple[str, DiffusionModel] | None = None, strict: bool = False,
-                         strict_p: float | None = None, auto: bool = False) -> dict:
+                         strict_p: float | None = None, auto: bool = False, strict_mode: str = "auto") -> dict:
         return self.galleries.censored_gallery(sid, guidance, weight, backward, recurrence, steps, seed, count,
-                                               feature, progress, tuned, strict, strict_p, auto)
+                                               feature, progress, tuned, strict, strict_p, auto, strict_mode)
 
-    def cost_text(self, sid: str, guidance: str, backward: int, recurrence: int, steps: int, strict: bool) -> str:
-        return self.galleries.cost_text(sid, guidance, backward, recurrence, steps, strict)
+    def cost_text(self, sid: str, guidance: str, backward: int, recurrence: int, steps: int, strict: bool,
+                  strict_mode: str = "auto") -> str:
+        return self.galleries.cost_text(sid, guidance, backward, recurrence, steps, strict, strict_mode)
 
     def warm_up(self, wait: bool = False) -> None:
         """Start (once per studio) ``Galleries.warm_up`` in a background thread at low priority;

@@ -32,6 +32,7 @@ from censor.sampling.rejection import (
     session_threshold,
     threshold_cost,
 )
+from censor.sampling.repaint import repaint_flagged, resolve_strict_mode
 from censor.sampling.strength import LADDER, PROBE_N, PROBE_STEPS, auto_strength, reward_benign
 from censor.studio.common import (
     BASELINE_CACHE_SIZE,
@@ -75,7 +76,7 @@ class Galleries:
                          steps: int, seed: int, count: int, feature: str | None = None,
                          progress: Progress | None = None,
                          tuned: tuple[str, DiffusionModel] | None = None, strict: bool = False,
-                         strict_p: float | None = None, auto: bool = False) -> dict:
+                         strict_p: float | None = None, auto: bool = False, strict_mode: str = "auto") -> dict:
         """Baseline and censored galleries from the same seeds, with the oracle-free drift figure.
 
         ``auto``: pick ω with ``strength.auto_strength`` (a probe ladder on the session's reward)
@@ -84,7 +85,9 @@ class Galleries:
         ``tuned`` = (name, model): draw the censored side from a fine-tuned model instead (an RLHF
         or D3PO adapter), guided by the session's reward when ω > 0, unguided when ω = 0.
         ``strict``: reject what the reward still doubts after guidance (rejection.py), drawing on from
-        the gallery's seeds; threshold ``strict_p`` or, when None, the cross-fitted held-out one.
+        the gallery's seeds; threshold ``strict_p`` or, when None, the cross-fitted held-out one. With
+        ``strict_mode`` "repaint" (or "auto" with a local-mark reward) a doubted image is redrawn inside
+        the reward's malign region instead (sampling.repaint), so the gallery keeps its seeds.
         A clean-image reward is guided universally (``sampling.kinds``): ``guidance_note`` says so.
         """
         if strict and strict_p is not None:
@@ -105,6 +108,7 @@ class Galleries:
         drift_ready = reward is not None and self._drift_available()
         if strict and reward is None:
             raise CensorError("strict mode filters with the session's reward: train one first (Train tab)")
+        mode = resolve_strict_mode(strict_mode, reward) if strict else None
         threshold = cached_threshold(res.reward_dir(sid)) if strict and strict_p is None else None
         labels = res.store.training_data(sid)[1] if strict and strict_p is None and threshold is None else None
         # one bar, each stage sized by what it costs (unguided image-steps); stages already done cost nothing
@@ -132,14 +136,21 @@ class Galleries:
         base = entry["images"]
         rest = part(bar["censored"], 0, 1, "censored")
         strict_info, cens_seeds = None, seeds
-        if strict:  # the censored side keeps only images the reward passes: its seeds are the kept ones
+        if strict:
             p, source = (threshold["threshold"], "held-out") if strict_p is None else (strict_p, "user")
+        if mode == "reject":  # the censored side keeps only images the reward passes: its seeds are the kept ones
             r = reject_sample(censoring, reward, count, seed, p, guidance=g, steps=steps, progress=rest)
             if r.kept == 0:
                 raise CensorError(f"strict mode kept no image: {r.summary()}; lower the threshold")
             cens, cens_seeds = r.images, r.seeds
-            strict_info = dict(r.as_dict(), source=source, summary=r.summary())
-            settings.update(count=len(cens_seeds), strict=dict(threshold=p, source=source, requested=count))
+            strict_info = dict(r.as_dict(), source=source, summary=r.summary(), mode=mode)
+            settings.update(count=len(cens_seeds), strict=dict(threshold=p, source=source, requested=count, mode=mode))
+        elif mode == "repaint":  # every seed stays; what the reward doubts is redrawn where it points
+            cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=part(rest, 0, 0.75)))
+            r = repaint_flagged(censoring, reward, cens, seeds, p, steps=steps, progress=part(rest, 0.75, 0.25, "repaint"))
+            cens = r.images
+            strict_info = dict(r.as_dict(), source=source, summary=r.summary(), mode=mode)
+            settings.update(strict=dict(threshold=p, source=source, requested=count, mode=mode))
         else:
             cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=rest))
         rsha = sha256(res.reward_dir(sid) / "reward.safetensors") if reward else None
@@ -201,10 +212,10 @@ class Galleries:
                                   recall_ratio=c["recall_ratio"], confident=c["confident"]))
 
     def cost_text(self, sid: str | None, guidance: str, backward: int, recurrence: int, steps: int,
-                  strict: bool) -> str:
+                  strict: bool, strict_mode: str = "auto") -> str:
         """The Censor tab's price of its settings before the click, for the session's reward if it has one."""
         reward = self.res.session_reward(sid) if sid and self.res.has_reward(sid) else None
-        return readouts.cost_text(reward, guidance, backward, recurrence, steps, strict)
+        return readouts.cost_text(reward, guidance, backward, recurrence, steps, strict, strict_mode)
 
     def warm_up(self) -> None:
         """What the first default render would otherwise wait for, done while a person labels: the

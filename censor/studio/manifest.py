@@ -12,7 +12,7 @@ import math
 import re
 
 from censor.core.errors import CensorError
-from censor.core.settings import GuidanceSettings
+from censor.core.settings import STRICT_MODES, GuidanceSettings
 from censor.sampling.guidance import Guidance, guidance_for
 from censor.studio.common import MAX_TEXT, check_range, echo
 
@@ -114,7 +114,9 @@ def check_settings(settings) -> None:
         check_range("weight", auto.get("weight"))
     if strict is not None:
         if not isinstance(strict, dict) or not isinstance(strict.get("source"), str):
-            raise _refuse("settings.strict must be null or {threshold, source, requested}")
+            raise _refuse("settings.strict must be null or {threshold, source, requested, mode}")
+        if strict.get("mode", "reject") not in STRICT_MODES[1:]:
+            raise _refuse("settings.strict.mode must be 'reject' or 'repaint'")
         check_range("strict threshold", strict.get("threshold"), (0.0, 1.0))
         check_range("count", strict.get("requested"))
     _plain(settings)

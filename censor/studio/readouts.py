@@ -12,6 +12,7 @@ from censor.eval.metrics import wilson_interval
 from censor.sampling.cost import cost_readout
 from censor.sampling.kinds import kind_for
 from censor.sampling.rejection import DEFAULT_CAP_FACTOR
+from censor.sampling.repaint import REPAINT_ATTEMPTS, REPAINT_START, resolve_strict_mode
 from censor.studio.common import MIN_TRUSTED_CLASS, MIN_TRUSTED_LABELS, inert
 
 CHANCE = 0.5  # balanced accuracy of a reward that guesses (or calls every image one class)
@@ -173,13 +174,19 @@ def gallery_readout(result: dict, source: str, tuned: bool, feature: str | None 
     return "\n\n".join(lines)
 
 
-def cost_text(reward, guidance: str, backward: int, recurrence: int, steps: int, strict: bool) -> str:
+def cost_text(reward, guidance: str, backward: int, recurrence: int, steps: int, strict: bool,
+              strict_mode: str = "auto") -> str:
     """The Censor tab's line before the click: the default guidance with the tab's knobs, as the render
     would run it (a clean-image reward is guided universally), priced against unguided sampling."""
     kind = kind_for(reward, guidance, switch=True)[0] if reward is not None else guidance
     settings = DEFAULT_GUIDANCE.with_(kind=kind, backward_steps=int(backward), recurrence=int(recurrence))
     line = "Cost of the censored side: " + cost_readout(settings, int(steps),
                                                         shares_unet=getattr(reward, "reads_unet", None) is not None)
-    if strict:
+    mode = (resolve_strict_mode(strict_mode, reward) if reward is not None or strict_mode != "auto" else "reject") \
+        if strict else None
+    if mode == "repaint":
+        line += (f"; strict redraws each image the reward still doubts inside the region it points to, from "
+                 f"{REPAINT_START:g} T ({REPAINT_ATTEMPTS} tries at most; the gallery keeps its seeds)")
+    elif mode == "reject":
         line += f"; strict draws more images until the gallery is full (at most {DEFAULT_CAP_FACTOR}× as many)"
     return line + ". The baseline is drawn once per seeds and steps, then reused."

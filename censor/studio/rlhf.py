@@ -5,6 +5,8 @@ public surface of the studio's ``Resources`` (model, oracle, pool, cache and ses
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +31,23 @@ STUDIO_DISTIL = DistilConfig(images=300, steps=300)
 # on bags the CLI setting's curve was still at 5.7% after 5 epochs (docs/benchmarks.md, the RLHF curves)
 STUDIO_RLHF = dict(epochs=5, ddpo_images=32)
 ADAPTERS = ("rlhf", "d3po", "distil")  # the methods that leave a fine-tuned model behind
+CURVES_DIR = Path(__file__).resolve().parents[2] / "docs" / "bench" / "rlhf_curves"  # ``python -m rlhf curve`` runs
+CURVE_KEYS = ("lr", "kl_beta", "ddpo_images", "full", "steps")  # what makes a published curve the CLI defaults'
+
+
+def published_curve(feature: str, curves_dir: Path = CURVES_DIR) -> Path | None:
+    """The plot of a published ``rlhf curve`` run (malign % and tv against CPU minutes) on ``feature`` with
+    the CLI's RLHF defaults, or None: the tab shows it beside its own short run, which has no curve."""
+    defaults = asdict(CompareConfig())
+    for path in sorted(Path(curves_dir).glob(f"*/curve_{feature}_b*.json")):
+        try:
+            run = json.loads(path.read_text())["config"]["compare"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged file is no curve
+        if run.get("feature") == feature and all(run.get(k) == defaults[k] for k in CURVE_KEYS) \
+                and path.with_suffix(".png").is_file():
+            return path.with_suffix(".png")
+    return None
 
 
 def _compare_dir(studio: Resources, sid: str) -> Path:
@@ -51,7 +70,8 @@ def run_comparison(studio: Resources, sid: str, feature: str, methods, budget: i
                          cache_dir=studio.cache_dir, log=lambda *_: None, progress=progress,
                          adapter_dir=out / "adapters")
     stem = f"compare_{cfg.feature}_b{cfg.budget}"
-    return dict(table=markdown_table(result), plot=out / f"{stem}.png", adapters=available_adapters(studio, sid))
+    return dict(table=markdown_table(result), plot=out / f"{stem}.png", grid=out / f"{stem}_grid.png",
+                curve=published_curve(cfg.feature), adapters=available_adapters(studio, sid))
 
 
 def available_adapters(studio: Resources, sid: str) -> list[str]:

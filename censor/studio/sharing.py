@@ -28,6 +28,7 @@ from censor.gallery.grid import grid
 from censor.labels.upkeep import TEMP_PREFIX
 from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.sampling.loop import sample
+from censor.sampling.repaint import repaint_flagged
 from censor.studio.common import MAX_ROUND, MAX_SESSION_ITEMS, conditioning_info, echo, inert
 from censor.studio.manifest import check_conditioning, check_manifest, settings_guidance
 from censor.studio.resources import Resources
@@ -103,6 +104,10 @@ class Sharing:
         reward = load_reward(bundle["reward_dir"], model)
         images = to_uint8(sample(model, m["seeds"], steps=int(settings["steps"]),
                                  guidance=settings_guidance(reward, settings), progress=progress))
+        strict = settings.get("strict") or {}
+        if strict.get("mode") == "repaint":  # deterministic: the same reward, seeds and threshold redraw the same
+            images = repaint_flagged(model, reward, images, m["seeds"], float(strict["threshold"]),
+                                     steps=int(settings["steps"])).images
         stored = bundle["censored"]
         diff = np.abs(images.astype(int) - stored.astype(int)).reshape(len(images), -1).max(1) if stored is not None else None
         same = [bool(d == 0) for d in diff] if diff is not None else [False] * len(images)
