@@ -102,6 +102,12 @@ def test_repaint_flagged_clears_the_malign_ones_and_leaves_the_rest(gaussian_mod
     outside = np.ones((8, 8), bool)
     outside[:5, :5] = False  # the corner grown by SALIENCY_GROW = 2 px
     assert changed[:, :3, :3].all() and not changed[:, outside].any()
+    # a redraw the reward likes less than what was there is never kept: dark corners (benign, doubted at
+    # p 0.99) would come back grey, so every image stays as it was drawn
+    dark = np.zeros((3, 8, 8), np.uint8)
+    kept = repaint_flagged(gaussian_model, reward, dark, seeds=[0, 1, 2], threshold=0.99, steps=10)
+    assert kept.doubted == 3 and kept.passed == 0 and kept.kept_original == 3 and kept.tries == [3, 3, 3]
+    np.testing.assert_array_equal(kept.images, dark)
     with pytest.raises(CensorError, match="attempts"):
         repaint_flagged(gaussian_model, reward, images, list(range(6)), 0.5, steps=10, attempts=0)
 

@@ -13,7 +13,9 @@ is constant and one such step takes p_data to p_data·r exactly, so every class 
 outside the mask are replaced by the original forward-noised to the new level; after the last step
 the outside is the original exactly. ``repaint_flagged`` applies it to the images the reward doubts
 (the rejection threshold), inside a mask read off the reward (``malign_masks``), and accepts an
-attempt when the reward passes it, up to ``attempts`` tries (the rejection part of the Gibbs step).
+attempt when the reward passes it, up to ``attempts`` tries (the rejection part of the Gibbs step);
+an attempt the reward still doubts widens the mask by where the reward looks on it (measured on the
+watermark: every stamp one attempt left behind had been only partly inside the first mask).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from censor.rewards.ensemble import clean_input
 
 REPAINT_START = 0.6  # re-noise to t = 0.6 T: the local reward is at chance there (few-shot AUC), so the mark is gone
 REPAINT_HARMONIZE = 1  # RePaint's resampling: each step redone once after re-noising, so the new part fits
-REPAINT_ATTEMPTS = 2  # draws of x_M per doubted image before the last is kept (false alarms never pass: each costs)
+REPAINT_ATTEMPTS = 2  # draws of x_M per doubted image; then the one the reward scores best, the original included
 REPAINT_DEFAULTS = dict(start=REPAINT_START, attempts=REPAINT_ATTEMPTS, harmonize=REPAINT_HARMONIZE)  # the knobs, by name
 MAP_MASS = 0.5  # a position map's region: where half of its smooth max's weight lies ...
 MAP_MAX_SHARE = 0.02  # ... at most 2% of the positions (16 of 784: a stamp takes ~12) ...
@@ -161,15 +163,16 @@ class RepaintResult:
     doubted: int  # images the reward doubted before (repainted)
     passed: int  # of those, the ones a repaint made the reward pass
     tries: list[int] = field(default_factory=list)  # attempts each doubted image took (attempts+1: never passed)
+    kept_original: int = 0  # doubted images no draw improved on: returned as they were
     mask_share: float = 0.0  # mean share of a doubted image's pixels that were redrawn
     seconds: float = 0.0
 
     def summary(self) -> str:
         return (f"repainted {self.doubted} doubted images ({100 * self.mask_share:.0f}% of their pixels), "
-                f"{self.passed} now pass")
+                f"{self.passed} now pass, {self.kept_original} kept as drawn (no redraw scored better)")
 
     def as_dict(self) -> dict:
-        return dict(doubted=self.doubted, passed=self.passed, tries=self.tries,
+        return dict(doubted=self.doubted, passed=self.passed, tries=self.tries, kept_original=self.kept_original,
                     mask_share=round(self.mask_share, 4), seconds=round(self.seconds, 2))
 
 
@@ -178,8 +181,10 @@ def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], thr
                     harmonize: int = REPAINT_HARMONIZE, batch_size: int = 64,
                     progress: Progress | None = None) -> RepaintResult:
     """Every image whose P(benign) is at or below ``threshold`` is repainted inside its malign mask until
-    the reward passes it (at most ``attempts`` draws; then the last draw stays). Images the reward
-    passes are returned untouched. The mask is read once, on the image as it was sampled."""
+    the reward passes it (at most ``attempts`` draws; then the best-scored of the original and its draws
+    stays: a false alarm is never traded for a redrawn corner that grew a new mark). Images the reward
+    passes are returned untouched. The mask is read on the image as it was sampled, and widened by the
+    mask of each attempt the reward still doubts."""
     from censor.sampling.rejection import benign_scores  # rejection imports the sampler; repaint sits beside it
     if attempts < 1:
         raise CensorError(f"attempts must be at least 1, got {attempts}")
@@ -187,13 +192,13 @@ def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], thr
     images = np.array(images, copy=True)
     scores = benign_scores(reward, images, model=model)
     todo = np.where(scores <= threshold)[0]
+    first = scores[todo].copy()
     tries = np.full(len(todo), attempts + 1)
     report = reporter(progress)
     share = 0.0
     for b in range(0, len(todo), batch_size):
         idx = todo[b:b + batch_size]
         x0, mask = _inputs_and_masks(model, reward, images[idx], grow_px)
-        share += float(mask.mean((1, 2, 3)).sum())
         pending = np.arange(len(idx))
         for a in range(attempts):
             if report is not None:
@@ -201,14 +206,19 @@ def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], thr
             new = repaint(model, x0[pending], mask[pending], [seeds[i] for i in idx[pending]], steps, start, harmonize, a)
             imgs = to_uint8(model.decode(new).clamp(-1, 1).cpu())
             s = benign_scores(reward, imgs, model=model)
-            images[idx[pending]], scores[idx[pending]] = imgs, s
+            better = s > scores[idx[pending]]  # an attempt is kept only where the reward likes it more than the best so far
+            images[idx[pending[better]]], scores[idx[pending[better]]] = imgs[better], s[better]
             ok = s > threshold
             tries[b + pending[ok]] = a + 1
             pending = pending[~ok]
-            if not len(pending):
+            if not len(pending) or a + 1 == attempts:
                 break
+            # still doubted: the region grows by where the reward now looks (a remnant the mask left out)
+            mask[pending] = torch.maximum(mask[pending], _inputs_and_masks(model, reward, imgs[~ok], grow_px)[1])
+        share += float(mask.mean((1, 2, 3)).sum())
     if report is not None:
         report(1.0)
     return RepaintResult(images=images, scores=scores, doubted=len(todo), passed=int((tries <= attempts).sum()),
-                         tries=[int(v) for v in tries], mask_share=share / max(len(todo), 1),
+                         tries=[int(v) for v in tries], kept_original=int((scores[todo] == first).sum()),
+                         mask_share=share / max(len(todo), 1),
                          seconds=time.perf_counter() - t0)
