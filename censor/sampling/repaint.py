@@ -14,8 +14,10 @@ outside the mask are replaced by the original forward-noised to the new level; a
 the outside is the original exactly. ``repaint_flagged`` applies it to the images the reward doubts
 (the rejection threshold), inside a mask read off the reward (``malign_masks``), and accepts an
 attempt when the reward passes it, up to ``attempts`` tries (the rejection part of the Gibbs step);
-an attempt the reward still doubts widens the mask by where the reward looks on it (measured on the
-watermark: every stamp one attempt left behind had been only partly inside the first mask).
+an attempt the reward still doubts widens the mask by where the reward looks on it. Measured on the
+watermark: every stamp two attempts left behind had been only partly inside the first mask, and most
+of those were images whose reward looked elsewhere (its map peaked on the shoe, not the stamp), which
+no widening by the same map mends.
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ from censor.core.progress import Progress, reporter
 from censor.core.settings import STRICT_MODES
 from censor.diffusion.steps import make_scheduler, renoise, step_alphas, step_stride
 from censor.rewards.ensemble import clean_input
+from censor.sampling.rejection import benign_scores
 
 REPAINT_START = 0.6  # re-noise to t = 0.6 T: the local reward is at chance there (few-shot AUC), so the mark is gone
-REPAINT_HARMONIZE = 1  # RePaint's resampling: each step redone once after re-noising, so the new part fits
+REPAINT_HARMONIZE = 0  # RePaint resampling passes per step; watermark, 3 x 334: 0 -> 1.60% malign, tv 0.040, 1.64x
+#                        unguided; 1 -> 1.50%, tv 0.054, 2.27x (docs/benchmarks.md, "Local marks, fourth part")
 REPAINT_ATTEMPTS = 2  # draws of x_M per doubted image; then the one the reward scores best, the original included
 REPAINT_DEFAULTS = dict(start=REPAINT_START, attempts=REPAINT_ATTEMPTS, harmonize=REPAINT_HARMONIZE)  # the knobs, by name
 MAP_MASS = 0.5  # a position map's region: where half of its smooth max's weight lies ...
 MAP_MAX_SHARE = 0.02  # ... at most 2% of the positions (16 of 784: a stamp takes ~12) ...
-MAP_GROW = 5  # ... grown by 5 px: covers the whole stamp in 98% of stamped images (watermark, 41 of them; 2 px: none)
+MAP_GROW = 5  # ... grown by 5 px: 91% of the stamp's pixels, all of it in 63% of 41 stamped images (6 px: 88%)
 SALIENCY_SHARE = 0.1  # without a position map: the top 10% of |∇ log r| ...
 SALIENCY_GROW = 2  # ... grown by 2 px
 SEED_TAG = 0x5245  # repaint noise streams, apart from the sampler's x_T and step seeds
@@ -185,7 +189,6 @@ def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], thr
     stays: a false alarm is never traded for a redrawn corner that grew a new mark). Images the reward
     passes are returned untouched. The mask is read on the image as it was sampled, and widened by the
     mask of each attempt the reward still doubts."""
-    from censor.sampling.rejection import benign_scores  # rejection imports the sampler; repaint sits beside it
     if attempts < 1:
         raise CensorError(f"attempts must be at least 1, got {attempts}")
     t0 = time.perf_counter()
