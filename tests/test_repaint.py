@@ -162,3 +162,26 @@ def test_studio_repaint_keeps_the_seeds_redraws_the_doubted_and_reproduces(tmp_p
     bad = dict(plain["settings"], strict=dict(threshold=p, source="user", requested=6, mode="inpaint"))
     with pytest.raises(CensorError, match="strict.mode"):
         check_manifest(dict(back["manifest"], settings=bad))
+
+
+class PeakMap(torch.nn.Module):
+    """A member whose malign map has one peak, at ``where``: a stand-in for members that look in different places."""
+
+    def __init__(self, where, height=8.0):
+        super().__init__()
+        self.where, self.height, self.temperature = where, height, 0.5
+        self.bias = torch.nn.Parameter(torch.zeros(1))
+
+    def malign_map(self, x, t=None):
+        s = torch.zeros(len(x), *x.shape[-2:])
+        s[:, self.where[0], self.where[1]] = self.height
+        return s
+
+
+def test_each_members_region_reaches_where_the_mean_map_does_not():
+    reward = RewardEnsemble("local-patch", [PeakMap((2, 2), 9.0), PeakMap((25, 25), 8.0)], (1, 28, 28), {})
+    x = torch.zeros(1, 1, 28, 28)
+    mean = malign_masks(reward, x, grow_px=0)[0, 0]
+    each = malign_masks(reward, x, grow_px=0, each=True)[0, 0]
+    assert mean[2, 2] == 1 and mean.sum() < each.sum()
+    assert each[2, 2] == 1 and each[25, 25] == 1 and each.sum() == 2
