@@ -339,9 +339,10 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                     source = gr.Dropdown(["base model"], value="base model", label="model for the censored side",
                                          elem_id="censor-model")
                 with gr.Row():
-                    strict = gr.Checkbox(False, label="strict: also reject what the reward still doubts",
+                    strict = gr.Checkbox(False, label="strict: also act on what the reward still doubts",
                                          elem_id="censor-strict",
-                                         info="after guidance, drop images the reward calls malign and draw more")
+                                         info="after guidance, drop (or repaint, see strict mode) images the reward "
+                                              "calls malign")
                     strict_p = gr.Slider(*STRICT_P_RANGE, value=0.0, step=0.01, elem_id="censor-strict-p",
                                          label="strict threshold P(benign) (0 = automatic: 99% held-out malign recall)")
                     strict_mode = gr.Radio(list(STRICT_MODES), value=STRICT_MODES[0], label="strict mode",

@@ -40,7 +40,7 @@ from censor.sampling.rejection import benign_scores
 
 REPAINT_START = 0.6  # re-noise to t = 0.6 T: the local reward is at chance there (few-shot AUC), so the mark is gone
 REPAINT_HARMONIZE = 0  # RePaint resampling passes per step; watermark, 3 x 334: 0 -> 1.60% malign, tv 0.040, 1.64x
-#                        unguided; 1 -> 1.50%, tv 0.054, 2.27x (docs/benchmarks.md, "Local marks, fourth part")
+#                        unguided; 1 -> 1.50%, tv 0.054, 2.27x (mean-map widening; docs/benchmarks.md, "Local marks, fourth part")
 REPAINT_ATTEMPTS = 2  # draws of x_M per doubted image; then the one the reward scores best, the original included
 REPAINT_DEFAULTS = dict(start=REPAINT_START, attempts=REPAINT_ATTEMPTS, harmonize=REPAINT_HARMONIZE)  # the knobs, by name
 MAP_MASS = 0.5  # a position map's region: where half of its smooth max's weight lies ...
@@ -56,7 +56,7 @@ def resolve_strict_mode(choice: str, reward) -> str:
     """"reject" or "repaint" for a strict gallery: "auto" repaints with a reward that says where (a position
     map: the local-mark kind) and rejects otherwise (a garment is not a region to redraw)."""
     if choice not in STRICT_MODES:
-        raise CensorError(f"unknown strict mode {choice!r}; use one of {', '.join(STRICT_MODES)}")
+        raise CensorError(f"unknown strict mode; use one of {', '.join(STRICT_MODES)}")  # the value is not echoed
     if choice != "auto":
         return choice
     return "repaint" if all(hasattr(m, "malign_map") for m in reward.members) else "reject"
