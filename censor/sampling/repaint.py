@@ -155,7 +155,8 @@ def repaint(model, x0: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int], s
 
 def _inputs_and_masks(model, reward, images: np.ndarray, grow_px: int | None, each: bool = False):
     """x_0 in model space (latents for a latent model) and the reward's masks on that grid: a mask read
-    off images is max-pooled onto the latent grid, so a latent cell is redrawn when any of its pixels is."""
+    off images is max-pooled onto the latent grid, so a latent cell is redrawn when any of its pixels is. For
+    a latent model the kept outside is the VAE round trip of the original, not its very pixels."""
     x = to_model_range(images)
     read = clean_input(reward, model, x)
     mask = malign_masks(reward, read, grow_px, each)
