@@ -46,7 +46,6 @@ REPAINT_DEFAULTS = dict(start=REPAINT_START, attempts=REPAINT_ATTEMPTS, harmoniz
 MAP_MASS = 0.5  # a position map's region: where half of its smooth max's weight lies ...
 MAP_MAX_SHARE = 0.02  # ... at most 2% of the positions (16 of 784: a stamp takes ~12) ...
 MAP_GROW = 5  # ... grown by 5 px: 91% of the stamp's pixels, all of it in 63% of 41 stamped images (6 px: 88%)
-WIDEN_BY_MEMBERS = True  # a still-doubted attempt's mask widens by every member's region, not only the mean's
 SALIENCY_SHARE = 0.1  # without a position map: the top 10% of |∇ log r| ...
 SALIENCY_GROW = 2  # ... grown by 2 px
 SEED_TAG = 0x5245  # repaint noise streams, apart from the sampler's x_T and step seeds
@@ -153,17 +152,18 @@ def repaint(model, x0: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int], s
     return x
 
 
-def _inputs_and_masks(model, reward, images: np.ndarray, grow_px: int | None, each: bool = False):
-    """x_0 in model space (latents for a latent model) and the reward's masks on that grid: a mask read
-    off images is max-pooled onto the latent grid, so a latent cell is redrawn when any of its pixels is. For
-    a latent model the kept outside is the VAE round trip of the original, not its very pixels."""
+def _model_input(model, images: np.ndarray) -> torch.Tensor:
+    """x_0 in model space: the images, or their latents for a latent model (whose kept outside is then the
+    VAE round trip of the original, not its very pixels)."""
     x = to_model_range(images)
-    read = clean_input(reward, model, x)
-    mask = malign_masks(reward, read, grow_px, each)
-    x0 = model.encode(x) if model.is_latent else x
-    if tuple(mask.shape[-2:]) != tuple(x0.shape[-2:]):
-        mask = F.adaptive_max_pool2d(mask, tuple(x0.shape[-2:]))
-    return x0, mask
+    return model.encode(x) if model.is_latent else x
+
+
+def _masks(model, reward, images: np.ndarray, grid, grow_px: int | None, each: bool = False) -> torch.Tensor:
+    """The reward's masks of uint8 ``images`` on the sampling ``grid`` (H, W): a mask read off images is
+    max-pooled onto a latent grid, so a latent cell is redrawn when any of its pixels is."""
+    mask = malign_masks(reward, clean_input(reward, model, to_model_range(images)), grow_px, each)
+    return mask if tuple(mask.shape[-2:]) == tuple(grid) else F.adaptive_max_pool2d(mask, tuple(grid))
 
 
 @dataclass
@@ -207,7 +207,8 @@ def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], thr
     share = 0.0
     for b in range(0, len(todo), batch_size):
         idx = todo[b:b + batch_size]
-        x0, mask = _inputs_and_masks(model, reward, images[idx], grow_px)
+        x0 = _model_input(model, images[idx])
+        mask = _masks(model, reward, images[idx], x0.shape[-2:], grow_px)
         pending = np.arange(len(idx))
         for a in range(attempts):
             if report is not None:
@@ -222,9 +223,10 @@ def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], thr
             pending = pending[~ok]
             if not len(pending) or a + 1 == attempts:
                 break
-            # still doubted: the region grows by where the reward now looks (a remnant the mask left out)
-            mask[pending] = torch.maximum(mask[pending], _inputs_and_masks(model, reward, imgs[~ok], grow_px,
-                                                                           each=WIDEN_BY_MEMBERS)[1])
+            # still doubted: the region grows by where each member now looks (a remnant the mask left out;
+            # the members' mean may look elsewhere, one of them seldom does)
+            mask[pending] = torch.maximum(mask[pending], _masks(model, reward, imgs[~ok], x0.shape[-2:], grow_px,
+                                                                each=True))
         share += float(mask.mean((1, 2, 3)).sum())
     if report is not None:
         report(1.0)

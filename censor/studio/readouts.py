@@ -182,8 +182,9 @@ def cost_text(reward, guidance: str, backward: int, recurrence: int, steps: int,
     settings = DEFAULT_GUIDANCE.with_(kind=kind, backward_steps=int(backward), recurrence=int(recurrence))
     line = "Cost of the censored side: " + cost_readout(settings, int(steps),
                                                         shares_unet=getattr(reward, "reads_unet", None) is not None)
-    mode = (resolve_strict_mode(strict_mode, reward) if reward is not None or strict_mode != "auto" else "reject") \
-        if strict else None
+    mode = None
+    if strict:  # without a reward yet, "auto" is priced as rejection
+        mode = "reject" if reward is None and strict_mode == "auto" else resolve_strict_mode(strict_mode, reward)
     if mode == "repaint":
         line += (f"; strict redraws each image the reward still doubts inside the region it points to, from "
                  f"{REPAINT_START:g} T ({REPAINT_ATTEMPTS} tries at most; the gallery keeps its seeds)")
