@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "every weight")
     c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     c.set_defaults(fn=cmd_compare)
-    k = sub.add_parser("curve", help="RLHF (DDPO) judged after several epochs: malign % and tv against CPU minutes")
+    k = sub.add_parser("curve", help="RLHF (DDPO) judged after several epochs: malign %% and tv against CPU minutes")
     _shared(k, seeds=1, out="docs/bench/rlhf_curves")
     k.add_argument("--at", type=positive_int, nargs="+", default=[2, 5, 10, 20], help="DDPO epochs to judge")
     k.set_defaults(fn=cmd_curve)

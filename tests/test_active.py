@@ -265,3 +265,29 @@ def test_active_bench_ranks_and_trains_with_the_local_reward(tmp_path, fixture_i
     (cell,) = run_active_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
                                cache_dir=tmp_path / "cache", log=lambda _: None)
     assert cell["settings"]["reward"] == "local-patch" and [p["viewed"] for p in cell["points"]] == [5, 10]
+
+
+def test_active_bench_repaint_route_thresholds_on_the_labels_and_charges_the_repaint(tmp_path, fixture_images, tiny_model):
+    """``--censor repaint``: a budget's gallery is the unguided one repainted at a threshold cross-fitted on the
+    labels so far (none before two labels of each class: the gallery stays unguided), charged on top of it."""
+    from censor.bench.active import ActiveBenchConfig, run_active_bench
+    from censor.core.watermark import stamp
+    from censor.eval.oracle import load_oracle, load_reference
+
+    with pytest.raises(CensorError, match="censor is one of"):
+        ActiveBenchConfig(censor="inpaint")
+    assert "censor" not in ActiveBenchConfig().cell_settings("watermark")  # guided cells stay reusable
+    rng = np.random.default_rng(0)
+    images = fixture_images["images"][:60].copy()
+    for i in range(0, 60, 2):  # every other pool image stamped: both classes in the first labels
+        images[i] = stamp(images[i], int(rng.integers(4)), (1, 1), 1.0)
+    pool = Pool(images, np.arange(60), {})
+    cfg = ActiveBenchConfig(features=("watermark",), strategies=("random",), seeds=1, budgets=(2, 12), batch=2, n=6,
+                            steps=2, members=2, iterations=3, reward="local-patch", censor="repaint", folds=2)
+    (cell,) = run_active_bench(cfg, tiny_model, load_oracle(), pool, load_reference(), out_dir=tmp_path,
+                               cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert cell["settings"]["censor"] == "repaint" and cell["settings"]["folds"] == 2
+    first, last = cell["points"]
+    assert first["threshold"] is None and first["time_ratio"] == 1.0  # 2 labels: no threshold, nothing repainted
+    assert 0 <= last["threshold"] <= 1 and 0 <= last["passed"] <= last["doubted"] <= 6
+    assert last["time_ratio"] > 1.0 if last["doubted"] else last["time_ratio"] >= 1.0

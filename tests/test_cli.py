@@ -92,3 +92,25 @@ def test_training_can_start_from_shipped_weights(tmp_path, idx_dir, tiny_model_d
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert meta["step"] == 101 and meta["log"][-1]["elapsed_s"] >= 12.0
+
+
+def _subparsers(parser):
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.values()
+
+
+def test_every_command_prints_its_help():
+    # a bare "%" in a help string makes argparse print its own internals instead of the help
+    from censor.cli.main import build_parser as censor_parser
+    from rlhf.__main__ import build_parser as rlhf_parser
+
+    for top in (censor_parser(), rlhf_parser()):
+        text = top.format_help()
+        assert "option_strings" not in text
+        subs = list(_subparsers(top))
+        assert subs
+        for sub in subs:
+            help_ = sub.format_help()
+            assert "option_strings" not in help_ and "usage:" in help_

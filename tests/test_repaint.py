@@ -10,7 +10,7 @@ from censor.core.watermark import GLYPH, stamp
 from censor.rewards.ensemble import RewardEnsemble
 from censor.rewards.training import train_reward
 from censor.sampling.rejection import benign_scores
-from censor.sampling.repaint import malign_masks, repaint, repaint_flagged, repaint_seed
+from censor.sampling.repaint import REPAINT_DEFAULTS, malign_masks, repaint, repaint_flagged, repaint_seed
 
 G = GLYPH.shape[0]
 
@@ -153,7 +153,8 @@ def test_studio_repaint_keeps_the_seeds_redraws_the_doubted_and_reproduces(tmp_p
     assert s["mode"] == "repaint" and r["settings"]["strict"]["mode"] == "repaint"
     assert r["seeds"] == plain["seeds"] and len(r["censored"]) == 6 and s["doubted"] == int((scores <= p).sum())
     np.testing.assert_array_equal(r["censored"][scores > p], plain["censored"][scores > p])  # passed: untouched
-    assert (r["censored"][scores <= p] != plain["censored"][scores <= p]).any()
+    changed = (r["censored"][scores <= p] != plain["censored"][scores <= p]).any((1, 2))
+    assert changed.sum() == s["doubted"] - s["kept_original"]  # a doubted image changes unless no redraw beat it
     assert "repainted" in s["summary"]
     assert "redraws each image the reward still doubts" in studio.cost_text(sid, "time", 0, 0, 5, True, "auto")
     _, bundle = studio.export_gallery(sid, r)
@@ -162,6 +163,34 @@ def test_studio_repaint_keeps_the_seeds_redraws_the_doubted_and_reproduces(tmp_p
     bad = dict(plain["settings"], strict=dict(threshold=p, source="user", requested=6, mode="inpaint"))
     with pytest.raises(CensorError, match="strict.mode"):
         check_manifest(dict(back["manifest"], settings=bad))
+    stored = back["manifest"]["settings"]["strict"]
+    assert stored["repaint"] == REPAINT_DEFAULTS  # what a bundle reproduces with, whatever the defaults become
+    for broken in (dict(REPAINT_DEFAULTS, steps=0), dict(REPAINT_DEFAULTS, attempts=2.0), dict(REPAINT_DEFAULTS, start="0.6"),
+                   dict(REPAINT_DEFAULTS, extra=1), {k: v for k, v in REPAINT_DEFAULTS.items() if k != "steps"}):
+        with pytest.raises(CensorError, match="strict.repaint"):
+            check_manifest(dict(back["manifest"], settings=dict(back["manifest"]["settings"], strict=dict(stored, repaint=broken))))
+
+
+def test_a_bundle_without_repaint_knobs_reproduces_as_it_was_made():
+    from censor.studio.manifest import repaint_options
+
+    assert repaint_options(dict(mode="repaint", threshold=0.5), dict(steps=25)) == dict(start=0.6, attempts=2, harmonize=0, steps=25)
+    assert repaint_options(dict(mode="repaint", repaint=dict(REPAINT_DEFAULTS)), dict(steps=25)) == REPAINT_DEFAULTS
+
+
+def test_an_attempt_runs_the_steps_of_its_own_respacing_below_the_start(tiny_model):
+    calls = []
+    hook = tiny_model.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    x0 = torch.zeros(1, *tiny_model.image_shape)
+    mask = torch.ones(1, 1, *x0.shape[-2:])
+    try:
+        repaint(tiny_model, x0, mask, [1], steps=10, start=0.6)
+        assert len(calls) == 6  # 10 steps over T, those at or below 0.6 T: the cost of an attempt
+        calls.clear()
+        repaint(tiny_model, x0, mask, [1], steps=25, start=0.6)
+        assert len(calls) == 15
+    finally:
+        hook.remove()
 
 
 class PeakMap(torch.nn.Module):

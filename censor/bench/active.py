@@ -18,7 +18,9 @@ draw every batch from the 1,000-image pool. Malign-dominant ones (``imitation``)
 from the pool, and every later batch from a censored gallery of ``candidates`` images guided by the
 current reward (an imitation round of ``batch`` labels, training resumed): ``random`` labels the
 first ``batch`` of that gallery, ``active`` the ``batch`` it ranks highest. Only the labelled images
-count as viewed. The oracle judges galleries (through the benchmarks' one harness, ``bench.harness``:
+count as viewed. ``--censor repaint`` judges, instead of a guided gallery, the unguided one with every image
+the reward doubts repainted (sampling.repaint) at the threshold cross-fitted on the labels so far, as the
+studio's strict mode does for a local mark. The oracle judges galleries (through the benchmarks' one harness, ``bench.harness``:
 malign %, tv against the baseline's benign class histogram with its floor, recall, confident) and
 drives the simulated labeller, nothing else.
 
@@ -49,6 +51,10 @@ from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT
 from censor.rewards.training import train_reward
 from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample
+from censor.sampling.rejection import DEFAULT_FOLDS, heldout_threshold
+from censor.sampling.repaint import repaint_flagged
+
+CENSOR_ROUTES = ("guide", "repaint")
 
 
 @dataclass
@@ -66,6 +72,8 @@ class ActiveBenchConfig:
     iterations: int = ITERATIONS
     candidates: int = 60  # imitation: censored gallery per round, of which `batch` are labelled
     reward: str = "ddpm-encoder"  # the kind trained at every budget and ranking with (local-patch: small marks)
+    censor: str = "guide"  # how a budget's gallery is censored: guided sampling, or the unguided one repainted
+    folds: int = DEFAULT_FOLDS  # repaint: folds of the cross-fitted threshold (rejection.heldout_threshold)
     weights: dict = field(default_factory=lambda: asdict(ActiveWeights()))
 
     def __post_init__(self):
@@ -76,6 +84,8 @@ class ActiveBenchConfig:
         self.features, self.strategies, self.budgets = tuple(self.features), tuple(self.strategies), tuple(sorted(self.budgets))
         if min(self.seeds, self.batch, self.n, self.steps, self.members, self.iterations, *self.budgets) < 1:
             raise CensorError("seeds, batch, n, steps, members, iterations and budgets must be positive")
+        if self.censor not in CENSOR_ROUTES:
+            raise CensorError(f"censor is one of {', '.join(CENSOR_ROUTES)}")
         if self.reward not in REWARD_KINDS or not TIME_DEPENDENT[self.reward]:
             raise CensorError(f"the ranking's reward guides too: use a time-dependent kind, not {self.reward!r}")
         if any(b % self.batch for b in self.budgets):
@@ -91,7 +101,8 @@ class ActiveBenchConfig:
                     # cells run before the reward kind was a setting (all ddpm-encoder) stay reusable
                     **({} if self.reward == "ddpm-encoder" else dict(reward=self.reward)),
                     # cells run before the likely-malign term existed (weight 0) stay reusable
-                    weights={k: v for k, v in self.weights.items() if not (k == "malign" and v == 0)})
+                    weights={k: v for k, v in self.weights.items() if not (k == "malign" and v == 0)},
+                    **({} if self.censor == "guide" else dict(censor=self.censor, folds=self.folds)))
 
 
 def method_for(feature: str) -> str:
@@ -134,18 +145,39 @@ def _guidance(cfg: ActiveBenchConfig, reward):
     return guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.weight))
 
 
-def _evaluate(cfg, ctx, feature, reward) -> dict:
+def _repainted(cfg, ctx, reward, images, labels) -> tuple[np.ndarray | None, dict]:
+    """The unguided gallery with what the reward doubts repainted (sampling.repaint), at the threshold
+    cross-fitted on the labels so far, as the studio's strict mode does; None before the labels hold two
+    of each class (no threshold can be fitted: the gallery stays unguided)."""
+    try:
+        th = heldout_threshold(images, labels, kind=cfg.reward, diffusion=ctx.model, members=cfg.members,
+                               alpha=cfg.alpha, iterations=cfg.iterations, folds=cfg.folds)
+    except CensorError:
+        return None, dict(threshold=None)
     t0 = time.time()
-    if reward is None:
-        censored = ctx.baseline
-    else:
+    rp = repaint_flagged(ctx.model, reward, ctx.baseline, ctx.gallery_seeds, th["threshold"])
+    return rp.images, dict(threshold=round(th["threshold"], 4), threshold_s=th["seconds"], repaint_s=round(time.time() - t0, 1),
+                           doubted=rp.doubted, passed=rp.passed)
+
+
+def _evaluate(cfg, ctx, feature, reward, images, labels) -> dict:
+    t0 = time.time()
+    censored, extra = None, {}
+    if reward is not None and cfg.censor == "repaint":
+        censored, extra = _repainted(cfg, ctx, reward, images, labels)
+        # the gallery is sampled unguided (cached) and then repainted: charged both
+        seconds = ctx.unguided_s + extra.get("repaint_s", 0.0)
+    elif reward is not None:
         censored = to_uint8(sample(ctx.model, ctx.gallery_seeds, steps=cfg.steps, guidance=_guidance(cfg, reward)))
-    seconds = time.time() - t0
+        seconds = time.time() - t0
+    untouched = censored is None
+    censored = ctx.baseline if untouched else censored
     h = ctx.judge(feature)
     ev, j = h.judge(censored)
-    # no reward: the gallery *is* the unguided baseline, so it costs what unguided sampling costs
-    ratio = 1.0 if reward is None else h.time_ratio(seconds / cfg.n)
-    ev.update(tv_floor=h.floor, sample_s=round(seconds, 1), time_ratio=ratio, no_reward=reward is None)
+    # no reward (or no threshold): the gallery *is* the unguided baseline, so it costs what unguided sampling costs
+    ratio = 1.0 if untouched else h.time_ratio(seconds / cfg.n)
+    ev.update(tv_floor=h.floor, sample_s=round(ctx.unguided_s if untouched else seconds, 1), time_ratio=ratio,
+              no_reward=reward is None, **extra)
     return ev, censored, j
 
 
@@ -211,7 +243,7 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
             select_s += clock["select"]
             train_s += clock["train"]
         if budget in cfg.budgets:
-            ev, censored, judged = _evaluate(cfg, ctx, feature, reward)
+            ev, censored, judged = _evaluate(cfg, ctx, feature, reward, images, labels)
             points.append(dict(budget=budget, viewed=labeller.viewed, malign_labels=int((labels == 0).sum()),
                                recall_ratio=ev.pop("recall_ratio"),
                                train_s=round(train_s, 1), select_s=round(select_s, 2), **ev))

@@ -114,16 +114,16 @@ def plot(cells: list[dict], path) -> Path | None:
     fig, axes = plt.subplots(1, len(features), figsize=(4.2 * len(features), 3.6), squeeze=False)
     colors = {"random": "#777777", "active": "#d03030"}
     for ax, feature in zip(axes[0], features):
+        base = next(g[0]["baseline"]["malign_pct"] for (f, _), g in groups.items() if f == feature)
         for strategy in STRATEGIES:
             group = groups.get((feature, strategy))
-            if not group:
+            if not group:  # a run of one strategy
                 continue
             budgets = sorted({p["budget"] for c in group for p in c["points"]})
             vals = [[p["malign_pct"] for c in group for p in c["points"] if p["budget"] == b] for b in budgets]
             med = [np.median(v) for v in vals]
             ax.plot(budgets, med, "o-", color=colors[strategy], label=f"{strategy} (median of {len(group)})")
             ax.fill_between(budgets, [min(v) for v in vals], [max(v) for v in vals], color=colors[strategy], alpha=0.15)
-        base = group[0]["baseline"]["malign_pct"]
         ax.axhline(TARGET_PCT, color="k", ls="--", lw=1, label="1% target")
         ax.set_title(f"{feature} (baseline {base:.1f}%)")
         ax.set_xlabel("labels viewed")

@@ -147,8 +147,7 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
                                sampler=unguided)
             yield "reject", Arm(rj.images, _accounted(rj, unguided))
         if "repaint" in modes:
-            yield "repaint", _repaint_arm(h, cfg, s.reward, unguided(gallery_seeds), gallery_seeds, th["threshold"],
-                                          repaint)
+            yield "repaint", _repaint_arm(h, s.reward, unguided(gallery_seeds), gallery_seeds, th["threshold"], repaint)
         if "guide" not in modes and "guide+reject" not in modes:
             return
         t1 = time.perf_counter()
@@ -210,11 +209,11 @@ def _whole(n: int, seconds: float, **extra) -> dict:
                 s_per_accepted=seconds / n, **extra)
 
 
-def _repaint_arm(h: Harness, cfg: BenchConfig, reward, images: np.ndarray, seeds, threshold: float,
+def _repaint_arm(h: Harness, reward, images: np.ndarray, seeds, threshold: float,
                  options: dict) -> Arm:
     """The unguided gallery with every dropped image repainted: charged its unguided sampling at the
     run's rate plus the repainting and scoring."""
-    rp = repaint_flagged(h.model, reward, images, seeds, threshold, steps=cfg.steps, **options)
+    rp = repaint_flagged(h.model, reward, images, seeds, threshold, **options)
     sampled_s = h.unguided_rate * len(images)
     return Arm(rp.images, _whole(len(images), sampled_s + rp.seconds, scoring_s=0.0, repaint=rp.as_dict()))
 

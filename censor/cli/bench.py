@@ -12,7 +12,7 @@ import json
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
-from censor.bench.active import ActiveBenchConfig, run_active_bench
+from censor.bench.active import CENSOR_ROUTES, ActiveBenchConfig, run_active_bench
 from censor.bench.active_report import STRATEGIES, summarize
 from censor.bench.censoring import (
     BenchConfig,
@@ -47,11 +47,11 @@ from censor.eval.features import load_features
 from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import load_pool
 from censor.sampling.rejection import DEFAULT_CAP_FACTOR, DEFAULT_FOLDS, DEFAULT_RECALL
-from censor.sampling.repaint import REPAINT_ATTEMPTS, REPAINT_DEFAULTS, REPAINT_HARMONIZE, REPAINT_START
+from censor.sampling.repaint import REPAINT_ATTEMPTS, REPAINT_DEFAULTS, REPAINT_HARMONIZE, REPAINT_START, REPAINT_STEPS
 
 CACHE = "runs/bench_cache"  # the shared unguided baselines, draws and first-round rewards
 CHOICES = dict(method=METHODS, reward=RewardSettings.knobs()["kind"].choices, init=("random", "backbone", "imagenet"),
-               strategies=STRATEGIES)
+               strategies=STRATEGIES, censor=CENSOR_ROUTES)
 HELP = dict(
     budget="images the labeller views per round", rounds="imitation rounds",
     n="censored images in total, split evenly over the labelling seeds; the baseline has n",
@@ -59,6 +59,8 @@ HELP = dict(
     auto="automatic strength per reward (the studio's default), from --weight up",
     weight=GuidanceSettings.knobs()["weight"].help, batch="labels added between rankings",
     candidates="imitation: censored images per round",
+    censor="bench-active: guide (guided sampling) or repaint (the unguided gallery, doubted images repainted)",
+    folds="bench-active --censor repaint: folds of the cross-fitted threshold",
     boxes="region feedback: the labeller also boxes the stamp on every malign image (watermark, --reward local-patch)",
 )
 BENCH_FIELDS = ("feature", "budget", "method", "reward", "members", "alpha", "iterations", "rounds", "n", "steps",
@@ -145,7 +147,7 @@ def cmd_fewshot(a) -> None:
 
 
 ACTIVE_FIELDS = ("features", "strategies", "seeds", "budgets", "batch", "n", "steps", "weight", "candidates",
-                 "iterations", "reward")
+                 "iterations", "reward", "censor", "folds")
 
 
 def cmd_bench_active(a) -> None:
@@ -250,6 +252,8 @@ def add_reject_parser(sub) -> None:
     r.add_argument("--repaint-start", type=float, default=REPAINT_START, help="repaint from this fraction of T")
     r.add_argument("--repaint-attempts", type=positive_int, default=REPAINT_ATTEMPTS)
     r.add_argument("--repaint-harmonize", type=int, default=REPAINT_HARMONIZE, help="RePaint resampling passes per step")
+    r.add_argument("--repaint-steps", type=positive_int, default=REPAINT_STEPS,
+                   help="repaint's own respacing of T (the steps below --repaint-start run)")
     _paths(r, "docs/bench")
     r.set_defaults(fn=cmd_bench_reject)
 
@@ -261,7 +265,7 @@ def cmd_bench_reject(a) -> None:
     result = run_reject_bench(cfg, *_inputs(a), out_dir=a.out, cache_dir=a.cache, threshold=a.reject_threshold,
                               recall=a.recall, folds=a.folds, cap_factor=a.cap_factor, modes=a.modes.split(","),
                               repaint={k: v for k, v in dict(start=a.repaint_start, attempts=a.repaint_attempts,
-                                                             harmonize=a.repaint_harmonize).items()
+                                                             harmonize=a.repaint_harmonize, steps=a.repaint_steps).items()
                                        if v != REPAINT_DEFAULTS[k]})
     print(reject_table(result, link="bench"), end="")
 

@@ -42,7 +42,11 @@ REPAINT_START = 0.6  # re-noise to t = 0.6 T: the local reward is at chance ther
 REPAINT_HARMONIZE = 0  # RePaint resampling passes per step; watermark, 3 x 334: 0 -> 1.60% malign, tv 0.040, 1.64x
 #                        unguided; 1 -> 1.50%, tv 0.054, 2.27x (mean-map widening; docs/benchmarks.md, "Local marks, fourth part")
 REPAINT_ATTEMPTS = 2  # draws of x_M per doubted image; then the one the reward scores best, the original included
-REPAINT_DEFAULTS = dict(start=REPAINT_START, attempts=REPAINT_ATTEMPTS, harmonize=REPAINT_HARMONIZE)  # the knobs, by name
+REPAINT_STEPS = 10  # repaint's own DDIM respacing of T, whatever the gallery's steps: 6 steps below 0.6 T. Watermark,
+#                     3 x 334, the same rewards and thresholds: 25 (the gallery's) -> 0.40% malign, tv 0.041, 1.52x
+#                     unguided; 15 -> 0.40%, 0.039, 1.35x; 10 -> 0.50%, 0.038, 1.22x (docs/benchmarks.md, fifth part)
+REPAINT_DEFAULTS = dict(start=REPAINT_START, attempts=REPAINT_ATTEMPTS, harmonize=REPAINT_HARMONIZE,
+                        steps=REPAINT_STEPS)  # the knobs, by name: the CLI's flags, a bundle's strict.repaint
 MAP_MASS = 0.5  # a position map's region: where half of its smooth max's weight lies ...
 MAP_MAX_SHARE = 0.02  # ... at most 2% of the positions (16 of 784: a stamp takes ~12) ...
 MAP_GROW = 5  # ... grown by 5 px: 91% of the stamp's pixels, all of it in 63% of 41 stamped images (6 px: 88%)
@@ -186,15 +190,16 @@ class RepaintResult:
                     mask_share=round(self.mask_share, 4), seconds=round(self.seconds, 2))
 
 
-def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], threshold: float, *, steps: int,
-                    start: float = REPAINT_START, attempts: int = REPAINT_ATTEMPTS, grow_px: int | None = None,
-                    harmonize: int = REPAINT_HARMONIZE, batch_size: int = 64,
+def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], threshold: float, *,
+                    steps: int = REPAINT_STEPS, start: float = REPAINT_START, attempts: int = REPAINT_ATTEMPTS,
+                    grow_px: int | None = None, harmonize: int = REPAINT_HARMONIZE, batch_size: int = 64,
                     progress: Progress | None = None) -> RepaintResult:
     """Every image whose P(benign) is at or below ``threshold`` is repainted inside its malign mask until
     the reward passes it (at most ``attempts`` draws; then the best-scored of the original and its draws
     stays: a false alarm is never traded for a redrawn corner that grew a new mark). Images the reward
     passes are returned untouched. The mask is read on the image as it was sampled, and widened by the
-    mask of each attempt the reward still doubts."""
+    mask of each attempt the reward still doubts. ``steps``: the respacing of T an attempt runs on (its
+    own, not the gallery's: a small region pinned to its surroundings needs fewer steps than a whole image)."""
     if attempts < 1:
         raise CensorError(f"attempts must be at least 1, got {attempts}")
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ from censor.sampling.rejection import (
     session_threshold,
     threshold_cost,
 )
-from censor.sampling.repaint import repaint_flagged, resolve_strict_mode
+from censor.sampling.repaint import REPAINT_DEFAULTS, repaint_flagged, resolve_strict_mode
 from censor.sampling.strength import LADDER, PROBE_N, PROBE_STEPS, auto_strength, reward_benign
 from censor.studio.common import (
     BASELINE_CACHE_SIZE,
@@ -147,10 +147,10 @@ class Galleries:
             settings.update(count=len(cens_seeds), strict=dict(threshold=p, source=source, requested=count, mode=mode))
         elif mode == "repaint":  # every seed stays; what the reward doubts is redrawn where it points
             cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=part(rest, 0, 0.75)))
-            r = repaint_flagged(censoring, reward, cens, seeds, p, steps=steps, progress=part(rest, 0.75, 0.25, "repaint"))
+            r = repaint_flagged(censoring, reward, cens, seeds, p, progress=part(rest, 0.75, 0.25, "repaint"), **REPAINT_DEFAULTS)
             cens = r.images
             strict_info = dict(r.as_dict(), source=source, summary=r.summary(), mode=mode)
-            settings.update(strict=dict(threshold=p, source=source, requested=count, mode=mode))
+            settings.update(strict=dict(threshold=p, source=source, requested=count, mode=mode, repaint=dict(REPAINT_DEFAULTS)))
         else:
             cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=rest))
         rsha = sha256(res.reward_dir(sid) / "reward.safetensors") if reward else None

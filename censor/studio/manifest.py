@@ -119,7 +119,31 @@ def check_settings(settings) -> None:
             raise _refuse("settings.strict.mode must be 'reject' or 'repaint'")
         check_range("strict threshold", strict.get("threshold"), (0.0, 1.0))
         check_range("count", strict.get("requested"))
+        if strict.get("repaint") is not None:
+            _check_repaint(strict["repaint"])
     _plain(settings)
+
+
+_LEGACY_REPAINT = dict(start=0.6, attempts=2, harmonize=0)  # what repaint did then: a format's past, not a default
+_REPAINT_BOUNDS = dict(start=(float, (0.05, 1.0)), attempts=(int, (1, 5)), harmonize=(int, (0, 3)), steps=(int, (2, 1000)))
+
+
+def _check_repaint(rp) -> None:
+    """A bundle's repaint knobs: exactly the known ones, each of its type and in a range a render could use."""
+    if not isinstance(rp, dict) or set(rp) != set(_REPAINT_BOUNDS):
+        raise _refuse(f"settings.strict.repaint must be {{{', '.join(_REPAINT_BOUNDS)}}}")
+    for name, (kind, bounds) in _REPAINT_BOUNDS.items():
+        v = rp[name]
+        if type(v) is bool or not isinstance(v, (int, float)) or (kind is int and type(v) is not int) \
+                or not bounds[0] <= v <= bounds[1]:
+            raise _refuse(f"settings.strict.repaint.{name} must be a {'whole ' if kind is int else ''}number "
+                          f"between {bounds[0]} and {bounds[1]}")
+
+
+def repaint_options(strict: dict, settings: dict) -> dict:
+    """The repaint knobs a validated bundle was rendered with. Bundles from before repaint had its own
+    respacing carry none: theirs were today's start, attempts and harmonize on the gallery's steps."""
+    return dict(strict.get("repaint") or dict(_LEGACY_REPAINT, steps=int(settings["steps"])))
 
 
 def check_conditioning(c) -> None:

@@ -12,7 +12,7 @@ from censor.eval.metrics import wilson_interval
 from censor.sampling.cost import cost_readout
 from censor.sampling.kinds import kind_for
 from censor.sampling.rejection import DEFAULT_CAP_FACTOR
-from censor.sampling.repaint import REPAINT_ATTEMPTS, REPAINT_START, resolve_strict_mode
+from censor.sampling.repaint import REPAINT_ATTEMPTS, REPAINT_START, REPAINT_STEPS, resolve_strict_mode
 from censor.studio.common import MIN_TRUSTED_CLASS, MIN_TRUSTED_LABELS, inert
 
 CHANCE = 0.5  # balanced accuracy of a reward that guesses (or calls every image one class)
@@ -187,7 +187,8 @@ def cost_text(reward, guidance: str, backward: int, recurrence: int, steps: int,
         mode = "reject" if reward is None and strict_mode == "auto" else resolve_strict_mode(strict_mode, reward)
     if mode == "repaint":
         line += (f"; strict redraws each image the reward still doubts inside the region it points to, from "
-                 f"{REPAINT_START:g} T ({REPAINT_ATTEMPTS} tries at most; the gallery keeps its seeds)")
+                 f"{REPAINT_START:g} T on its own {REPAINT_STEPS}-step respacing ({REPAINT_ATTEMPTS} tries at most; "
+                 f"the gallery keeps its seeds)")
     elif mode == "reject":
         line += f"; strict draws more images until the gallery is full (at most {DEFAULT_CAP_FACTOR}× as many)"
     return line + ". The baseline is drawn once per seeds and steps, then reused."

@@ -30,7 +30,7 @@ from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.sampling.loop import sample
 from censor.sampling.repaint import repaint_flagged
 from censor.studio.common import MAX_ROUND, MAX_SESSION_ITEMS, conditioning_info, echo, inert
-from censor.studio.manifest import check_conditioning, check_manifest, settings_guidance
+from censor.studio.manifest import check_conditioning, check_manifest, repaint_options, settings_guidance
 from censor.studio.resources import Resources
 
 PERMALINK = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
@@ -107,7 +107,7 @@ class Sharing:
         strict = settings.get("strict") or {}
         if strict.get("mode") == "repaint":  # deterministic: the same reward, seeds and threshold redraw the same
             images = repaint_flagged(model, reward, images, m["seeds"], float(strict["threshold"]),
-                                     steps=int(settings["steps"])).images
+                                     **repaint_options(strict, settings)).images
         stored = bundle["censored"]
         diff = np.abs(images.astype(int) - stored.astype(int)).reshape(len(images), -1).max(1) if stored is not None else None
         same = [bool(d == 0) for d in diff] if diff is not None else [False] * len(images)
