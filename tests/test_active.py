@@ -291,3 +291,32 @@ def test_active_bench_repaint_route_thresholds_on_the_labels_and_charges_the_rep
     assert first["threshold"] is None and first["time_ratio"] == 1.0  # 2 labels: no threshold, nothing repainted
     assert 0 <= last["threshold"] <= 1 and 0 <= last["passed"] <= last["doubted"] <= 6
     assert last["time_ratio"] > 1.0 if last["doubted"] else last["time_ratio"] >= 1.0
+
+
+def test_active_bench_boxes_reach_training_and_the_threshold(tmp_path, fixture_images, tiny_model, monkeypatch):
+    """``--boxes``: every reward and every cross-fitted threshold of a cell is trained with one box per label,
+    a box on each malign label and none on the benign ones; boxes need the watermark and a local reward."""
+    import censor.bench.active as active
+    from censor.bench.active import ActiveBenchConfig, run_active_bench
+    from censor.core.watermark import stamp
+    from censor.eval.oracle import load_oracle, load_reference
+
+    with pytest.raises(CensorError, match="boxes need the watermark"):
+        ActiveBenchConfig(features=("bags",), reward="local-patch", boxes=True)
+    seen = []
+    for name in ("train_reward", "heldout_threshold"):
+        real = getattr(active, name)
+        monkeypatch.setattr(active, name, lambda *a, _real=real, _name=name, **k: seen.append(
+            (_name, a[1] if len(a) > 1 else None, k.get("boxes"))) or _real(*a, **k))
+    images = fixture_images["images"][:40].copy()
+    for i in range(0, 40, 2):
+        images[i] = stamp(images[i], 3, (1, 1), 1.0)
+    cfg = ActiveBenchConfig(features=("watermark",), strategies=("random",), seeds=1, budgets=(8,), batch=8, n=4,
+                            steps=2, members=2, iterations=2, reward="local-patch", censor="repaint", folds=2, boxes=True)
+    (cell,) = run_active_bench(cfg, tiny_model, load_oracle(), Pool(images, np.arange(40), {}), load_reference(),
+                               out_dir=tmp_path, cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert cell["settings"]["boxes"] is True
+    assert {name for name, _, _ in seen} == {"train_reward", "heldout_threshold"}
+    for _, labels, boxes in seen:
+        assert len(boxes) == len(labels) and any(b is not None for b in boxes)
+        assert all((b is None) == (lab == 1) for b, lab in zip(boxes, labels))

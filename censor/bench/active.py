@@ -33,81 +33,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from censor.bench.active_report import STRATEGIES, TARGET_PCT, labels_to_target, summarize
+from censor.bench.active_config import ActiveBenchConfig, method_for
+from censor.bench.active_report import TARGET_PCT, labels_to_target, summarize
 from censor.bench.harness import Harness, comparison_grid
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
-from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
-from censor.eval.features import feature_spec
+from censor.core.settings import DEFAULT_GUIDANCE
 from censor.labels.imitation import imitation_round
 from censor.labels.labeller import SimulatedLabeller
 from censor.labels.ranking import ActiveWeights, EncoderFeatures, member_probs, rank
-from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT
 from censor.rewards.training import train_reward
 from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample
-from censor.sampling.rejection import DEFAULT_FOLDS, heldout_threshold
+from censor.sampling.rejection import heldout_threshold
 from censor.sampling.repaint import repaint_flagged
-
-CENSOR_ROUTES = ("guide", "repaint")
-
-
-@dataclass
-class ActiveBenchConfig:
-    features: tuple[str, ...] = ("bags", "watermark", "not-footwear")
-    strategies: tuple[str, ...] = STRATEGIES
-    seeds: int = 3
-    budgets: tuple[int, ...] = (20, 40, 60, 100)
-    batch: int = 20
-    n: int = 300
-    steps: int = 25
-    members: int = MEMBERS
-    weight: float = DEFAULT_GUIDANCE.weight
-    alpha: float = ALPHA
-    iterations: int = ITERATIONS
-    candidates: int = 60  # imitation: censored gallery per round, of which `batch` are labelled
-    reward: str = "ddpm-encoder"  # the kind trained at every budget and ranking with (local-patch: small marks)
-    censor: str = "guide"  # how a budget's gallery is censored: guided sampling, or the unguided one repainted
-    folds: int = DEFAULT_FOLDS  # repaint: folds of the cross-fitted threshold (rejection.heldout_threshold)
-    weights: dict = field(default_factory=lambda: asdict(ActiveWeights()))
-
-    def __post_init__(self):
-        for f in self.features:
-            feature_spec(f)
-        if not set(self.strategies) <= set(STRATEGIES):
-            raise CensorError(f"strategies are {', '.join(STRATEGIES)}")
-        self.features, self.strategies, self.budgets = tuple(self.features), tuple(self.strategies), tuple(sorted(self.budgets))
-        if min(self.seeds, self.batch, self.n, self.steps, self.members, self.iterations, *self.budgets) < 1:
-            raise CensorError("seeds, batch, n, steps, members, iterations and budgets must be positive")
-        if self.censor not in CENSOR_ROUTES:
-            raise CensorError(f"censor is one of {', '.join(CENSOR_ROUTES)}")
-        if self.reward not in REWARD_KINDS or not TIME_DEPENDENT[self.reward]:
-            raise CensorError(f"the ranking's reward guides too: use a time-dependent kind, not {self.reward!r}")
-        if any(b % self.batch for b in self.budgets):
-            raise CensorError(f"every budget must be a multiple of the batch ({self.batch})")
-        if self.candidates < self.batch and any(method_for(f) == "imitation" for f in self.features):
-            raise CensorError("candidates (the censored gallery of an imitation round) must be at least the batch")
-
-    def cell_settings(self, feature: str) -> dict:
-        """What a finished cell must have been run with to be reused."""
-        return dict(feature=feature, method=method_for(feature), budgets=list(self.budgets), batch=self.batch, n=self.n,
-                    steps=self.steps, members=self.members, weight=self.weight, alpha=self.alpha,
-                    iterations=self.iterations, candidates=self.candidates,
-                    # cells run before the reward kind was a setting (all ddpm-encoder) stay reusable
-                    **({} if self.reward == "ddpm-encoder" else dict(reward=self.reward)),
-                    # cells run before the likely-malign term existed (weight 0) stay reusable
-                    weights={k: v for k, v in self.weights.items() if not (k == "malign" and v == 0)},
-                    **({} if self.censor == "guide" else dict(censor=self.censor, folds=self.folds)))
-
-
-def method_for(feature: str) -> str:
-    return "imitation" if feature_spec(feature).get("dominance") == "malign" else "ensemble"
-
 
 class Context:
     """What every cell shares: the model, oracle, pool, cached encoder features and the harness
@@ -134,24 +77,24 @@ class Context:
         return dict(self.judge(feature).baseline_row(), unguided_s=round(self.unguided_s, 2))
 
 
-def _train(cfg, ctx, images, labels, seed, resume=None):
+def _train(cfg, ctx, images, labels, seed, resume=None, boxes=None):
     if (labels == 0).sum() == 0 or (labels == 1).sum() == 0:
         return None  # one class only: nothing to learn yet (a real outcome of small budgets)
     return train_reward(images, labels, kind=cfg.reward, diffusion=ctx.model, members=cfg.members,
-                        alpha=cfg.alpha, iterations=cfg.iterations, seed=seed, resume=resume)
+                        alpha=cfg.alpha, iterations=cfg.iterations, seed=seed, resume=resume, boxes=boxes)
 
 
 def _guidance(cfg: ActiveBenchConfig, reward):
     return guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.weight))
 
 
-def _repainted(cfg, ctx, reward, images, labels) -> tuple[np.ndarray | None, dict]:
+def _repainted(cfg, ctx, reward, images, labels, boxes=None) -> tuple[np.ndarray | None, dict]:
     """The unguided gallery with what the reward doubts repainted (sampling.repaint), at the threshold
     cross-fitted on the labels so far, as the studio's strict mode does; None before the labels hold two
     of each class (no threshold can be fitted: the gallery stays unguided)."""
     try:
         th = heldout_threshold(images, labels, kind=cfg.reward, diffusion=ctx.model, members=cfg.members,
-                               alpha=cfg.alpha, iterations=cfg.iterations, folds=cfg.folds)
+                               alpha=cfg.alpha, iterations=cfg.iterations, folds=cfg.folds, boxes=boxes)
     except CensorError:
         return None, dict(threshold=None)
     t0 = time.time()
@@ -160,11 +103,11 @@ def _repainted(cfg, ctx, reward, images, labels) -> tuple[np.ndarray | None, dic
                            doubted=rp.doubted, passed=rp.passed)
 
 
-def _evaluate(cfg, ctx, feature, reward, images, labels) -> dict:
+def _evaluate(cfg, ctx, feature, reward, images, labels, boxes=None) -> dict:
     t0 = time.time()
     censored, extra = None, {}
     if reward is not None and cfg.censor == "repaint":
-        censored, extra = _repainted(cfg, ctx, reward, images, labels)
+        censored, extra = _repainted(cfg, ctx, reward, images, labels, boxes)
         # the gallery is sampled unguided (cached) and then repainted: charged both
         seconds = ctx.unguided_s + extra.get("repaint_s", 0.0)
     elif reward is not None:
@@ -179,6 +122,10 @@ def _evaluate(cfg, ctx, feature, reward, images, labels) -> dict:
     ev.update(tv_floor=h.floor, sample_s=round(ctx.unguided_s if untouched else seconds, 1), time_ratio=ratio,
               no_reward=reward is None, **extra)
     return ev, censored, j
+
+
+def _boxes(cfg, labeller, images, labels):
+    return labeller.boxes(images, labels) if cfg.boxes else None
 
 
 def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, seed: int,
@@ -213,7 +160,8 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
             labels = np.concatenate([labels, labeller.label(new)])
             if budget in cfg.budgets or strategy == "active" or method == "imitation":
                 t1 = time.time()
-                reward = _train(cfg, ctx, images, labels, seed, resume=reward if method == "imitation" else None)
+                reward = _train(cfg, ctx, images, labels, seed, resume=reward if method == "imitation" else None,
+                                boxes=_boxes(cfg, labeller, images, labels))
                 train_s += time.time() - t1
         else:  # imitation round: a censored gallery of `candidates` from the current reward, `batch` labelled
             clock = {}
@@ -243,7 +191,8 @@ def run_cell(cfg: ActiveBenchConfig, ctx: Context, feature: str, strategy: str, 
             select_s += clock["select"]
             train_s += clock["train"]
         if budget in cfg.budgets:
-            ev, censored, judged = _evaluate(cfg, ctx, feature, reward, images, labels)
+            ev, censored, judged = _evaluate(cfg, ctx, feature, reward, images, labels,
+                                             _boxes(cfg, labeller, images, labels))
             points.append(dict(budget=budget, viewed=labeller.viewed, malign_labels=int((labels == 0).sum()),
                                recall_ratio=ev.pop("recall_ratio"),
                                train_s=round(train_s, 1), select_s=round(select_s, 2), **ev))

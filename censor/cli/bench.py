@@ -12,7 +12,8 @@ import json
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
-from censor.bench.active import CENSOR_ROUTES, ActiveBenchConfig, run_active_bench
+from censor.bench.active import ActiveBenchConfig, run_active_bench
+from censor.bench.active_config import CENSOR_ROUTES
 from censor.bench.active_report import STRATEGIES, summarize
 from censor.bench.censoring import (
     BenchConfig,
@@ -147,7 +148,7 @@ def cmd_fewshot(a) -> None:
 
 
 ACTIVE_FIELDS = ("features", "strategies", "seeds", "budgets", "batch", "n", "steps", "weight", "candidates",
-                 "iterations", "reward", "censor", "folds")
+                 "iterations", "reward", "censor", "folds", "boxes")
 
 
 def cmd_bench_active(a) -> None:
