@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from censor.cli.args import dispatch, positive_int
+from censor.cli.args import add_model_args, dispatch, positive_int
 from censor.core.settings import DEFAULT_GUIDANCE
 from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
 from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import load_pool
 from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
-from rlhf.configs import DistilConfig
+from rlhf.configs import DDPOConfig, DistilConfig
+from rlhf.finetune import MIXED_PRECISION
 
 
 def _config(a, **extra) -> CompareConfig:
@@ -41,6 +42,23 @@ def cmd_curve(a) -> None:
     result = run_curve(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
                        cache_dir=a.cache)
     print(markdown_curve(result), end="")
+
+
+def cmd_finetune(a) -> None:
+    from censor.cli.args import model_from_args
+    from rlhf.finetune import run_finetune
+
+    cfg = DDPOConfig(steps=a.train_steps, epochs=a.epochs, images=a.images, batch_size=a.batch, lr=a.lr,
+                     full=a.full, lora_rank=a.lora_rank, lora_target=a.lora_target, kl_beta=a.kl_beta, seed=a.seed)
+    run_finetune(lambda device: model_from_args(_on(a, device)), a.reward, cfg, a.out, device=a.device,
+                 mixed_precision=a.mixed_precision)
+
+
+def _on(a, device: str):
+    """The parsed options with ``device`` (the one accelerate assigned this process)."""
+    b = argparse.Namespace(**vars(a))
+    b.device = device
+    return b
 
 
 def _shared(c: argparse.ArgumentParser, seeds: int, out: str) -> None:
@@ -96,7 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
     _shared(k, seeds=1, out="docs/bench/rlhf_curves")
     k.add_argument("--at", type=positive_int, nargs="+", default=[2, 5, 10, 20], help="DDPO epochs to judge")
     k.set_defaults(fn=cmd_curve)
+    add_finetune_parser(sub)
     return p
+
+
+def add_finetune_parser(sub) -> None:
+    d = DDPOConfig()
+    f = sub.add_parser("finetune", help="RLHF (DDPO) of any model against a saved reward (accelerate launch for GPUs)")
+    add_model_args(f)
+    f.add_argument("--reward", required=True, help="a saved reward folder (a studio session's), trained on this model")
+    f.add_argument("--out", required=True, help="the adapter folder to write")
+    f.add_argument("--epochs", type=positive_int, default=d.epochs)
+    f.add_argument("--images", type=positive_int, default=d.images, help="rollouts per epoch and process")
+    f.add_argument("--batch", type=positive_int, default=d.batch_size, help="rollouts per optimiser step")
+    f.add_argument("--train-steps", type=positive_int, default=d.steps, help="DDIM steps of a rollout")
+    f.add_argument("--lr", type=float, default=d.lr)
+    f.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
+    f.add_argument("--lora-rank", type=positive_int, default=d.lora_rank)
+    f.add_argument("--lora-target", default=d.lora_target, choices=["attention", "attention+convs"])
+    f.add_argument("--kl-beta", type=float, default=d.kl_beta, help="per-step KL penalty to the frozen model")
+    f.add_argument("--seed", type=int, default=d.seed)
+    f.add_argument("--mixed-precision", default="no", choices=MIXED_PRECISION)
+    f.set_defaults(fn=cmd_finetune)
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,10 @@ def cmd_sample(a) -> None:
     if not out.parent.exists():
         raise CensorError(f"output folder {out.parent} does not exist")
     model = model_from_args(a)
+    if a.adapter:  # an RLHF / D3PO fine-tune (``python -m rlhf finetune``): refused when made for another model
+        from rlhf.adapters import load_adapter
+
+        load_adapter(model.unet, a.adapter)
     guidance = None
     if a.reward:
         reward = load_reward(a.reward, model)
@@ -55,7 +59,7 @@ def cmd_sample(a) -> None:
     images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,
                              show_bar=True, guidance=guidance))
     save_grid(images, out, nrow=a.nrow)
-    what = f"censored with {a.reward}" if a.reward else "unguided"
+    what = (f"censored with {a.reward}" if a.reward else "unguided") + (f", from adapter {a.adapter}" if a.adapter else "")
     print(f"wrote {a.n} {what} samples ({a.steps} {a.scheduler} steps, {time.time() - t0:.1f}s) to {out}")
 
 
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
     s.add_argument("--nrow", type=positive_int, default=None)
     s.add_argument("--reward", default=None, help="a saved reward folder: sample censored with it")
+    s.add_argument("--adapter", default=None, help="a fine-tuned adapter folder (python -m rlhf finetune) to sample from")
     add_guidance_args(s)
     s.set_defaults(fn=cmd_sample)
 
