@@ -137,10 +137,11 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
             with job(request, progress, "training reward") as tick:
                 info = studio.train(sid, method, kind, members, iterations, alpha, progress=tick)
         except JobCancelled as e:
-            return f"⏹ {e}"
+            return f"⏹ {e}", gr.skip()
         except CensorError as e:
             raise gr.Error(str(e))
-        return training_summary(info)
+        # a reward of a local mark ticks strict (auto: repaint); any other leaves the person's choice as it was
+        return training_summary(info), (True if info.get("strict_default") else gr.skip())
 
     def on_censor(sid, guidance, weight, backward, recurrence, steps, seed, count, feature, source,
                   strict=False, strict_p=0.0, auto=False, strict_mode="auto", request: gr.Request = None,
@@ -435,7 +436,7 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         page_malign_btn.click(on_mark_page("malign"), inputs=[sid, page], outputs=paged, api_name=False)
         page_out_btn.click(on_mark_page("leave out"), inputs=[sid, page], outputs=paged, api_name=False)
         # heavy jobs: each its own queue slot (labelling clicks never wait behind them), one per browser
-        heavy(train_btn, train_cancel, on_train, [sid, method, kind, members, iterations, alpha], train_out)
+        heavy(train_btn, train_cancel, on_train, [sid, method, kind, members, iterations, alpha], [train_out, strict])
         heavy(censor_btn, censor_cancel, on_censor, [sid, guidance, weight, backward, recurrence, steps, seed, count,
                                                      feature, source, strict, strict_p, auto, strict_mode],
               [base_gallery, cens_gallery, censor_out, last])

@@ -179,7 +179,7 @@ def test_eight_concurrent_sessions_are_isolated(tmp_path):
         barrier.wait(60)  # everyone labels, trains and samples at the same time
         for item in ids[: k + 1]:  # session k marks k + 1 images malign
             click(server, c.session_hash, item)
-        trained = c.predict("ensemble", "ddpm-encoder", 1, 10, 0.1, api_name="/on_train")
+        trained, _ = c.predict("ensemble", "ddpm-encoder", 1, 10, 0.1, api_name="/on_train")  # summary, strict
         base, censored, note = c.predict("time", 4.0, 0, 0, 5, 1000 + k, 2, "(none)", "base model",
                                          api_name="/on_censor")
         sent = c.predict(api_name="/on_send")
@@ -383,7 +383,11 @@ def test_failed_training_and_sampling_report_and_leave_the_session_usable(studio
             with pytest.raises(AppError, match=r"training failed \(RuntimeError\); your labels are kept"):
                 client.predict("ensemble", "half-unet", 2, 10, 0.5, api_name="/on_train")
         assert studio.store.counts(sid) == before and not studio.reward_dir(sid).exists()
-        assert "Trained a half-unet reward" in client.predict("ensemble", "half-unet", 2, 10, 0.5, api_name="/on_train")
+        summary, strict = client.predict("ensemble", "half-unet", 2, 10, 0.5, api_name="/on_train")
+        assert "Trained a half-unet reward" in summary and strict == {"__type__": "update"}  # strict left as it was
+        summary, strict = client.predict("ensemble", "local-patch", 2, 10, 0.5, api_name="/on_train")
+        assert "Trained a local-patch reward" in summary and strict is True  # a local mark's reward renders strict
+        assert "Trained a half-unet reward" in client.predict("ensemble", "half-unet", 2, 10, 0.5, api_name="/on_train")[0]
         weights = (studio.reward_dir(sid) / "reward.safetensors").read_bytes()
 
         with monkeypatch.context() as m:

@@ -214,3 +214,12 @@ def test_each_members_region_reaches_where_the_mean_map_does_not():
     each = malign_masks(reward, x, grow_px=0, each=True)[0, 0]
     assert mean[2, 2] == 1 and mean.sum() < each.sum()
     assert each[2, 2] == 1 and each[25, 25] == 1 and each.sum() == 2
+
+
+def test_a_reward_of_a_local_mark_renders_strict_by_default():
+    from censor.rewards.architectures import REGISTRY
+    from censor.sampling.repaint import strict_by_default
+
+    assert strict_by_default("local-patch")  # guidance cannot steer a local mark away; repaint can
+    assert not any(strict_by_default(k) for k in REGISTRY if not REGISTRY[k].patches)
+    assert not strict_by_default("no-such-kind")

@@ -9,6 +9,7 @@ from censor.core.progress import Progress, part, reporter
 from censor.rewards.architectures import REGISTRY
 from censor.rewards.training import feature_bank, train_reward, training_cost
 from censor.rewards.validation import held_out_check, held_out_cost
+from censor.sampling.repaint import strict_by_default
 from censor.studio.common import MAX_TRAIN_LABELS, check_range, reported
 from censor.studio.readouts import held_out_interval
 from censor.studio.resources import Resources
@@ -20,7 +21,8 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
     """Train and save the session's reward; ``imitation`` resumes the previous one when it matches
     (same kind and member count); the session's boxes train a kind that scores positions (local-patch).
     Returns the reward's info (``boxes`` used, ``boxes_drawn`` on its labels), with ``held_out_accuracy`` (None: too few
-    labels), ``held_out_counts`` (per-class hits and counts) and ``held_out_ci`` (its 95% interval).
+    labels), ``held_out_counts`` (per-class hits and counts), ``held_out_ci`` (its 95% interval) and
+    ``strict_default`` (the Censor tab ticks strict for a reward of a local mark: sampling.repaint).
     ``progress(fraction, desc=...)`` hears all through, e.g. "final reward (2 of 2) · member 2 of 4 ·
     iteration 120 of 400"."""
     members = int(check_range("members", members)) if method != "single" else 1
@@ -61,4 +63,4 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
     reward.info.update(held_out_accuracy=accuracy, held_out_counts=held_out, held_out_ci=list(ci) if ci else None,
                        boxes_drawn=drawn)
     reward.save(res.reward_dir(sid))
-    return dict(reward.info)
+    return dict(reward.info, strict_default=strict_by_default(kind))
