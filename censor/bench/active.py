@@ -52,6 +52,7 @@ from censor.sampling.loop import sample
 from censor.sampling.rejection import heldout_threshold
 from censor.sampling.repaint import repaint_flagged
 
+
 class Context:
     """What every cell shares: the model, oracle, pool, cached encoder features and the harness
     (baseline of the same n fixed seeds for every cell, its floor, unguided timing), judged per feature."""

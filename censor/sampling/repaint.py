@@ -45,7 +45,8 @@ REPAINT_HARMONIZE = 0  # RePaint resampling passes per step; watermark, 3 x 334:
 REPAINT_ATTEMPTS = 2  # draws of x_M per doubted image; then the one the reward scores best, the original included
 REPAINT_STEPS = 10  # repaint's own DDIM respacing of T, whatever the gallery's steps: 6 steps below 0.6 T. Watermark,
 #                     3 x 334, the same rewards and thresholds: 25 (the gallery's) -> 0.40% malign, tv 0.041, 1.52x
-#                     unguided; 15 -> 0.40%, 0.039, 1.35x; 10 -> 0.50%, 0.038, 1.22x (docs/benchmarks.md, fifth part)
+#                     unguided; 15 -> 0.40%, 0.039, 1.35x; 10 -> 0.50%, 0.038, 1.22x; in bench-reject 10 -> 0.50%,
+#                     tv 0.050, recall 0.96x, 1.31x (docs/benchmarks.md, "Local marks, fifth part")
 REPAINT_DEFAULTS = dict(start=REPAINT_START, attempts=REPAINT_ATTEMPTS, harmonize=REPAINT_HARMONIZE,
                         steps=REPAINT_STEPS)  # the knobs, by name: the CLI's flags, a bundle's strict.repaint
 MAP_MASS = 0.5  # a position map's region: where half of its smooth max's weight lies ...
@@ -68,8 +69,9 @@ def resolve_strict_mode(choice: str, reward) -> str:
 
 def strict_by_default(kind: str) -> bool:
     """Whether a freshly trained reward of ``kind`` renders strict (auto: repaint) unless a person unticks it: a
-    reward that scores positions is for a local mark, which guidance does not steer away (watermark, 100 labels:
-    guided 7.29%, repainted 0.50% at 1.31x unguided; docs/benchmarks.md), so its default render is the repaint."""
+    reward that scores positions is for a local mark, which guidance does not steer away (watermark, 100 labels,
+    local-patch: guided 7.9%, on x̂0 4.6%, repainted 0.50% at 1.31x unguided; docs/benchmarks.md), so its
+    default render is the repaint."""
     return kind in REGISTRY and REGISTRY[kind].patches
 
 
