@@ -294,3 +294,29 @@ def test_rejection_scores_a_latent_models_time_dependent_reward_on_latents(folde
                           batch_size=4)
     result = reject_sample(model, reward, 2, 0, 0.0, steps=2)  # every image passes p > 0: no shape error on the way
     assert result.kept == 2 and result.images.shape == (2, *model.image_shape[1:], 3)
+
+
+def test_repaint_on_a_latent_model_keeps_the_latents_outside_and_returns_images(folders):
+    """Repaint's latent path: the mask read off the decoded image lands on the latent grid, the latents outside
+    it come back exactly, and a doubted image returns as an image of the model's shape (its outside is then the
+    VAE round trip, as repaint's docstring says)."""
+    import numpy as np
+
+    from censor.core.data import to_model_range
+    from censor.rewards.training import train_reward
+    from censor.sampling.repaint import _masks, repaint, repaint_flagged
+
+    model = load(folders, "latent-vq")
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 255, (4, *model.image_shape[1:], 3), dtype=np.uint8)
+    reward = train_reward(images, np.array([0, 1] * 2), kind="half-unet", diffusion=model, members=1, iterations=2,
+                          batch_size=4)
+    x0 = model.encode(to_model_range(images))
+    mask = _masks(model, reward, images, x0.shape[-2:], grow_px=0)
+    assert mask.shape == (4, 1, *x0.shape[-2:]) and 0 < float(mask.mean()) < 1  # saliency, max-pooled onto latents
+    new = repaint(model, x0, mask, [1, 2, 3, 4], steps=4, start=0.75)
+    outside = (mask == 0).expand_as(x0)
+    torch.testing.assert_close(new[outside], x0[outside], rtol=0, atol=1e-5)
+    assert not torch.allclose(new[~outside], x0[~outside])
+    result = repaint_flagged(model, reward, images, [1, 2, 3, 4], threshold=1.0, steps=4, start=0.75, attempts=1)
+    assert result.doubted == 4 and result.images.shape == images.shape and result.images.dtype == np.uint8
