@@ -165,7 +165,8 @@ def test_studio_repaint_keeps_the_seeds_redraws_the_doubted_and_reproduces(tmp_p
         check_manifest(dict(back["manifest"], settings=bad))
     stored = back["manifest"]["settings"]["strict"]
     assert stored["repaint"] == REPAINT_DEFAULTS  # what a bundle reproduces with, whatever the defaults become
-    for broken in (dict(REPAINT_DEFAULTS, steps=0), dict(REPAINT_DEFAULTS, attempts=2.0), dict(REPAINT_DEFAULTS, start="0.6"),
+    for broken in (dict(REPAINT_DEFAULTS, steps=0), dict(REPAINT_DEFAULTS, steps=10**6), dict(REPAINT_DEFAULTS, attempts=99),
+                   dict(REPAINT_DEFAULTS, attempts=2.0), dict(REPAINT_DEFAULTS, start="0.6"),
                    dict(REPAINT_DEFAULTS, extra=1), {k: v for k, v in REPAINT_DEFAULTS.items() if k != "steps"}):
         with pytest.raises(CensorError, match="strict.repaint"):
             check_manifest(dict(back["manifest"], settings=dict(back["manifest"]["settings"], strict=dict(stored, repaint=broken))))

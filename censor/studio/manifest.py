@@ -125,7 +125,8 @@ def check_settings(settings) -> None:
 
 
 _LEGACY_REPAINT = dict(start=0.6, attempts=2, harmonize=0)  # what repaint did then: a format's past, not a default
-_REPAINT_BOUNDS = dict(start=(float, (0.05, 1.0)), attempts=(int, (1, 5)), harmonize=(int, (0, 3)), steps=(int, (2, 1000)))
+# bounded so that reproducing an uploaded bundle costs at most what a render here could (a public Space)
+_REPAINT_BOUNDS = dict(start=(float, (0.05, 1.0)), attempts=(int, (1, 3)), harmonize=(int, (0, 1)), steps=(int, (2, 50)))
 
 
 def _check_repaint(rp) -> None:
