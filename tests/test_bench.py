@@ -215,7 +215,7 @@ def test_the_harness_slices_disjoint_seeds_and_judges_what_an_arm_keeps(tmp_path
     h = Harness(tiny_model, load_oracle(), load_reference(), "bags", 2, per_seed=5, slices=2, cache_dir=tmp_path)
     assert h.seeds == seeds_for(10, GALLERY_SEED) and len(h.baseline) == 10 and len(h.judges) == 2
     (s0, b0), (s1, b1) = h.gallery(0), h.gallery(1)
-    assert not set(s0) & set(s1) and np.array_equal(b1, h.baseline[5:])
+    assert not set(s0) & set(s1) and np.array_equal(b0, h.baseline[:5]) and np.array_equal(b1, h.baseline[5:])
     empty, judgement = h.judge(h.baseline[:0])
     assert empty["n"] == 0 and judgement is None
     assert h.pool([empty]) == dict(malign=0, n=0, malign_pct=None, ci_pct=[0.0, 100.0], tv=None, tv_floor=h.floor,

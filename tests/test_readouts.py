@@ -47,7 +47,7 @@ def test_a_reward_from_twenty_labels_at_chance_is_called_untrustworthy():
     lo, hi = info["held_out_ci"]
     warnings = training_warnings(info)
     assert warnings == [
-        f"only 3 malign labels: too few examples of what to censor (fewer than 5); mark more malign images "
+        "only 3 malign labels: too few examples of what to censor (fewer than 5); mark more malign images "
         "(Show most informative first brings them forward)",
         f"held-out balanced accuracy 50% [95% CI {100 * lo:.0f}–{100 * hi:.0f}%] is no better than chance (50%): "
         "label more images, above all malign ones, before trusting the reward"]

@@ -6,8 +6,6 @@ tests/test_browser.py; here the Studio API and the app in-process, with the tiny
 """
 
 import json
-import os
-import shutil
 import stat
 import threading
 import time
