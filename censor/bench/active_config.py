@@ -11,7 +11,7 @@ from censor.core.settings import ALPHA, DEFAULT_GUIDANCE, ITERATIONS, MEMBERS
 from censor.eval.features import feature_spec
 from censor.labels.labeller import can_box
 from censor.labels.ranking import ActiveWeights
-from censor.rewards.architectures import REGISTRY, REWARD_KINDS, TIME_DEPENDENT
+from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT, scores_positions
 from censor.sampling.rejection import DEFAULT_FOLDS
 
 CENSOR_ROUTES = ("guide", "repaint")
@@ -45,7 +45,7 @@ class ActiveBenchConfig:
         self.features, self.strategies, self.budgets = tuple(self.features), tuple(self.strategies), tuple(sorted(self.budgets))
         if min(self.seeds, self.batch, self.n, self.steps, self.members, self.iterations, *self.budgets) < 1:
             raise CensorError("seeds, batch, n, steps, members, iterations and budgets must be positive")
-        if self.boxes and not (REGISTRY[self.reward].patches and all(can_box(f) for f in self.features)):
+        if self.boxes and not (scores_positions(self.reward) and all(can_box(f) for f in self.features)):
             raise CensorError("boxes need the watermark feature and a reward that scores positions (local-patch)")
         if self.censor not in CENSOR_ROUTES:
             raise CensorError(f"censor is one of {', '.join(CENSOR_ROUTES)}")

@@ -40,7 +40,7 @@ from censor.eval.drift import DriftMeter
 from censor.eval.features import feature_spec
 from censor.labels.imitation import imitation_round, pool_view
 from censor.labels.labeller import SimulatedLabeller, can_box
-from censor.rewards.architectures import REGISTRY
+from censor.rewards.architectures import scores_positions
 from censor.rewards.ensemble import load_reward, model_fingerprint
 from censor.rewards.training import train_reward
 from censor.sampling.guidance import Guidance, guidance_for
@@ -91,7 +91,7 @@ class BenchConfig:
             raise CensorError(f"unknown guidance {self.guidance!r}; use one of {', '.join(GUIDANCE_KINDS)}")
         if self.reward is None:
             self.reward = "resnet18" if self.guidance == "universal" else "ddpm-encoder"
-        if self.boxes and not (REGISTRY[self.reward].patches and can_box(self.feature)):  # the labeller boxes stamps
+        if self.boxes and not (scores_positions(self.reward) and can_box(self.feature)):  # the labeller boxes stamps
             raise CensorError("--boxes needs the watermark feature and a reward that scores positions (local-patch)")
         if min(self.budget, self.n, self.steps, self.seeds, self.members, self.rounds) < 1:
             raise CensorError("budget, n, steps, seeds, members and rounds must be positive")

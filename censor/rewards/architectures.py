@@ -161,9 +161,15 @@ def build_member(kind: str, diffusion=None, init: str = "random") -> nn.Module:
     return REGISTRY[kind].build(diffusion, init)
 
 
+def scores_positions(kind: str) -> bool:
+    """Whether a reward of ``kind`` scores positions (a map over the image, max-pooled): the kind that sees a
+    local mark, takes region feedback and says where to repaint."""
+    return kind in REGISTRY and REGISTRY[kind].patches
+
+
 def region_input(kind: str, boxes, labels, image_hw: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """Region feedback for a reward of ``kind``: the boxes' masks (``local.region_masks``), refused
     unless its members score positions."""
-    if kind not in REGISTRY or not REGISTRY[kind].patches:
+    if not scores_positions(kind):
         raise CensorError(f"region feedback (boxes) trains a reward that scores positions (local-patch), not {kind}")
     return region_masks(boxes, labels, image_hw, size)

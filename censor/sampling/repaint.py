@@ -35,7 +35,7 @@ from censor.core.errors import CensorError
 from censor.core.progress import Progress, reporter
 from censor.core.settings import STRICT_MODES
 from censor.diffusion.steps import make_scheduler, renoise, step_alphas, step_stride
-from censor.rewards.architectures import REGISTRY
+from censor.rewards.architectures import scores_positions
 from censor.rewards.ensemble import clean_input
 from censor.sampling.rejection import benign_scores
 
@@ -72,7 +72,7 @@ def strict_by_default(kind: str) -> bool:
     reward that scores positions is for a local mark, which guidance does not steer away (watermark, 100 labels,
     local-patch: guided 7.9%, on x̂0 4.6%, repainted 0.50% at 1.31x unguided; docs/benchmarks.md), so its
     default render is the repaint."""
-    return kind in REGISTRY and REGISTRY[kind].patches
+    return scores_positions(kind)
 
 
 def repaint_seed(seed: int, attempt: int) -> int:

@@ -124,7 +124,8 @@ def check_settings(settings) -> None:
     _plain(settings)
 
 
-_LEGACY_REPAINT = dict(start=0.6, attempts=2, harmonize=0)  # what repaint did then: a format's past, not a default
+_LEGACY_REPAINT = dict(start=0.6, attempts=2, harmonize=0)  # the last knobs before bundles recorded them (a format's
+#                                                             past, not a default; the first repaints harmonized once)
 # bounded so that reproducing an uploaded bundle costs at most what a render here could (a public Space)
 _REPAINT_BOUNDS = dict(start=(float, (0.05, 1.0)), attempts=(int, (1, 3)), harmonize=(int, (0, 1)), steps=(int, (2, 50)))
 

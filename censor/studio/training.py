@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from censor.core.errors import CensorError
 from censor.core.progress import Progress, part, reporter
-from censor.rewards.architectures import REGISTRY
+from censor.rewards.architectures import scores_positions
 from censor.rewards.training import feature_bank, train_reward, training_cost
 from censor.rewards.validation import held_out_check, held_out_cost
 from censor.sampling.repaint import strict_by_default
@@ -34,7 +34,7 @@ def train(res: Resources, sid: str, method: str, kind: str, members: int, iterat
     images, labels = res.store.training_data(sid)
     boxes = res.store.training_boxes(sid)  # region feedback: read by a reward that scores positions
     drawn = sum(b is not None for b in boxes)
-    boxes = boxes if drawn and kind in REGISTRY and REGISTRY[kind].patches else None
+    boxes = boxes if drawn and scores_positions(kind) else None
     if len(labels) > MAX_TRAIN_LABELS:
         raise CensorError(f"{len(labels)} labelled images; a reward trains on at most {MAX_TRAIN_LABELS} "
                           "(mark the oldest ones unsure to leave them out)")
