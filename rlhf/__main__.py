@@ -11,7 +11,7 @@ from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
 from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import load_pool
 from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
-from rlhf.configs import DDPOConfig, DistilConfig
+from rlhf.configs import DDPO_BASELINES, DISTIL_TARGETS, DDPOConfig, DistilConfig
 from rlhf.finetune import MIXED_PRECISION
 
 
@@ -20,12 +20,12 @@ def _config(a, **extra) -> CompareConfig:
     return CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
                          train_steps=a.train_steps, guidance_weight=a.weight, lr=a.lr, d3po_lr=a.d3po_lr,
                          kl_beta=a.kl_beta, full=a.full, ddpo_images=a.ddpo_images, inner_epochs=a.inner_epochs,
-                         lora_target=a.lora_target, **extra)
+                         lora_target=a.lora_target, ddpo_baseline=a.ddpo_baseline, **extra)
 
 
 def cmd_compare(a) -> None:
     cfg = _config(a, epochs=a.epochs, methods=tuple(a.methods),
-                  distil=DistilConfig(images=a.distil_images, drop=a.distil_drop, steps=a.distil_steps,
+                  distil=DistilConfig(target=a.distil_target, images=a.distil_images, drop=a.distil_drop, steps=a.distil_steps,
                                       batch_size=a.distil_batch, lr=a.distil_lr, anchor=a.distil_anchor,
                                       ema=a.distil_ema, full=not a.distil_lora, lora_target=a.lora_target))
     model = load_diffusion(a.model)
@@ -49,7 +49,8 @@ def cmd_finetune(a) -> None:
     from rlhf.finetune import run_finetune
 
     cfg = DDPOConfig(steps=a.train_steps, epochs=a.epochs, images=a.images, batch_size=a.batch, lr=a.lr,
-                     full=a.full, lora_rank=a.lora_rank, lora_target=a.lora_target, kl_beta=a.kl_beta, seed=a.seed)
+                     full=a.full, lora_rank=a.lora_rank, lora_target=a.lora_target, kl_beta=a.kl_beta, seed=a.seed,
+                     baseline=a.baseline)
     run_finetune(lambda device: model_from_args(_on(a, device)), a.reward, cfg, a.out, device=a.device,
                  mixed_precision=a.mixed_precision)
 
@@ -84,6 +85,8 @@ def _shared(c: argparse.ArgumentParser, seeds: int, out: str) -> None:
     c.add_argument("--lora-target", default="attention", choices=("attention", "attention+convs"))
     c.add_argument("--kl-beta", type=float, default=CompareConfig.kl_beta,
                    help="per-step KL penalty of RLHF to the frozen model")
+    c.add_argument("--ddpo-baseline", choices=DDPO_BASELINES, default=CompareConfig.ddpo_baseline,
+                   help="RLHF's advantages: the batch-mean baseline, or the reward's value of each step's x_t")
     c.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     c.add_argument("--out", default=out)
     c.add_argument("--cache", default="runs/bench_cache")
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="baseline, censored sampling, RLHF (DDPO), D3PO, D3PO+censored and censor-then-distil")
     _shared(c, seeds=3, out="docs/bench")
     c.add_argument("--epochs", type=positive_int, default=CompareConfig.epochs, help="DDPO epochs")
+    c.add_argument("--distil-target", choices=DISTIL_TARGETS, default=DistilConfig.target,
+                   help="what distil learns: the censored samples (images) or the censored sampler's steps")
     c.add_argument("--distil-images", type=positive_int, default=DistilConfig.images,
                    help="censored samples the distil method learns from")
     c.add_argument("--distil-drop", type=float, default=DistilConfig.drop,
@@ -133,6 +138,8 @@ def add_finetune_parser(sub) -> None:
     f.add_argument("--lora-rank", type=positive_int, default=d.lora_rank)
     f.add_argument("--lora-target", default=d.lora_target, choices=["attention", "attention+convs"])
     f.add_argument("--kl-beta", type=float, default=d.kl_beta, help="per-step KL penalty to the frozen model")
+    f.add_argument("--baseline", choices=DDPO_BASELINES, default=d.baseline,
+                   help="advantages: the batch-mean baseline, or the reward's value of each step's x_t")
     f.add_argument("--seed", type=int, default=d.seed)
     f.add_argument("--mixed-precision", default="no", choices=MIXED_PRECISION)
     f.set_defaults(fn=cmd_finetune)

@@ -42,8 +42,8 @@ from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample, seeds_for
 from rlhf.adapters import save_adapter
 from rlhf.configs import METHODS, REWARDED, CompareConfig  # noqa: F401 (CompareConfig: re-exported)
-from rlhf.distil import DISTIL_SEED, keep_most_benign, train_distil
-from rlhf.train import labels_from, reward_from, train_d3po, train_ddpo
+from rlhf.distil import DISTIL_SEED, most_benign, record_steps, train_distil
+from rlhf.train import labels_from, reward_from, train_d3po, train_ddpo, value_for
 from rlhf.verdict import verdict_markdown
 
 def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_dir: str | Path | None = None,
@@ -89,7 +89,9 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
         if "rlhf" in methods:
             tuned = copy.deepcopy(model)
             t = time.time()
-            train_ddpo(tuned, reward_from(reward), cfg.ddpo(seed), progress=bar.next(f"seed {seed + 1}: RLHF fine-tuning"))
+            ddpo = cfg.ddpo(seed)
+            train_ddpo(tuned, reward_from(reward), ddpo, progress=bar.next(f"seed {seed + 1}: RLHF fine-tuning"),
+                       value_fn=value_for(reward, ddpo))
             train_s = time.time() - t + reward_s
             if seed == 0:
                 tuned_models["rlhf"] = tuned
@@ -111,10 +113,9 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
                                                "d3po+censored")
         if "distil" in methods:  # censored samples from seeds apart from the gallery's, then the denoising loss
             tuned, t = copy.deepcopy(model), time.time()
-            drawn = sample_gallery(model, seeds_for(cfg.distil.images, DISTIL_SEED + seed), cfg, reward,
-                            bar.next(f"seed {seed + 1}: distil data"))
-            info = train_distil(tuned, keep_most_benign(to_model_range(drawn), reward, cfg.distil.drop),
-                                replace(cfg.distil, seed=seed),
+            data = distil_data(model, seeds_for(cfg.distil.images, DISTIL_SEED + seed), cfg, reward,
+                               bar.next(f"seed {seed + 1}: distil data"))
+            info = train_distil(tuned, data, replace(cfg.distil, seed=seed),
                                 progress=bar.next(f"seed {seed + 1}: distil fine-tuning"))
             log(f"  seed {seed} distil: {info['images']} censored images, loss {np.mean(info['losses'][:20]):.4f} "
                 f"-> {np.mean(info['losses'][-20:]):.4f}")
@@ -142,9 +143,23 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
     return result
 
 
+def censoring(reward, cfg: CompareConfig):
+    """The ``censored`` arm's guidance (None without a reward)."""
+    return guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.guidance_weight)) if reward is not None else None
+
+
 def sample_gallery(model, seeds, cfg: CompareConfig, reward=None, progress=None) -> np.ndarray:
-    guidance = guidance_for(reward, DEFAULT_GUIDANCE.with_(weight=cfg.guidance_weight)) if reward is not None else None
-    return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=guidance, progress=progress))
+    return to_uint8(sample(model, seeds, steps=cfg.steps, guidance=censoring(reward, cfg), progress=progress))
+
+
+def distil_data(model, seeds, cfg: CompareConfig, reward, progress=None):
+    """What ``distil`` learns from: the censored sampler's images, or its recorded steps, less the ``drop``
+    fraction the reward scores most malign."""
+    if cfg.distil.target == "steps":
+        steps = record_steps(model, seeds, cfg.steps, censoring(reward, cfg), progress)
+        return steps.subset(most_benign(steps.images, reward, cfg.distil.drop))
+    drawn = to_model_range(sample_gallery(model, seeds, cfg, reward, progress))
+    return drawn[most_benign(drawn, reward, cfg.distil.drop)]
 
 
 # What each stage of a comparison costs, in unguided image-steps of the UNet (2 ms each on the 2-core CPU):

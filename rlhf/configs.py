@@ -58,6 +58,9 @@ class D3POConfig(CommonConfig):
             raise CensorError("D3PO needs groups >= 1, group_size >= 2 and batch_groups >= 1")
 
 
+DDPO_BASELINES = ("mean", "value")
+
+
 @dataclass
 class DDPOConfig(CommonConfig):
     images: int = 16  # trajectories per epoch
@@ -65,11 +68,19 @@ class DDPOConfig(CommonConfig):
     clip_range: float = 1e-4  # PPO ratio clip (DDPO's default; the thesis used 0.2)
     adv_clip: float = 5.0
     kl_beta: float = 0.0  # per-step KL penalty to the frozen model (off as in DDPO)
+    # "mean": every step of a trajectory gets its standardised reward (DDPO); "value": step j gets R − V(x_t), V the
+    # time-dependent reward's log P(benign | x_t) (rlhf.train.value_from), so credit goes where the outcome was decided
+    baseline: str = "mean"
 
     def check(self) -> None:
         super().check()
         if self.images < 2 or self.batch_size < 1:
             raise CensorError("DDPO needs images >= 2 and batch_size >= 1")
+        if self.baseline not in DDPO_BASELINES:
+            raise CensorError(f"DDPO's baseline is one of {', '.join(DDPO_BASELINES)}, got {self.baseline!r}")
+
+
+DISTIL_TARGETS = ("images", "steps")
 
 
 @dataclass
@@ -78,6 +89,9 @@ class DistilConfig:
 
     # defaults: the best of the settings measured on the embedded model (docs/benchmarks.md, censor-then-distil):
     # 300 images / 300 steps left 4.7-6.7% bags, 1000 images (drop 0.1) / 600 steps 2.3%
+    # what the student learns (rlhf.distil): "images", the denoising loss on the censored samples, or "steps", the
+    # censored sampler's own step at every recorded x_t (it then retraces the censored gallery from the same x_T)
+    target: str = "images"
     images: int = 1000  # censored samples drawn to distil from
     drop: float = 0.1  # fraction of them the reward scores most malign, left out (the reward, never the oracle)
     steps: int = 600  # optimiser steps of the denoising loss
@@ -89,7 +103,7 @@ class DistilConfig:
     # the result is an exponential moving average of the weights, started at the original ones (0: the last
     # weights): the shipped model is an EMA too, and single Adam steps on a few hundred images are noisy
     ema: float = 0.99  # without it: tv 0.27 and confident 0.53 (baseline 0.70) at 300 images / 300 steps
-    flip: bool = True  # random horizontal flips, as the embedded model was trained with
+    flip: bool = True  # random horizontal flips, as the embedded model was trained with (target "images" only)
     full: bool = True  # every weight: LoRA r4 barely moves the embedded model (docs/benchmarks.md, issue 22)
     lora_rank: int = 4
     lora_alpha: float | None = None
@@ -100,6 +114,8 @@ class DistilConfig:
         for name in ("images", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise CensorError(f"distil {name} must be at least 1, got {getattr(self, name)}")
+        if self.target not in DISTIL_TARGETS:
+            raise CensorError(f"distil target is one of {', '.join(DISTIL_TARGETS)}, got {self.target!r}")
         if not 0 <= self.drop < 1:
             raise CensorError(f"distil drop must be a fraction in [0, 1), got {self.drop}")
         if round(self.images * (1 - self.drop)) < 1:
@@ -142,6 +158,7 @@ class CompareConfig:
     inner_epochs: int = 1  # passes over each batch of labelled / rewarded rollouts (no extra labels)
     lora_target: str = "attention"  # or "attention+convs" (the small model has few attention layers)
     kl_beta: float = 1.0  # RLHF's exact per-step KL to the frozen model (rlhf.losses.gaussian_kl)
+    ddpo_baseline: str = "mean"  # RLHF's advantages: the batch's standardised reward, or R − V(x_t) per step
     full: bool = True  # RLHF and D3PO train every weight (the embedded UNet has 1.1M) instead of LoRA adapters
     methods: tuple[str, ...] = METHODS
     distil: DistilConfig = field(default_factory=DistilConfig)  # its seed is the labelling seed's
@@ -164,7 +181,8 @@ class CompareConfig:
         """The RLHF arm's DDPO settings (two optimiser steps per epoch of rollouts)."""
         return DDPOConfig(steps=self.train_steps, epochs=epochs or self.epochs, images=self.ddpo_images,
                           batch_size=max(1, self.ddpo_images // 2), lr=self.lr, kl_beta=self.kl_beta, seed=seed,
-                          inner_epochs=self.inner_epochs, lora_target=self.lora_target, full=self.full)
+                          inner_epochs=self.inner_epochs, lora_target=self.lora_target, full=self.full,
+                          baseline=self.ddpo_baseline)
 
     def d3po(self, seed: int) -> D3POConfig:
         """The D3PO arm's settings: one labelling round of ``budget // d3po_group_size`` groups."""

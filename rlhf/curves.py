@@ -22,7 +22,7 @@ from censor.bench.harness import Arm, Harness, arms_grid, fmt, save, tv_cell
 from censor.core.errors import CensorError
 from rlhf.compare import TABLE_LEGEND, grid_note, pool_seeds, sample_gallery
 from rlhf.configs import CompareConfig
-from rlhf.train import reward_from, train_ddpo
+from rlhf.train import reward_from, train_ddpo, value_for
 from rlhf.verdict import TV_OK, verdict_markdown
 
 
@@ -65,7 +65,8 @@ def run_curve(cfg: CurveConfig, model, oracle, pool, reference: dict, out_dir=No
             if epoch in cfg.at:
                 copies.append((epoch, copy.deepcopy(net).eval().requires_grad_(False), seconds))
 
-        train_ddpo(tuned, reward_from(reward), c.ddpo(seed, epochs=cfg.at[-1]), on_epoch=keep)
+        ddpo = c.ddpo(seed, epochs=cfg.at[-1])
+        train_ddpo(tuned, reward_from(reward), ddpo, on_epoch=keep, value_fn=value_for(reward, ddpo))
         for epoch, net, seconds in copies:
             at = copy.copy(tuned)  # the same model, with the network as it was after ``epoch``
             at.unet = net

@@ -20,7 +20,7 @@ from censor.core.errors import CensorError
 from censor.rewards.ensemble import load_reward
 from rlhf.adapters import save_adapter
 from rlhf.configs import DDPOConfig
-from rlhf.train import reward_from, train_ddpo
+from rlhf.train import reward_from, train_ddpo, value_for
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -38,7 +38,7 @@ def run_finetune(load_model, reward_dir: str | Path, cfg: DDPOConfig, out: str |
     model = load_model(str(acc.device))
     reward = load_reward(reward_dir, model)  # refuses a reward made for another model or image size
     t0 = time.perf_counter()
-    info = train_ddpo(model, reward_from(reward), cfg, show_bar=True, accelerator=acc)
+    info = train_ddpo(model, reward_from(reward), cfg, show_bar=True, accelerator=acc, value_fn=value_for(reward, cfg))
     seconds = time.perf_counter() - t0
     meta = dict(method="rlhf", reward=Path(reward_dir).name, processes=acc.num_processes, seconds=round(seconds, 1),
                 mixed_precision=mixed_precision, ddpo=asdict(cfg), reward_mean=info.get("reward_mean"))

@@ -59,6 +59,25 @@ def reward_from(ensemble) -> Callable[[torch.Tensor], torch.Tensor]:
     return reward
 
 
+def value_from(ensemble) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """DDPO's per-step baseline from a time-dependent ensemble: log P(benign | x_t), what the reward expects of
+    a trajectory from x_t on (``DDPOConfig.baseline = "value"``)."""
+    if not getattr(ensemble, "time_dependent", False):
+        raise CensorError("a value baseline needs a time-dependent reward (it scores noisy x_t)")
+    dev = next(ensemble.members[0].parameters()).device
+
+    @torch.no_grad()
+    def value(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return ensemble.log_prob(x_t.to(dev), t.to(dev).expand(len(x_t))).float().cpu()
+
+    return value
+
+
+def value_for(reward, cfg: DDPOConfig):
+    """The value function ``cfg.baseline`` asks of ``reward`` (None for the batch-mean baseline)."""
+    return value_from(reward) if cfg.baseline == "value" else None
+
+
 def train_d3po(
     model: DiffusionModel,
     label_fn: Callable[[torch.Tensor], Sequence[int]],
@@ -119,10 +138,14 @@ def train_ddpo(
     show_bar: bool = False,
     accelerator=None,
     on_epoch: Callable[[int, torch.nn.Module, float], None] | None = None,
+    value_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """DDPO-IS: PPO on per-step importance ratios, reward = ``reward_fn(final images in [-1, 1])``.
 
-    Advantages are the epoch's rewards standardised and clipped; ``kl_beta`` > 0 adds the exact
+    Advantages are the epoch's rewards standardised and clipped; with ``baseline = "value"`` step j's
+    advantage is (R − V(x_t)) / std(R), V = ``value_fn`` (``value_from``): the same expected gradient (a
+    state-dependent baseline), with the credit of a trajectory's outcome going to the steps that changed
+    what the reward expected of it. ``kl_beta`` > 0 adds the exact
     per-step KL to the frozen pre-adapter UNet (``rlhf.losses.gaussian_kl``). ``on_epoch(epochs done,
     network, seconds so far)`` hears after every epoch (``rlhf.curves`` copies the network there).
     Returns losses, mean reward per epoch, seconds.
@@ -140,10 +163,10 @@ def train_ddpo(
             raise CensorError(f"the reward function gave {rewards.shape[0]} rewards for {len(traj)} images")
         all_rewards = run.acc.gather(rewards.to(dev)).cpu()  # standardise over every process's samples
         reward_mean.append(float(all_rewards.mean()))
-        adv = standardise_advantages(all_rewards, cfg.adv_clip)
-        adv = adv[run.acc.process_index * len(traj):(run.acc.process_index + 1) * len(traj)]
+        mine = slice(run.acc.process_index * len(traj), (run.acc.process_index + 1) * len(traj))
+        adv = step_advantages(all_rewards, mine, traj, cfg, value_fn, model.is_latent)
         for rows in inner_batches(len(traj), cfg.batch_size, cfg.inner_epochs):
-            a = adv[rows].to(dev)
+            a = adv[rows].to(dev)  # [B, S]
             fractions = []
 
             def step_loss(j: int) -> torch.Tensor:
@@ -155,7 +178,7 @@ def train_ddpo(
                     with torch.no_grad():
                         mean_ref, _ = step_policy(run.ref_policy, run.sched, x_t, t, cfg.eta)
                     kl = gaussian_kl(mean, mean_ref, std)
-                loss, info = ddpo_loss(gaussian_log_prob(x_prev, mean, std), traj.log_probs[rows, j].to(dev), a,
+                loss, info = ddpo_loss(gaussian_log_prob(x_prev, mean, std), traj.log_probs[rows, j].to(dev), a[:, j],
                                        cfg.clip_range, kl, cfg.kl_beta)
                 fractions.append(info["clipfrac"])
                 return loss
@@ -165,3 +188,19 @@ def train_ddpo(
         if on_epoch is not None:
             on_epoch(epoch + 1, run.acc.unwrap_model(run.unet), time.perf_counter() - run.t0)
     return run.finish(reward_mean=reward_mean, clipfrac=clipfrac)
+
+
+def step_advantages(all_rewards: torch.Tensor, mine: slice, traj, cfg: DDPOConfig, value_fn=None,
+                    latent: bool = False) -> torch.Tensor:
+    """[N, S] advantages of this process's trajectories (``mine`` of every process's rewards) at every step:
+    the standardised reward, the same at every step; or with the value baseline (R − V(x_t)) / std(R), clipped."""
+    if cfg.baseline == "mean":
+        return standardise_advantages(all_rewards, cfg.adv_clip)[mine, None].expand(-1, traj.steps)
+    if value_fn is None:
+        raise CensorError("DDPO's value baseline needs a value function (rlhf.train.value_from)")
+    if latent:
+        raise CensorError("the value baseline scores x_t as images: not for a latent model")
+    values = torch.stack([value_fn(traj.xs[:, j], traj.timesteps[j]) for j in range(traj.steps)], 1)
+    r = all_rewards.float()
+    scale = r.std() + 1e-8 if len(r) > 1 else torch.tensor(1.0)
+    return ((r[mine, None] - values) / scale).clamp(-cfg.adv_clip, cfg.adv_clip)

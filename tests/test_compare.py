@@ -10,7 +10,7 @@ from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import Pool
 from rlhf.__main__ import main as rlhf_main
 from rlhf.compare import METHODS, CompareConfig, run_compare
-from rlhf.configs import DistilConfig
+from rlhf.configs import DDPOConfig, DistilConfig
 
 
 def test_every_method_is_judged_on_the_same_footing(tmp_path, fixture_images, tiny_model):
@@ -65,6 +65,24 @@ def test_every_method_is_judged_on_the_same_footing(tmp_path, fixture_images, ti
         r.pop("tv"), r.pop("tv_floor")
     method_lines = [line for line in markdown_table(saved).splitlines() if line.startswith("| ") and "malign" not in line]
     assert len(method_lines) == len(METHODS) and all(line.split("|")[3].strip() == "n/a" for line in method_lines)
+
+
+def test_distilling_steps_and_a_value_baseline_run_in_a_comparison(tmp_path, fixture_images, tiny_model):
+    """The comparison's other two routes: RLHF's advantages from the reward's value of each x_t, and a distil
+    that regresses the censored sampler's recorded steps."""
+    bags = np.where(fixture_images["labels"] == 8)[0][:20]
+    rest = np.where(fixture_images["labels"] != 8)[0][:100]
+    idx = np.concatenate([bags, rest])
+    pool = Pool(fixture_images["images"][idx], np.arange(len(idx)), {})
+    cfg = CompareConfig(feature="bags", budget=14, seeds=1, n=4, steps=2, train_steps=2, members=2, epochs=1,
+                        ddpo_images=4, ddpo_baseline="value", methods=("baseline", "rlhf", "distil"),
+                        distil=DistilConfig(target="steps", images=6, steps=2, batch_size=4, drop=0.5))
+    log = []
+    result = run_compare(cfg, tiny_model, load_oracle(), pool, load_reference(), cache_dir=tmp_path / "cache",
+                         log=log.append)
+    assert list(result["methods"]) == ["baseline", "rlhf", "distil"]
+    assert result["config"]["ddpo_baseline"] == "value" and result["config"]["distil"]["target"] == "steps"
+    assert any("distil: 3 censored" in line for line in log)  # the reward left out half of the 6 trajectories
 
 
 def test_bad_settings_are_refused_before_any_work(capsys):
@@ -220,3 +238,6 @@ def test_the_cli_reads_its_defaults_from_the_config():
                                                                                  cfg.ddpo_images // 2, 3)
     assert cfg.d3po(seed=0).groups == cfg.budget // cfg.d3po_group_size and cfg.d3po(seed=0).lr == cfg.d3po_lr
     assert build_parser().parse_args(["compare"]).d3po_lr == cfg.d3po_lr
+    a = p.parse_args(["compare"])
+    assert (a.distil_target, a.ddpo_baseline) == (cfg.distil.target, cfg.ddpo_baseline)
+    assert p.parse_args(["finetune", "--reward", "r", "--out", "o"]).baseline == DDPOConfig().baseline

@@ -125,3 +125,91 @@ def test_the_cli_refuses_a_bad_drop(capsys):
 
     assert main(["compare", "--distil-drop", "1.5"]) == 2
     assert "drop must be a fraction" in capsys.readouterr().err
+
+
+# ---- target "steps": the student regresses the censored sampler's own steps ----------------------------------
+
+class Bright:
+    """log r(x) = log sigmoid(0.05 · pixel sum), at every t: a reward whose guidance brightens images."""
+
+    time_dependent, kind = True, "analytic"
+
+    def log_prob(self, x, t=None):
+        return torch.nn.functional.logsigmoid(0.05 * x.flatten(1).sum(1))
+
+
+def bright_guidance(recurrence: int = 0):
+    from censor.sampling.guidance import Guidance
+    from censor.sampling.pieces import TimeGuidance
+
+    return Guidance([TimeGuidance(Bright(), 10.0)], recurrence=recurrence)
+
+
+def test_the_step_eps_reproduces_any_ddim_step_clamped_or_not(tiny_model):
+    from censor.diffusion.steps import ddim_eps_between, make_scheduler
+
+    sched = make_scheduler(tiny_model.scheduler.config, "ddim", 10)
+    g = torch.Generator().manual_seed(0)
+    clamped = 0
+    for t in sched.timesteps:
+        x, eps = torch.randn(8, 1, 28, 28, generator=g), 2 * torch.randn(8, 1, 28, 28, generator=g)
+        x_prev = sched.step(eps, t, x, use_clipped_model_output=True).prev_sample
+        found = ddim_eps_between(sched, int(t), x, x_prev)
+        again = sched.step(found, t, x, use_clipped_model_output=True).prev_sample
+        torch.testing.assert_close(again, x_prev, atol=1e-4, rtol=1e-4)
+        clamped += not torch.allclose(found, eps, atol=1e-3)
+    assert clamped >= 3  # the large ε pushed x̂0 past the clip range at some steps: those were inverted too
+
+
+def test_recorded_steps_replay_the_guided_sampler(tiny_model):
+    from censor.diffusion.steps import initial_noise, make_scheduler
+    from rlhf.distil import record_steps
+
+    seeds = SEEDS[:6]
+    sched = make_scheduler(tiny_model.scheduler.config, "ddim", 5)
+    step = lambda rec, j, x: sched.step(rec.eps[:, j].float(), rec.timesteps[j], x.float(),  # noqa: E731
+                                        use_clipped_model_output=True).prev_sample
+    rec = record_steps(tiny_model, seeds, 5, bright_guidance())
+    assert rec.x.shape == (6, 5, 1, 28, 28) and rec.eps.shape == rec.x.shape and len(rec.timesteps) == 5
+    torch.testing.assert_close(rec.x[:, 0].float(), initial_noise(seeds, (1, 28, 28)), atol=4e-3, rtol=1e-3)
+    guided = sample(tiny_model, seeds, steps=5, guidance=bright_guidance())
+    torch.testing.assert_close(rec.images, guided)  # recording changes nothing
+    assert (guided - sample(tiny_model, seeds, steps=5)).abs().mean() > 0.05  # and those are not the unguided ones
+    for j in range(4):  # an unguided DDIM step fed the recorded ε lands where the guided sampler went (fp16 apart)
+        assert (step(rec, j, rec.x[:, j]) - rec.x[:, j + 1].float()).abs().max() < 0.02
+    assert (step(rec, 4, rec.x[:, 4]).clamp(-1, 1) - guided).abs().max() < 0.02
+    # with recurrence the state recorded is the renoised x_t the last pass stepped from, not the previous output
+    rec = record_steps(tiny_model, seeds, 5, bright_guidance(recurrence=1))
+    torch.testing.assert_close(rec.images, sample(tiny_model, seeds, steps=5, guidance=bright_guidance(recurrence=1)))
+    assert (step(rec, 4, rec.x[:, 4]).clamp(-1, 1) - rec.images).abs().max() < 0.02
+    assert (step(rec, 2, rec.x[:, 2]) - rec.x[:, 3].float()).abs().mean() > 0.1
+
+
+def test_distilling_the_steps_moves_unguided_samples_onto_the_guided_ones(tiny_model):
+    """Trained on the brightness-guided sampler's steps from some seeds, the student's *unguided* samples from
+    other seeds approach what the guided sampler makes of them; a flipped or inert loop does not."""
+    from rlhf.distil import record_steps
+
+    rec = record_steps(tiny_model, list(range(900, 964)), 4, bright_guidance())
+    student = copy.deepcopy(tiny_model)
+    info = train_distil(student, rec, DistilConfig(target="steps", steps=60, batch_size=32, lr=3e-4, ema=0.0))
+    assert info["losses"][-1] < info["losses"][0]
+    held_out = list(range(2000, 2032))
+    base = sample(tiny_model, held_out, steps=4)
+    guided = sample(tiny_model, held_out, steps=4, guidance=bright_guidance())
+    mine = sample(student, held_out, steps=4)
+    gain = float(guided.mean() - base.mean())
+    assert gain > 0.1, gain
+    assert float(mine.mean() - base.mean()) > 0.5 * gain, (float(mine.mean()), float(base.mean()), float(guided.mean()))
+    assert float((mine - guided).pow(2).mean()) < 0.6 * float((base - guided).pow(2).mean())
+
+
+def test_a_distil_target_must_match_its_data(tiny_model):
+    from rlhf.distil import record_steps
+
+    with pytest.raises(CensorError, match="distil target is one of"):
+        DistilConfig(target="pixels").check()
+    with pytest.raises(CensorError, match="needs recorded Steps"):
+        train_distil(copy.deepcopy(tiny_model), targets(0.5), DistilConfig(target="steps", steps=1))
+    with pytest.raises(CensorError, match="needs images"):
+        train_distil(copy.deepcopy(tiny_model), record_steps(tiny_model, SEEDS[:2], 2), DistilConfig(steps=1))

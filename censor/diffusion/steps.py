@@ -113,3 +113,19 @@ def ddim_step(scheduler: DDIMScheduler, eps: torch.Tensor, t, x_t: torch.Tensor,
     std = eta * variance.sqrt()
     mean = ab_prev.sqrt() * x0 + (1 - ab_prev - std**2).clamp(min=0).sqrt() * eps
     return DDIMStep(x0, std, mean)
+
+
+def ddim_eps_between(scheduler: DDIMScheduler, t, x_t: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    """The ε with which a deterministic DDIM step (eta 0) of ``scheduler`` goes from ``x_t`` to ``x_prev``.
+
+    x_t' = sqrt(ᾱ_t')·x̂0 + c·(x_t − sqrt(ᾱ_t)·x̂0), c = sqrt((1−ᾱ_t')/(1−ᾱ_t)), is linear in x̂0, so any
+    recorded step, guided or recurrent, has one: the target a student regresses to reproduce a sampler's
+    trajectories unguided (``rlhf.distil``). Exact while that x̂0 lies inside the clip range.
+    """
+    ac = scheduler.alphas_cumprod.float().to(x_t.device)
+    ab, ab_prev = step_alphas(ac, t, step_stride(scheduler), torch.as_tensor(scheduler.final_alpha_cumprod).float())
+    ab, ab_prev = _per_sample(ab, x_t), _per_sample(ab_prev, x_t)
+    x_t, x_prev = x_t.float(), x_prev.float()
+    c = ((1 - ab_prev) / (1 - ab)).sqrt()
+    x0 = (x_prev - c * x_t) / (ab_prev.sqrt() - c * ab.sqrt())
+    return eps_from_x0(x_t, x0, ab)

@@ -43,15 +43,20 @@ def sample(
     progress: Progress | None = None,
     show_bar: bool = False,
     guidance: Guidance | None = None,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Images [N, C, H, W] in [-1, 1] for the given per-image seeds.
 
     With ``guidance``, its pieces rewrite ε at every step inside its window (see guidance.py);
     without it (or with weight 0) this is the plain sampler, image for image. A latent model
     samples latents and decodes each batch at the end; ``batch_size`` (default: the model's
-    runtime setting) bounds the memory one batch takes.
+    runtime setting) bounds the memory one batch takes. ``on_step(t, x_t, x_t')`` hears every step in
+    the model's sample space (latents for a latent model): the state its last pass stepped from (with
+    recurrence a renoised x_t) and where it went, a deterministic step a student can learn (``rlhf.distil``).
     """
     check_count(len(seeds))
+    if on_step is not None and guidance is not None and guidance.particles is not None:
+        raise CensorError("recording steps needs one trajectory per image: not with particles")
     if eta < 0:
         raise CensorError(f"eta must be >= 0, got {eta}")
     if batch_size is None:
@@ -80,7 +85,7 @@ def sample(
     for chunk in batches:
         starts = particle_seeds(chunk, smc.particles if smc is not None else 1)
         gen = torch.Generator().manual_seed(int(chunk[0]) + 7919)
-        x, origin = _denoise(model, starts, method, steps, eta, guidance, gen, tick)
+        x, origin = _denoise(model, starts, method, steps, eta, guidance, gen, tick, on_step)
         if origin is not None:
             guidance.stats.setdefault("particle_seeds", []).extend(starts[int(i)] for i in origin)
         out.append(model.decode(x).clamp(-1, 1).cpu())
@@ -89,7 +94,7 @@ def sample(
 
 
 def _denoise(model: DiffusionModel, starts: list[int], method: str, steps: int, eta: float,
-             guidance: Guidance | None, gen: torch.Generator, tick: Callable[[float], None]):
+             guidance: Guidance | None, gen: torch.Generator, tick: Callable[[float], None], on_step=None):
     """One batch from its starting seeds to x_0; with SMC also the starting particle of each image.
 
     The batch's state starts fresh here: the pieces' carries and the particles' weights."""
@@ -128,6 +133,8 @@ def _denoise(model: DiffusionModel, starts: list[int], method: str, steps: int, 
             else:
                 eps = denoiser(x, t).sample
             x_prev = sched.step(eps, t, x, generator=gen, **kwargs).prev_sample
+        if on_step is not None:
+            on_step(t, x, x_prev)
         x = x_prev
         tick()
     if smc is None:
