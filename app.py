@@ -382,7 +382,7 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
                             "verdict on the chosen feature) labels for every method, so the run is a fair, repeatable "
                             "comparison: censored sampling, RLHF (reward model + DDPO policy gradients, every weight, with a KL "
                             "pull to the original model), D3PO (per-step DPO, no reward model), D3PO + censored sampling "
-                            "and censor-then-distil (the model fine-tuned on censored samples, then sampled unguided). "
+                            "and censor-then-distil (the model fine-tuned to take the censored sampler's steps, then sampled unguided). "
                             "Reduced steps: a few minutes on a CPU. Each method ends with a one-line verdict: what it "
                             "removed, what it did to the other images (tv, recall), what it cost. Afterwards, the "
                             "fine-tuned models can draw the Censor tab's gallery.")

@@ -40,7 +40,7 @@ def test_distilling_moves_unguided_samples_towards_the_data(tiny_model):
     tuned = {}
     for level in (0.8, -0.8):
         tuned[level] = copy.deepcopy(tiny_model)
-        info = train_distil(tuned[level], targets(level), DistilConfig(steps=30, batch_size=16, lr=1e-3, ema=0.0))
+        info = train_distil(tuned[level], targets(level), DistilConfig(target="images", steps=30, batch_size=16, lr=1e-3, ema=0.0))
         assert info["losses"][-1] < info["losses"][0]
     gap = mean_brightness(tuned[0.8]) - mean_brightness(tuned[-0.8])
     # measured +0.47 / +0.44 / +0.43 (training seeds 0-2, 32 samples); an inert loop gives 0, a flipped one < 0
@@ -51,7 +51,7 @@ def test_distilling_moves_unguided_samples_towards_the_data(tiny_model):
 def test_the_anchor_holds_the_weights_near_the_start(tiny_model):
     def drift(anchor: float) -> float:
         m = copy.deepcopy(tiny_model)
-        train_distil(m, targets(0.8), DistilConfig(steps=10, batch_size=8, lr=1e-3, anchor=anchor, ema=0.0))
+        train_distil(m, targets(0.8), DistilConfig(target="images", steps=10, batch_size=8, lr=1e-3, anchor=anchor, ema=0.0))
         return sum(float((p - q).abs().sum()) for p, q in zip(m.unet.parameters(), tiny_model.unet.parameters()))
 
     assert drift(100.0) < 0.5 * drift(0.0)
@@ -61,13 +61,13 @@ def test_the_moving_average_lags_behind_the_last_weights(tiny_model):
     moved = {}
     for ema in (0.0, 0.9):
         m = copy.deepcopy(tiny_model)
-        train_distil(m, targets(0.8), DistilConfig(steps=10, batch_size=8, lr=1e-3, ema=ema))
+        train_distil(m, targets(0.8), DistilConfig(target="images", steps=10, batch_size=8, lr=1e-3, ema=ema))
         moved[ema] = sum(float((p - q).abs().sum()) for p, q in zip(m.unet.parameters(), tiny_model.unet.parameters()))
     assert 0 < moved[0.9] < 0.8 * moved[0.0]  # 0.9**10 = 35% of θ_0 is still in the average
 
 
 def test_a_full_distil_saves_and_reloads_as_safetensors(tmp_path, fresh, tiny_model):
-    train_distil(fresh, targets(0.8), DistilConfig(steps=2, batch_size=4, lr=1e-3, ema=0.0))
+    train_distil(fresh, targets(0.8), DistilConfig(target="images", steps=2, batch_size=4, lr=1e-3, ema=0.0))
     folder = save_adapter(fresh.unet, tmp_path / "distil", dict(method="distil"))
     assert sorted(p.name for p in folder.iterdir()) == ["adapter.json", "adapter.safetensors"]
     loaded = copy.deepcopy(tiny_model)
@@ -76,7 +76,7 @@ def test_a_full_distil_saves_and_reloads_as_safetensors(tmp_path, fresh, tiny_mo
 
 
 def test_lora_distil_trains_the_adapter_only(fresh, tiny_model):
-    cfg = DistilConfig(steps=2, batch_size=4, full=False, lora_target="attention+convs")
+    cfg = DistilConfig(target="images", steps=2, batch_size=4, full=False, lora_target="attention+convs")
     info = train_distil(fresh, targets(0.8), cfg)
     assert 0 < info["trainable_params"] < sum(p.numel() for p in tiny_model.unet.parameters()) / 2
 
@@ -104,7 +104,7 @@ def test_cancel_stops_the_fine_tune(fresh):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_distil(fresh, targets(0.8), DistilConfig(steps=50, batch_size=2), progress=progress)
+        train_distil(fresh, targets(0.8), DistilConfig(target="images", steps=50, batch_size=2), progress=progress)
     assert calls[-1] == (pytest.approx(3 / 50), "step 3 of 50")
 
 
@@ -212,4 +212,4 @@ def test_a_distil_target_must_match_its_data(tiny_model):
     with pytest.raises(CensorError, match="needs recorded Steps"):
         train_distil(copy.deepcopy(tiny_model), targets(0.5), DistilConfig(target="steps", steps=1))
     with pytest.raises(CensorError, match="needs images"):
-        train_distil(copy.deepcopy(tiny_model), record_steps(tiny_model, SEEDS[:2], 2), DistilConfig(steps=1))
+        train_distil(copy.deepcopy(tiny_model), record_steps(tiny_model, SEEDS[:2], 2), DistilConfig(target="images", steps=1))

@@ -24,9 +24,9 @@ from rlhf.train import preference_pairs
 # Server-side bounds (the UI shows the same): a run must finish in minutes on a 2-core CPU.
 COMPARE_LIMITS = dict(budget=(14, 200), seeds=(1, 3), n=(20, 300))
 COMPARE_DEFAULTS = dict(budget=70, seeds=1, n=60)  # the tab's starting values: a few minutes on a CPU
-# the tab's distil: a third of the samples and half the steps of the CLI's (~3 minutes instead of ~10 on a
-# 2-core CPU); measured at 300 / 300 without the drop: 4.7% bags against the CLI setting's 2.3%
-STUDIO_DISTIL = DistilConfig(images=300, steps=300)
+# the tab's distil: half the optimiser steps of the CLI's (the CLI's 300 trajectories / 600 steps take ~7 minutes
+# on a 2-core CPU); not measured at 300 steps
+STUDIO_DISTIL = DistilConfig(steps=300)
 # the tab's RLHF: half the epochs and rollouts of the CLI's 10 x 64 (~1 minute instead of ~4 on a 2-core CPU);
 # on bags the CLI setting's curve was still at 5.7% after 5 epochs (docs/benchmarks.md, the RLHF curves)
 STUDIO_RLHF = dict(epochs=5, ddpo_images=32)
