@@ -11,7 +11,7 @@ Per labelling seed, every method gets the same simulated labeller (the censoring
 - ``d3po``: no reward model; the labeller marks ``budget`` images drawn in groups that share x_T,
   and benign ≻ malign pairs inside a group train LoRA adapters with the per-step DPO loss;
 - ``d3po+censored``: the D3PO model, sampled with the reward guidance of ``censored``;
-- ``distil``: the model fully fine-tuned on ``censored``'s own samples (``rlhf.distil``), sampled unguided.
+- ``distil``: the model fully fine-tuned to take ``censored``'s own steps (or learn its images; ``rlhf.distil``), sampled unguided.
 
 Each fine-tuned model is then sampled with the same deterministic sampler and gallery seeds as
 the baseline, so every difference in the table comes from the method. Every gallery is judged by the
@@ -111,7 +111,7 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
             if "d3po+censored" in methods:
                 yield "d3po+censored", sampled(tuned, d3po_labels + cfg.budget, d3po_s + reward_s, reward,
                                                "d3po+censored")
-        if "distil" in methods:  # censored samples from seeds apart from the gallery's, then the denoising loss
+        if "distil" in methods:  # the censored sampler on seeds apart from the gallery's, then its steps or images are learnt
             tuned, t = copy.deepcopy(model), time.time()
             data = distil_data(model, seeds_for(cfg.distil.images, DISTIL_SEED + seed), cfg, reward,
                                bar.next(f"seed {seed + 1}: distil data"))
