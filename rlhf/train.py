@@ -151,6 +151,7 @@ def train_ddpo(
     Returns losses, mean reward per epoch, seconds.
     """
     cfg = config or DDPOConfig()
+    _check_value(cfg, value_fn, model.is_latent)  # before any rollout
     n_batches = -(-cfg.images // cfg.batch_size) * cfg.inner_epochs
     run = Run(model, cfg, need_ref=cfg.kl_beta > 0, total=cfg.epochs * (1 + n_batches), progress=progress,
               show_bar=show_bar, accelerator=accelerator, desc="DDPO")
@@ -196,11 +197,17 @@ def step_advantages(all_rewards: torch.Tensor, mine: slice, traj, cfg: DDPOConfi
     the standardised reward, the same at every step; or with the value baseline (R − V(x_t)) / std(R), clipped."""
     if cfg.baseline == "mean":
         return standardise_advantages(all_rewards, cfg.adv_clip)[mine, None].expand(-1, traj.steps)
-    if value_fn is None:
-        raise CensorError("DDPO's value baseline needs a value function (rlhf.train.value_from)")
-    if latent:
-        raise CensorError("the value baseline scores x_t as images: not for a latent model")
+    _check_value(cfg, value_fn, latent)
     values = torch.stack([value_fn(traj.xs[:, j], traj.timesteps[j]) for j in range(traj.steps)], 1)
     r = all_rewards.float()
     scale = r.std() + 1e-8 if len(r) > 1 else torch.tensor(1.0)
     return ((r[mine, None] - values) / scale).clamp(-cfg.adv_clip, cfg.adv_clip)
+
+
+def _check_value(cfg: DDPOConfig, value_fn, latent: bool) -> None:
+    if cfg.baseline != "value":
+        return
+    if value_fn is None:
+        raise CensorError("DDPO's value baseline needs a value function (rlhf.train.value_from)")
+    if latent:
+        raise CensorError("the value baseline scores x_t as images: not for a latent model")

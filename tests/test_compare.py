@@ -213,11 +213,16 @@ def test_a_published_curve_is_shown_only_for_the_cli_defaults(tmp_path):
         (tmp_path / folder / "curve_trousers_b100.json").write_text(json.dumps(dict(config=dict(compare=run))))
         (tmp_path / folder / "curve_trousers_b100.png").write_bytes(b"\x89PNG")
 
+    write("0_value_baseline", ddpo_baseline="value")
     write("a_other_lr", lr=1e-3)
     assert published_curve("trousers", tmp_path) is None  # another learning rate is not what the tab runs
     (tmp_path / "b_broken").mkdir()
     (tmp_path / "b_broken" / "curve_trousers_b100.json").write_text("{not json")
     write("c_defaults")
+    assert published_curve("trousers", tmp_path) == tmp_path / "c_defaults" / "curve_trousers_b100.png"
+    run = json.loads((tmp_path / "c_defaults" / "curve_trousers_b100.json").read_text())
+    run["config"]["compare"].pop("ddpo_baseline")  # a curve from before the value baseline existed: the batch mean
+    (tmp_path / "c_defaults" / "curve_trousers_b100.json").write_text(json.dumps(run))
     assert published_curve("trousers", tmp_path) == tmp_path / "c_defaults" / "curve_trousers_b100.png"
     assert published_curve("bags", tmp_path) is None
 

@@ -32,7 +32,8 @@ STUDIO_DISTIL = DistilConfig(steps=300)
 STUDIO_RLHF = dict(epochs=5, ddpo_images=32)
 ADAPTERS = ("rlhf", "d3po", "distil")  # the methods that leave a fine-tuned model behind
 CURVES_DIR = Path(__file__).resolve().parents[2] / "docs" / "bench" / "rlhf_curves"  # ``python -m rlhf curve`` runs
-CURVE_KEYS = ("lr", "kl_beta", "ddpo_images", "full", "steps")  # what makes a published curve the CLI defaults'
+CURVE_KEYS = ("lr", "kl_beta", "ddpo_images", "full", "steps", "ddpo_baseline")  # what makes a published curve the CLI defaults'
+CURVE_BEFORE = dict(ddpo_baseline="mean")  # what curves run before a key existed were run with
 
 
 def published_curve(feature: str, curves_dir: Path = CURVES_DIR) -> Path | None:
@@ -44,7 +45,7 @@ def published_curve(feature: str, curves_dir: Path = CURVES_DIR) -> Path | None:
             run = json.loads(path.read_text())["config"]["compare"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a damaged file is no curve
-        if run.get("feature") == feature and all(run.get(k) == defaults[k] for k in CURVE_KEYS) \
+        if run.get("feature") == feature and all(run.get(k, CURVE_BEFORE.get(k)) == defaults[k] for k in CURVE_KEYS) \
                 and path.with_suffix(".png").is_file():
             return path.with_suffix(".png")
     return None
