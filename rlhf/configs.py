@@ -91,7 +91,8 @@ class DistilConfig:
     # censored sampler's own step at every recorded x_t (it then retraces the censored gallery from the same x_T).
     # Measured (docs/benchmarks.md, censor-then-distil, second part; 300 trajectories, 600 steps): steps keeps the
     # classes (tv 0.06 on bags and trousers, under the floor) where images moved them (tv 0.14-0.16, confident
-    # 0.56-0.60 against 0.70), and removes a little less on bags (3.0% against 2.3%; trousers 1.0% against 0.0%)
+    # 0.56-0.60 against 0.70), and removes less (seed 0: bags 3.0% against 2.3%, trousers 1.0% against 0.0%; over two
+    # seeds steps left bags 3.7%, trousers 2.5%: the student does not learn all of the guidance's correction)
     target: str = "steps"
     # trajectories (steps) or images drawn to distil from: 300 trajectories did as well as 1000 (bags 3.0% / 3.7%);
     # the images target needed 1000 (300: 4.7-6.7% bags; 1000 with drop 0.1: 2.3%)
