@@ -507,11 +507,9 @@ def test_huge_png_is_refused_from_its_header_before_decoding(shared, intact, tmp
     assert len(huge) < 1_000_000
     # stored uncompressed, so the zip's ratio check lets it through and the PNG check must act
     bundle = _zip(tmp_path / "huge.zip", {**entries, "censored_001.png": huge}, stored={"censored_001.png"})
-    t0 = time.time()
     with pytest.raises(CensorError, match="censored_001.png is 20000x20000, expected 28x28"):
         studio.import_gallery(bundle)
-    assert time.time() - t0 < 5
-    assert len(opened) == 1  # censored_000.png only: the huge one never reached PIL
+    assert len(opened) == 1  # censored_000.png only: the huge one never reached PIL (no decode, so no time spent)
     # a manifest that claims the huge size is refused before any image is read
     claims = _zip(tmp_path / "claims.zip", {**_manifest(entries, image_size=[20000, 20000]),
                                             "censored_000.png": _png_header_only(20000, 20000)})
