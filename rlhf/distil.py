@@ -10,7 +10,8 @@ Guided sampling pays for the reward's gradient at every step. Two targets (``Dis
   backward guidance and recurrence folded into one deterministic step). Starting from the teacher,
   it learns only the guidance's correction, and from a gallery's x_T it retraces the censored
   sampler's images, which keeps every benign image where it was (guidance distillation, as
-  classifier-free guidance is distilled).
+  classifier-free guidance is distilled). It learns the DDIM timesteps of the recorded respacing;
+  other step counts at sampling time are unmeasured.
 
 The reward may leave out the samples it scores most malign (``DistilConfig.drop``); the oracle never
 touches the data. Full fine-tuning by default: LoRA rank 4 barely moves the embedded model.

@@ -16,7 +16,7 @@ The ranking mixes three terms, each scaled to [0, 1], and picks greedily, one im
   uncertain one (p = 0.5: 1 + 1.5). Malign examples are the scarce ones in a benign-dominant session
   and in a censored gallery sent back for an imitation round, and every ensemble member sees every
   malign label: searching for them is what a rare, subtle feature (a small stamp) needs once the
-  reward has seen a few. Measured (docs/benchmarks.md, "Informative-first, third round"): at weight 1
+  reward has seen a few. Measured (docs/benchmarks.md, "Local marks, seventh part"): at weight 1
   the uncertain images won, the ranking showed *fewer* stamps than random order and bags labelled
   informative-first censored worse than random ones (4.9% against 1.8% at 40 labels); at weight 3
   bags 1.6% with 12 malign labels of 40 (random: 5), the watermark 11-15 stamps of 50 (weight 1: 3).
