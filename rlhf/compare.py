@@ -42,7 +42,7 @@ from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample, seeds_for
 from rlhf.adapters import save_adapter
 from rlhf.configs import METHODS, REWARDED, CompareConfig  # noqa: F401 (CompareConfig: re-exported)
-from rlhf.distil import DISTIL_SEED, most_benign, record_steps, train_distil
+from rlhf.distil import DISTIL_SEED, keep_most_benign, most_benign, record_steps, train_distil
 from rlhf.train import labels_from, reward_from, train_d3po, train_ddpo, value_for
 from rlhf.verdict import verdict_markdown
 
@@ -158,8 +158,7 @@ def distil_data(model, seeds, cfg: CompareConfig, reward, progress=None):
     if cfg.distil.target == "steps":
         steps = record_steps(model, seeds, cfg.steps, censoring(reward, cfg), progress)
         return steps.subset(most_benign(steps.images, reward, cfg.distil.drop))
-    drawn = to_model_range(sample_gallery(model, seeds, cfg, reward, progress))
-    return drawn[most_benign(drawn, reward, cfg.distil.drop)]
+    return keep_most_benign(to_model_range(sample_gallery(model, seeds, cfg, reward, progress)), reward, cfg.distil.drop)
 
 
 # What each stage of a comparison costs, in unguided image-steps of the UNet (2 ms each on the 2-core CPU):
