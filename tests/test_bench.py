@@ -281,5 +281,18 @@ def test_benchmark_options_come_from_the_config_and_reach_it():
     from censor.cli.args import guidance_from_args
 
     assert guidance_from_args(a).threshold is None  # the rejection threshold is not the guidance hinge
+    from censor.bench.active import ActiveBenchConfig
+    from censor.cli.bench import ACTIVE_FIELDS
+    from censor.sampling.thresholds import THRESHOLD_SCALE
+
+    assert a.threshold_scale == THRESHOLD_SCALE == "reference"  # both benches read the one default
+    a = p.parse_args(["bench-active", "--threshold-scale", "folds", "--censor", "repaint", "--only-seed", "2"])
+    cfg = config_from_args(ActiveBenchConfig, a, ACTIVE_FIELDS)
+    assert cfg.threshold_scale == "folds" and a.only_seed == 2
+    # a repaint cell carries its scale into the settings it is reused by, unless it is the folds' (older cells)
+    assert "threshold_scale" not in cfg.cell_settings("bags")
+    assert ActiveBenchConfig(censor="repaint").cell_settings("bags")["threshold_scale"] == "reference"
+    with pytest.raises(SystemExit):
+        p.parse_args(["bench-reject", "--threshold-scale", "pixels"])
     with pytest.raises(SystemExit):
         p.parse_args(["bench", "--method", "magic"])

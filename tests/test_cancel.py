@@ -13,7 +13,7 @@ from censor.core.errors import CensorError, JobCancelled
 from censor.core.progress import part, reporter
 from censor.labels.pool import Pool
 from censor.rewards.validation import held_out_accuracy
-from censor.sampling.rejection import STRICT_FILE
+from censor.sampling.thresholds import STRICT_FILE
 from censor.studio.core import Studio
 from censor.studio.space import JobGate
 

@@ -8,14 +8,16 @@ import pytest
 import torch
 from test_browser import browser, server, studio_dir  # noqa: F401  (fixtures of the strict-mode browser test)
 
-import censor.sampling.rejection as rejection
+import censor.sampling.thresholds as thresholds
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.sampling.loop import sample, seeds_for
-from censor.sampling.rejection import (
+from censor.sampling.rejection import reject_sample
+from censor.sampling.thresholds import (
     benign_scores,
+    carried_threshold,
     heldout_threshold,
-    reject_sample,
+    reference_images,
     stratified_folds,
     threshold_from_scores,
 )
@@ -65,14 +67,14 @@ def test_heldout_threshold_scores_every_label_out_of_fold(monkeypatch):
         boxed.append(boxes)
         return BrightnessReward()
 
-    monkeypatch.setattr(rejection, "train_reward", fake_train)
+    monkeypatch.setattr(thresholds, "train_reward", fake_train)
     boxed = []
-    th = heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4)
+    th = heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4, scale="folds")
     assert th["folds"] == 4 and seen == [30, 30, 30, 30]  # every fold held out 10 images
     assert boxed == [None] * 4
     boxes = [(i % 20, 0, i % 20 + 8, 8) if y == 0 else None for i, y in enumerate(labels)]  # one per label
     seen.clear()
-    heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4, boxes=boxes)
+    heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4, boxes=boxes, scale="folds")
     # each fold trains with the boxes of its own training labels, in their order
     assert [sum(b is not None for b in bs) for bs in boxed[4:]] == [6, 6, 6, 6]
     assert all(len(bs) == 30 and set(bs) <= set(boxes) for bs in boxed[4:])
@@ -80,7 +82,7 @@ def test_heldout_threshold_scores_every_label_out_of_fold(monkeypatch):
     assert th["threshold"] == pytest.approx(scores[:8].max())
     assert th["heldout_malign_recall"] == 1.0 and th["heldout_benign_pass"] == 1.0
     with pytest.raises(CensorError, match="at least 2 malign"):
-        heldout_threshold(images, np.array([0] + [1] * 39), kind="resnet18", diffusion=None)
+        heldout_threshold(images, np.array([0] + [1] * 39), kind="resnet18", diffusion=None, scale="folds")
 
 
 def test_reject_sample_keeps_only_passing_images_and_is_reproducible(tiny_model):
@@ -156,7 +158,8 @@ def test_studio_strict_mode_fills_the_gallery_with_passing_images(studio):
     from censor.gallery.bundles import sha256
 
     digest = sha256(studio.reward_dir(sid) / "reward.safetensors")
-    (studio.reward_dir(sid) / rejection.STRICT_FILE).write_text(json.dumps({"reward_sha256": digest, "threshold": p}))
+    (studio.reward_dir(sid) / thresholds.STRICT_FILE).write_text(json.dumps({"reward_sha256": digest, "threshold": p,
+                                                                         "scale": thresholds.THRESHOLD_SCALE}))
     auto = studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=6, strict=True)
     assert auto["strict"]["threshold"] == p and auto["strict"]["source"] == "held-out"
     assert auto["seeds"] == r["seeds"] and np.array_equal(auto["censored"], r["censored"])
@@ -169,19 +172,73 @@ def test_studio_strict_mode_fills_the_gallery_with_passing_images(studio):
 def test_session_threshold_is_cross_fitted_once_per_reward(tmp_path, monkeypatch):
     images = np.repeat(np.linspace(0, 255, 30).astype(np.uint8)[:, None, None], 28, 1).repeat(28, 2)
     labels = np.array([0] * 6 + [1] * 24)
+    pool = np.repeat(np.linspace(0, 255, 50).astype(np.uint8)[:, None, None], 28, 1).repeat(28, 2)
     calls = []
-    monkeypatch.setattr(rejection, "train_reward", lambda imgs, labs, **kw: calls.append(kw) or BrightnessReward())
+    monkeypatch.setattr(thresholds, "train_reward", lambda imgs, labs, **kw: calls.append(kw) or BrightnessReward(3.0))
     reward = BrightnessReward()
     reward.info = dict(alpha=0.2, iterations=40, seed=0)
     (tmp_path / "reward.safetensors").write_bytes(b"v1")
-    th = rejection.session_threshold(tmp_path, reward, images, labels, diffusion=None)
+    boxes = [None] * 30
+    th = thresholds.session_threshold(tmp_path, reward, images, labels, None, pool, boxes=boxes)
     assert len(calls) == 5 and calls[0]["iterations"] == 40 and calls[0]["alpha"] == 0.2
-    assert th["threshold"] == pytest.approx(benign_scores(reward, images[:6]).max())
-    assert rejection.session_threshold(tmp_path, reward, images, labels, diffusion=None) == th
+    assert sum(len(c["boxes"]) for c in calls) == 30 * 4  # each fold: its training labels' boxes (the reward's recipe)
+    assert th["fold_threshold"] == pytest.approx(benign_scores(BrightnessReward(3.0), images[:6]).max())
+    # carried to the session reward on the pool less the labelled images (some pool images are labelled ones)
+    ref = reference_images(pool, images)
+    unlabelled = sum(not (images == x).all((1, 2)).any() for x in pool)
+    assert 0 < unlabelled < len(pool) and len(ref) == th["reference_n"] == unlabelled
+    assert th["threshold"] == pytest.approx(carried_threshold(reward, th["reference_share"], ref))
+    assert thresholds.session_threshold(tmp_path, reward, images, labels, None, pool) == th
     assert len(calls) == 5  # cached
     (tmp_path / "reward.safetensors").write_bytes(b"v2")  # retrained: computed again
-    rejection.session_threshold(tmp_path, reward, images, labels, diffusion=None)
+    thresholds.session_threshold(tmp_path, reward, images, labels, None, pool)
     assert len(calls) == 10
+    # a cache from before the threshold was carried (no scale) is recomputed, not trusted
+    digest = thresholds.sha256(tmp_path / "reward.safetensors")
+    (tmp_path / thresholds.STRICT_FILE).write_text(json.dumps({"reward_sha256": digest, "threshold": 0.5}))
+    assert thresholds.session_threshold(tmp_path, reward, images, labels, None, pool)["scale"] == "reference"
+    assert len(calls) == 15
+    # a pool labelled all but a few: too few unlabelled images to read a share on, the folds' line stays
+    (tmp_path / "reward.safetensors").write_bytes(b"v3")
+    small = thresholds.session_threshold(tmp_path, reward, images, labels, None, pool[:thresholds.REFERENCE_MIN])
+    assert small["scale"] == "folds" and small["threshold"] == th["fold_threshold"] and "reference_share" not in small
+
+
+def _ramp(n, lo=0, hi=255):
+    return np.repeat(np.linspace(lo, hi, n).round().astype(np.uint8)[:, None, None], 28, 1).repeat(28, 2)
+
+
+def test_reference_images_leave_out_the_labelled_ones():
+    pool = _ramp(20)
+    ref = reference_images(pool, pool[[3, 7, 7]], n=100)
+    assert len(ref) == 18 and not any((ref == pool[i]).all((1, 2)).any() for i in (3, 7))
+    assert np.array_equal(reference_images(pool, pool[:0], n=5), pool[:5])  # in pool order, at most n
+
+
+def test_carried_threshold_doubts_the_share_the_folds_doubt(monkeypatch):
+    """Fold rewards and the final reward rank alike but score on different scales: the fold line,
+    applied to the final reward, would doubt a different share of the model's images; the carried
+    line doubts exactly the share the folds doubt, the same images."""
+    images, labels = _ramp(40), np.array([0] * 8 + [1] * 32)  # malign = the 8 darkest
+    reference = _ramp(200, 0, 250)
+    monkeypatch.setattr(thresholds, "train_reward", lambda *a, **kw: BrightnessReward(1.0))  # folds: a soft scale
+    final = BrightnessReward(20.0)  # the final reward: a sharp one, same ranking
+    th = heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4, reward=final, reference=reference)
+    fold_ref = benign_scores(BrightnessReward(1.0), reference)
+    share = (fold_ref <= th["fold_threshold"]).mean()
+    assert 0.1 < share < 0.3 and th["reference_share"] == pytest.approx(share)
+    final_ref = benign_scores(final, reference)
+    doubted = final_ref <= th["threshold"]
+    assert np.array_equal(doubted, fold_ref <= th["fold_threshold"])  # the same images
+    uncarried = (final_ref <= th["fold_threshold"]).mean()  # the fold line on the final reward's scale
+    assert not share / 2 < uncarried < 2 * share  # would doubt a share of another size altogether
+    folds_only = heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4, scale="folds")
+    assert folds_only["threshold"] == th["fold_threshold"] and "reference_share" not in folds_only
+    assert carried_threshold(final, 0.0, reference) == 0.0  # no share: nothing doubted
+    with pytest.raises(CensorError, match="reference images"):
+        heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4, reward=final)
+    with pytest.raises(CensorError, match="scale"):
+        heldout_threshold(images, labels, kind="resnet18", diffusion=None, scale="pixels")
 
 
 def test_miniature_rejection_bench_reports_every_mode(tmp_path, fixture_images, tiny_model):

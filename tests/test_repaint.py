@@ -9,7 +9,7 @@ from censor.core.errors import CensorError
 from censor.core.watermark import GLYPH, stamp
 from censor.rewards.ensemble import RewardEnsemble
 from censor.rewards.training import train_reward
-from censor.sampling.rejection import benign_scores
+from censor.sampling.thresholds import benign_scores
 from censor.sampling.repaint import REPAINT_DEFAULTS, malign_masks, repaint, repaint_flagged, repaint_seed
 
 G = GLYPH.shape[0]

@@ -43,13 +43,14 @@ from censor.bench.harness import Harness, comparison_grid
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.core.settings import DEFAULT_GUIDANCE
+from censor.eval.features import is_malign
 from censor.labels.imitation import imitation_round
 from censor.labels.labeller import SimulatedLabeller
 from censor.labels.ranking import ActiveWeights, EncoderFeatures, member_probs, rank
 from censor.rewards.training import train_reward
 from censor.sampling.guidance import guidance_for
 from censor.sampling.loop import sample
-from censor.sampling.rejection import heldout_threshold
+from censor.sampling.thresholds import heldout_threshold, reference_images
 from censor.sampling.repaint import repaint_flagged
 
 
@@ -95,13 +96,15 @@ def _repainted(cfg, ctx, reward, images, labels, boxes=None) -> tuple[np.ndarray
     of each class (no threshold can be fitted: the gallery stays unguided)."""
     try:
         th = heldout_threshold(images, labels, kind=cfg.reward, diffusion=ctx.model, members=cfg.members,
-                               alpha=cfg.alpha, iterations=cfg.iterations, folds=cfg.folds, boxes=boxes)
+                               alpha=cfg.alpha, iterations=cfg.iterations, folds=cfg.folds, boxes=boxes,
+                               scale=cfg.threshold_scale, reward=reward, reference=reference_images(ctx.pool.images, images))
     except CensorError:
         return None, dict(threshold=None)
     t0 = time.time()
     rp = repaint_flagged(ctx.model, reward, ctx.baseline, ctx.gallery_seeds, th["threshold"])
     return rp.images, dict(threshold=round(th["threshold"], 4), threshold_s=th["seconds"], repaint_s=round(time.time() - t0, 1),
-                           doubted=rp.doubted, passed=rp.passed)
+                           fold_threshold=round(th.get("fold_threshold", th["threshold"]), 4),
+                           reference_share=th.get("reference_share"), doubted=rp.doubted, passed=rp.passed, which=rp.which)
 
 
 def _evaluate(cfg, ctx, feature, reward, images, labels, boxes=None) -> dict:
@@ -118,6 +121,11 @@ def _evaluate(cfg, ctx, feature, reward, images, labels, boxes=None) -> dict:
     censored = ctx.baseline if untouched else censored
     h = ctx.judge(feature)
     ev, j = h.judge(censored)
+    if "which" in extra:  # where the baseline's malign images went (judged after the fact): doubted, or passed as drawn
+        bad, doubted = is_malign(h.judge_all.base, feature), np.zeros(len(censored), bool)
+        doubted[extra.pop("which")] = True
+        extra.update(malign_doubted=int((bad & doubted).sum()), malign_passed=int((bad & ~doubted).sum()),
+                     malign_left_doubted=int((is_malign(j, feature) & doubted).sum()))
     # no reward (or no threshold): the gallery *is* the unguided baseline, so it costs what unguided sampling costs
     ratio = 1.0 if untouched else h.time_ratio(seconds / cfg.n)
     ev.update(tv_floor=h.floor, sample_s=round(ctx.unguided_s if untouched else seconds, 1), time_ratio=ratio,
@@ -226,13 +234,14 @@ def cell_path(out: Path, feature: str, strategy: str, seed: int) -> Path:
 
 
 def run_active_bench(cfg: ActiveBenchConfig, model, oracle, pool, reference, out_dir="docs/bench/active",
-                     cache_dir="runs/bench_cache", log=print) -> list[dict]:
-    """Every cell, seeds outermost (a partial run has every feature and strategy for the first seeds)."""
+                     cache_dir="runs/bench_cache", only_seed: int | None = None, log=print) -> list[dict]:
+    """Every cell, seeds outermost (a partial run has every feature and strategy for the first seeds);
+    ``only_seed``: that labelling seed's cells alone."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx = None
     cells = []
-    for seed in range(cfg.seeds):
+    for seed in range(cfg.seeds) if only_seed is None else [only_seed]:
         for feature in cfg.features:
             for strategy in cfg.strategies:
                 path = cell_path(out, feature, strategy, seed)

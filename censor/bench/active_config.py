@@ -12,7 +12,7 @@ from censor.eval.features import feature_spec
 from censor.labels.labeller import can_box
 from censor.labels.ranking import ActiveWeights
 from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT, scores_positions
-from censor.sampling.rejection import DEFAULT_FOLDS
+from censor.sampling.thresholds import DEFAULT_FOLDS, THRESHOLD_SCALE, THRESHOLD_SCALES
 
 CENSOR_ROUTES = ("guide", "repaint")
 
@@ -33,7 +33,8 @@ class ActiveBenchConfig:
     candidates: int = 60  # imitation: censored gallery per round, of which `batch` are labelled
     reward: str = "ddpm-encoder"  # the kind trained at every budget and ranking with (local-patch: small marks)
     censor: str = "guide"  # how a budget's gallery is censored: guided sampling, or the unguided one repainted
-    folds: int = DEFAULT_FOLDS  # repaint: folds of the cross-fitted threshold (rejection.heldout_threshold)
+    folds: int = DEFAULT_FOLDS  # repaint: folds of the cross-fitted threshold (thresholds.heldout_threshold)
+    threshold_scale: str = THRESHOLD_SCALE  # repaint: the threshold's scale (thresholds.THRESHOLD_SCALES)
     boxes: bool = False  # region feedback: the labeller boxes the stamp on each malign image it labels
     weights: dict = field(default_factory=lambda: asdict(ActiveWeights()))
 
@@ -47,6 +48,8 @@ class ActiveBenchConfig:
             raise CensorError("seeds, batch, n, steps, members, iterations and budgets must be positive")
         if self.boxes and not (scores_positions(self.reward) and all(can_box(f) for f in self.features)):
             raise CensorError("boxes need the watermark feature and a reward that scores positions (local-patch)")
+        if self.threshold_scale not in THRESHOLD_SCALES:
+            raise CensorError(f"threshold_scale is one of {', '.join(THRESHOLD_SCALES)}")
         if self.censor not in CENSOR_ROUTES:
             raise CensorError(f"censor is one of {', '.join(CENSOR_ROUTES)}")
         if self.reward not in REWARD_KINDS or not TIME_DEPENDENT[self.reward]:
@@ -66,6 +69,9 @@ class ActiveBenchConfig:
                     # cells run before the likely-malign term existed (weight 0) stay reusable
                     weights={k: v for k, v in self.weights.items() if not (k == "malign" and v == 0)},
                     **({} if self.censor == "guide" else dict(censor=self.censor, folds=self.folds)),
+                    # repaint cells run before the threshold was carried to the final reward: the folds' scale
+                    **(dict(threshold_scale=self.threshold_scale) if self.censor != "guide"
+                       and self.threshold_scale != "folds" else {}),
                     **(dict(boxes=True) if self.boxes else {}))
 
 

@@ -39,13 +39,8 @@ from censor.bench.reject_report import markdown_table
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
 from censor.sampling.loop import sample, seeds_for
-from censor.sampling.rejection import (
-    DEFAULT_CAP_FACTOR,
-    DEFAULT_FOLDS,
-    DEFAULT_RECALL,
-    heldout_threshold,
-    reject_sample,
-)
+from censor.sampling.rejection import DEFAULT_CAP_FACTOR, reject_sample
+from censor.sampling.thresholds import DEFAULT_FOLDS, DEFAULT_RECALL, THRESHOLD_SCALE, heldout_threshold, reference_images
 from censor.sampling.repaint import repaint_flagged
 
 MODES = ("reject", "guide", "guide+reject", "repaint")
@@ -108,10 +103,11 @@ def _accounted(result, store: DrawStore) -> dict:
 def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out_dir=None, cache_dir=None,
                      threshold: float | None = None, recall: float = DEFAULT_RECALL, folds: int = DEFAULT_FOLDS,
                      cap_factor: float = DEFAULT_CAP_FACTOR, modes=MODES, repaint: dict | None = None,
-                     log=print) -> dict:
+                     scale: str = THRESHOLD_SCALE, log=print) -> dict:
     """Every labelling seed censors the same ceil(n / seeds) gallery seeds in each of ``modes``;
     the baseline row is over all n baseline images. ``repaint``: keyword arguments of
-    ``repaint_flagged`` (start, attempts, harmonize) other than its defaults."""
+    ``repaint_flagged`` (start, attempts, harmonize) other than its defaults; ``scale``: the cross-fitted
+    threshold's (thresholds.THRESHOLD_SCALES; carried to the final reward on the pool less the labelled)."""
     repaint = dict(repaint or {})
     unknown = [m for m in modes if m not in MODES]
     modes = tuple(m for m in MODES if m in modes)  # in the table's order
@@ -134,7 +130,8 @@ def run_reject_bench(cfg: BenchConfig, model, oracle, pool, reference: dict, out
         if threshold is None:  # cross-fitted on the session's own labels
             th = heldout_threshold(s.images, s.labels, kind=cfg.reward, diffusion=model, members=len(s.reward.members),
                                    alpha=cfg.alpha, iterations=cfg.iterations, folds=folds, recall=recall, seed=seed,
-                                   boxes=s.boxes)
+                                   boxes=s.boxes, scale=scale, reward=s.reward,
+                                   reference=reference_images(pool.images, s.images))
         else:
             th = dict(threshold=float(threshold), user=True, seconds=0.0)
         log(f"  seed {seed}: threshold p={th['threshold']:.4f} (held-out benign pass "

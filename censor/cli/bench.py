@@ -15,14 +15,7 @@ from pathlib import Path
 from censor.bench.active import ActiveBenchConfig, run_active_bench
 from censor.bench.active_config import CENSOR_ROUTES
 from censor.bench.active_report import STRATEGIES, summarize
-from censor.bench.censoring import (
-    BenchConfig,
-    collect,
-    collect_labels_and_train,
-    guidance_kwargs,
-    markdown_rows,
-    run_bench,
-)
+from censor.bench.censoring import BenchConfig, collect, collect_labels_and_train, guidance_kwargs, markdown_rows, run_bench
 from censor.bench.fewshot import VARIANTS, run_fewshot, save
 from censor.bench.reject import MODES as REJECT_MODES
 from censor.bench.reject import run_reject_bench
@@ -30,15 +23,8 @@ from censor.bench.reject_report import markdown_table as reject_table
 from censor.bench.sweep import run_sweep, summary_table, write_summary
 from censor.bench.throughput import ARCHS, MODES, markdown, measure_throughput, random_arch
 from censor.bench.timing import time_guidance
-from censor.cli.args import (
-    add_guidance_args,
-    add_model_args,
-    add_settings_args,
-    guidance_from_args,
-    model_from_args,
-    positive_int,
-    runtime_from_args,
-)
+from censor.cli.args import (add_guidance_args, add_model_args, add_settings_args, guidance_from_args, model_from_args,
+                             positive_int, runtime_from_args)
 from censor.core.data import DEFAULT_DATA_DIR, load_watermarked
 from censor.core.errors import CensorError
 from censor.core.settings import DEFAULT_GUIDANCE, ITERATIONS, METHODS, GuidanceSettings, RewardSettings
@@ -47,12 +33,13 @@ from censor.diffusion.runtime import apply_runtime
 from censor.eval.features import load_features
 from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import load_pool
-from censor.sampling.rejection import DEFAULT_CAP_FACTOR, DEFAULT_FOLDS, DEFAULT_RECALL
+from censor.sampling.rejection import DEFAULT_CAP_FACTOR
+from censor.sampling.thresholds import DEFAULT_FOLDS, DEFAULT_RECALL, THRESHOLD_SCALE, THRESHOLD_SCALES
 from censor.sampling.repaint import REPAINT_ATTEMPTS, REPAINT_DEFAULTS, REPAINT_HARMONIZE, REPAINT_START, REPAINT_STEPS
 
 CACHE = "runs/bench_cache"  # the shared unguided baselines, draws and first-round rewards
 CHOICES = dict(method=METHODS, reward=RewardSettings.knobs()["kind"].choices, init=("random", "backbone", "imagenet"),
-               strategies=STRATEGIES, censor=CENSOR_ROUTES)
+               strategies=STRATEGIES, censor=CENSOR_ROUTES, threshold_scale=THRESHOLD_SCALES)
 HELP = dict(
     budget="images the labeller views per round", rounds="imitation rounds",
     n="censored images in total, split evenly over the labelling seeds; the baseline has n",
@@ -62,6 +49,8 @@ HELP = dict(
     candidates="imitation: censored images per round",
     censor="bench-active: guide (guided sampling) or repaint (the unguided gallery, doubted images repainted)",
     folds="bench-active --censor repaint: folds of the cross-fitted threshold",
+    threshold_scale="the cross-fitted threshold as the fold rewards score, or carried to the final reward (the share "
+                    "of the unlabelled pool the folds doubt)",
     boxes="region feedback: the labeller also boxes the stamp on every malign image (watermark, --reward local-patch)",
 )
 BENCH_FIELDS = ("feature", "budget", "method", "reward", "members", "alpha", "iterations", "rounds", "n", "steps",
@@ -148,7 +137,7 @@ def cmd_fewshot(a) -> None:
 
 
 ACTIVE_FIELDS = ("features", "strategies", "seeds", "budgets", "batch", "n", "steps", "weight", "candidates",
-                 "iterations", "reward", "censor", "folds", "boxes")
+                 "iterations", "reward", "censor", "folds", "threshold_scale", "boxes")
 
 
 def cmd_bench_active(a) -> None:
@@ -157,7 +146,7 @@ def cmd_bench_active(a) -> None:
         return
     cfg = config_from_args(ActiveBenchConfig, a, ACTIVE_FIELDS,
                            weights=dict(ActiveBenchConfig().weights, malign=a.malign_weight))
-    run_active_bench(cfg, *_inputs(a), out_dir=a.out, cache_dir=a.cache)
+    run_active_bench(cfg, *_inputs(a), out_dir=a.out, cache_dir=a.cache, only_seed=a.only_seed)
 
 
 def cmd_bench_throughput(a) -> None:
@@ -230,6 +219,8 @@ def register_bench(sub) -> None:
                          "only, as in the first issue-8 runs)")
     _paths(ab, "docs/bench/active")
     ab.add_argument("--summary", action="store_true", help="only rebuild the table and plot from saved cells")
+    ab.add_argument("--only-seed", type=int, default=None,
+                    help="run this labelling seed's cells alone (one process per seed shares the cores and the folder)")
     ab.set_defaults(fn=cmd_bench_active)
 
 
@@ -248,6 +239,7 @@ def add_reject_parser(sub) -> None:
                    help="keep images with P(benign) above this (default: cross-fitted, held-out malign recall >= --recall)")
     r.add_argument("--recall", type=float, default=DEFAULT_RECALL)
     r.add_argument("--folds", type=positive_int, default=DEFAULT_FOLDS)
+    r.add_argument("--threshold-scale", choices=THRESHOLD_SCALES, default=THRESHOLD_SCALE, help=HELP["threshold_scale"])
     r.add_argument("--cap-factor", type=float, default=DEFAULT_CAP_FACTOR, help="cap on draws, x the requested count")
     r.add_argument("--modes", default=",".join(REJECT_MODES), help=f"comma-separated, some of {', '.join(REJECT_MODES)}")
     r.add_argument("--repaint-start", type=float, default=REPAINT_START, help="repaint from this fraction of T")
@@ -265,6 +257,7 @@ def cmd_bench_reject(a) -> None:
     cfg = config_from_args(BenchConfig, a, REJECT_FIELDS, **guidance_kwargs(guidance_from_args(a)))
     result = run_reject_bench(cfg, *_inputs(a), out_dir=a.out, cache_dir=a.cache, threshold=a.reject_threshold,
                               recall=a.recall, folds=a.folds, cap_factor=a.cap_factor, modes=a.modes.split(","),
+                              scale=a.threshold_scale,
                               repaint={k: v for k, v in dict(start=a.repaint_start, attempts=a.repaint_attempts,
                                                              harmonize=a.repaint_harmonize, steps=a.repaint_steps).items()
                                        if v != REPAINT_DEFAULTS[k]})

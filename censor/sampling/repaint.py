@@ -37,7 +37,7 @@ from censor.core.settings import STRICT_MODES
 from censor.diffusion.steps import make_scheduler, renoise, step_alphas, step_stride
 from censor.rewards.architectures import scores_positions
 from censor.rewards.ensemble import clean_input
-from censor.sampling.rejection import benign_scores
+from censor.sampling.thresholds import benign_scores
 
 REPAINT_START = 0.6  # re-noise to t = 0.6 T: the local reward is at chance there (few-shot AUC), so the mark is gone
 REPAINT_HARMONIZE = 0  # RePaint resampling passes per step; watermark, 3 x 334: 0 -> 1.60% malign, tv 0.040, 1.64x
@@ -190,6 +190,7 @@ class RepaintResult:
     kept_original: int = 0  # doubted images no draw improved on: returned as they were
     mask_share: float = 0.0  # mean share of a doubted image's pixels that were redrawn
     seconds: float = 0.0
+    which: list[int] = field(default_factory=list)  # the doubted images' positions in the input
 
     def summary(self) -> str:
         return (f"repainted {self.doubted} doubted images ({100 * self.mask_share:.0f}% of their pixels), "
@@ -248,4 +249,4 @@ def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], thr
     return RepaintResult(images=images, scores=scores, doubted=len(todo), passed=int((tries <= attempts).sum()),
                          tries=[int(v) for v in tries], kept_original=int((scores[todo] == first).sum()),
                          mask_share=share / max(len(todo), 1),
-                         seconds=time.perf_counter() - t0)
+                         seconds=time.perf_counter() - t0, which=[int(i) for i in todo])

@@ -24,14 +24,8 @@ from censor.gallery.bundles import sha256
 from censor.rewards.ensemble import model_fingerprint
 from censor.sampling.kinds import kind_for
 from censor.sampling.loop import GUIDED_STEP_COST, sample, seeds_for
-from censor.sampling.rejection import (
-    benign_scores,
-    cached_threshold,
-    check_probability,
-    reject_sample,
-    session_threshold,
-    threshold_cost,
-)
+from censor.sampling.rejection import check_probability, reject_sample
+from censor.sampling.thresholds import benign_scores, cached_threshold, session_threshold, threshold_cost
 from censor.sampling.repaint import REPAINT_DEFAULTS, repaint_flagged, resolve_strict_mode
 from censor.sampling.strength import LADDER, PROBE_N, PROBE_STEPS, auto_strength, reward_benign
 from censor.studio.common import (
@@ -121,8 +115,9 @@ class Galleries:
         if drift_ready:  # the pool's clusters and the reward's weights on it, the first time (seconds)
             self._pool_weights(sid, reward, part(bar["pool"], 0, 1, "measuring the labelling pool"))
         if labels is not None:  # cross-fitted on the session's labels once per reward, then cached beside it
-            threshold = session_threshold(res.reward_dir(sid), reward, res.store.training_data(sid)[0], labels,
-                                          model, progress=part(bar["threshold"], 0, 1, "strict mode"))
+            boxes = res.store.training_boxes(sid) if reward.info.get("boxes") else None  # the reward's own recipe
+            threshold = session_threshold(res.reward_dir(sid), reward, res.store.training_data(sid)[0], labels, model,
+                                          res.pool.images, boxes=boxes, progress=part(bar["threshold"], 0, 1, "strict mode"))
         chosen = None
         if auto and reward is not None:
             chosen = auto_strength(censoring, reward, self.drift_meter, self._pool_weights(sid, reward), base_settings,
