@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from censor.cli.args import add_model_args, dispatch, positive_int
+from censor.core.errors import CensorError
 from censor.core.settings import DEFAULT_GUIDANCE
 from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
 from censor.eval.oracle import load_oracle, load_reference
@@ -23,7 +25,17 @@ def _config(a, **extra) -> CompareConfig:
                          lora_target=a.lora_target, ddpo_baseline=a.ddpo_baseline, **extra)
 
 
+def one_process(command: str) -> None:
+    """``compare`` and ``curve`` run every method and write every gallery themselves: under ``accelerate
+    launch`` each process would repeat the whole benchmark and write the same files (measured: galleries
+    twice). Only ``finetune`` is a loop that shares its work over processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CensorError(f"`{command}` runs in one process; launch it with plain python (accelerate launch is for "
+                          "`python -m rlhf finetune`, whose loop shares its rollouts and gradients over processes)")
+
+
 def cmd_compare(a) -> None:
+    one_process("compare")
     cfg = _config(a, epochs=a.epochs, methods=tuple(a.methods),
                   distil=DistilConfig(target=a.distil_target, images=a.distil_images, drop=a.distil_drop, steps=a.distil_steps,
                                       batch_size=a.distil_batch, lr=a.distil_lr, anchor=a.distil_anchor,
@@ -37,6 +49,7 @@ def cmd_compare(a) -> None:
 def cmd_curve(a) -> None:
     from rlhf.curves import CurveConfig, markdown_curve, run_curve
 
+    one_process("curve")
     cfg = CurveConfig(_config(a, methods=("baseline", "censored", "rlhf")), at=a.at)
     model = load_diffusion(a.model)
     result = run_curve(cfg, model, load_oracle(), load_pool(model_dir=a.model), load_reference(), out_dir=a.out,
