@@ -23,8 +23,8 @@ from censor.studio.core import Studio
 from censor.studio.galleries import STRICT_P_RANGE
 from censor.studio.readouts import gallery_readout, training_summary
 from censor.studio.space import JobGate, browser_secret
-from censor.studio.rlhf import (COMPARE_DEFAULTS, COMPARE_LIMITS, adapted_model, available_adapters, preference_readout,
-                                run_comparison)
+from censor.studio.rlhf import (COMPARE_DEFAULTS, COMPARE_LIMITS, adapted_model, adapter_steps_note, available_adapters,
+                                preference_readout, run_comparison)
 from rlhf.compare import METHODS as COMPARE_METHODS
 
 
@@ -158,6 +158,8 @@ def build_app(studio: Studio | None = None, gate: JobGate | None = None) -> gr.B
         except CensorError as e:
             raise gr.Error(str(e))
         text = gallery_readout(r, source, tuned is not None, None if feature == "(none)" else feature)
+        note = adapter_steps_note(studio, sid, source, steps) if tuned is not None else None
+        text = f"{text}\n\n⚠ {note}" if note else text
         return display(r["baseline"]), display(r["censored"]), text, r
 
     def on_cost(sid, guidance, backward, recurrence, steps, strict, strict_mode="auto"):

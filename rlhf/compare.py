@@ -130,7 +130,9 @@ def run_compare(cfg: CompareConfig, model, oracle, pool, reference: dict, out_di
 
     runs, first = h.run(cfg.seeds, arms, on_row=logged)
     for name, tuned in tuned_models.items() if adapter_dir is not None else ():  # only a finished run's
-        save_adapter(tuned.unet, Path(adapter_dir) / name, dict(method=name, feature=cfg.feature))
+        # steps: what it was judged at (and a distil of the sampler's steps learned exactly those timesteps)
+        save_adapter(tuned.unet, Path(adapter_dir) / name, dict(method=name, feature=cfg.feature, steps=cfg.steps,
+                                                                 distil_target=cfg.distil.target))
     runs = {m: runs.get(m, []) for m in cfg.methods}
     rows = {m: pool_seeds(h, r) for m, r in runs.items() if r}
     result = dict(config=asdict(cfg), **h.header(), baseline_recall=h.judge_all.base_recall,

@@ -13,6 +13,10 @@ from rlhf.compare import METHODS, CompareConfig, run_compare
 from rlhf.configs import DDPOConfig, DistilConfig
 
 
+def read_json(path):
+    return json.loads(path.read_text())
+
+
 def test_every_method_is_judged_on_the_same_footing(tmp_path, fixture_images, tiny_model):
     bags = np.where(fixture_images["labels"] == 8)[0][:20]
     rest = np.where(fixture_images["labels"] != 8)[0][:100]
@@ -94,6 +98,18 @@ def test_bad_settings_are_refused_before_any_work(capsys):
     assert "unknown feature" in capsys.readouterr().err
 
 
+def test_compare_refuses_to_run_once_per_accelerate_process(capsys, monkeypatch):
+    """Under ``accelerate launch`` every process would run the whole benchmark and write its galleries."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command in ("compare", "curve"):
+        assert rlhf_main([command, "--feature", "bags", "--out", "/nonexistent/never-written"]) == 2
+        err = capsys.readouterr().err
+        assert f"`{command}` runs in one process" in err and "finetune" in err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert rlhf_main(["compare", "--feature", "hats"]) == 2  # one process: it goes on (to the feature check)
+    assert "unknown feature" in capsys.readouterr().err
+
+
 def test_the_studio_tab_leaves_adapters_that_draw_a_censored_gallery(tmp_path, tiny_model, fixture_images):
     from censor.studio.core import Studio
     from censor.studio.rlhf import adapted_model, available_adapters, run_comparison
@@ -123,6 +139,18 @@ def test_the_studio_tab_leaves_adapters_that_draw_a_censored_gallery(tmp_path, t
     assert g["settings"]["adapter"] == "d3po" and g["censored"].shape == (4, 28, 28)
     with pytest.raises(CensorError, match="cannot be bundled"):
         studio.export_gallery(sid, g)
+    # a distil adapter that learned the sampler's 20 steps warns when drawn with other steps
+    from censor.studio.rlhf import adapter_steps_note
+    from rlhf.adapters import save_adapter
+
+    folder = studio.session_folder(sid) / "compare" / "adapters"
+    assert read_json(folder / "d3po" / "adapter.json")["config"]["steps"] == 20  # what the tab judged it at
+    save_adapter(tuned.unet, folder / "distil", dict(method="distil", steps=20, distil_target="steps"))
+    note = adapter_steps_note(studio, sid, "distil", 30)
+    assert "learned the censored sampler's 20 steps" in note and "drawn with 30" in note
+    assert adapter_steps_note(studio, sid, "distil", 20) is None and adapter_steps_note(studio, sid, "d3po", 30) is None
+    save_adapter(tuned.unet, folder / "distil", dict(method="distil", steps=20, distil_target="images"))
+    assert adapter_steps_note(studio, sid, "distil", 30) is None  # images: no timesteps were learned
 
 
 def test_the_table_explains_its_columns_and_warns_of_a_baseline_without_the_feature():

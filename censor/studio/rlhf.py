@@ -16,7 +16,7 @@ from censor.eval.oracle import load_reference
 from censor.labels.marks import BENIGN, UNSURE
 from censor.studio.common import check_range
 from censor.studio.resources import Resources
-from rlhf.adapters import load_adapter
+from rlhf.adapters import load_adapter, read_adapter_meta
 from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
 from rlhf.configs import DistilConfig
 from rlhf.train import preference_pairs
@@ -87,6 +87,20 @@ def adapted_model(studio: Resources, sid: str, name: str):
     model = copy.deepcopy(studio.model)
     load_adapter(model.unet, _compare_dir(studio, sid) / "adapters" / name)
     return model
+
+
+def adapter_steps_note(studio: Resources, sid: str, name: str, steps: int) -> str | None:
+    """A warning when a distil adapter that learned the censored sampler's steps is drawn with other
+    steps: DDIM at another count visits timesteps the student never learned (not measured; its benchmark
+    draws at the learned count)."""
+    if name != "distil" or name not in available_adapters(studio, sid):
+        return None
+    config = read_adapter_meta(_compare_dir(studio, sid) / "adapters" / name).get("config") or {}
+    learned = config.get("steps")
+    if config.get("distil_target") != "steps" or not isinstance(learned, int) or learned == int(steps):
+        return None
+    return (f"The distil adapter learned the censored sampler's {learned} steps; drawn with {int(steps)} it meets "
+            f"timesteps it never learned. Set steps to {learned} for the gallery it was judged on.")
 
 
 def label_preference_pairs(studio: Resources, sid: str) -> list[tuple[int, int]]:
