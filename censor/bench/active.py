@@ -83,7 +83,7 @@ def _train(cfg, ctx, images, labels, seed, resume=None, boxes=None):
     if (labels == 0).sum() == 0 or (labels == 1).sum() == 0:
         return None  # one class only: nothing to learn yet (a real outcome of small budgets)
     return train_reward(images, labels, kind=cfg.reward, diffusion=ctx.model, members=cfg.members,
-                        alpha=cfg.alpha, iterations=cfg.iterations, seed=seed, resume=resume, boxes=boxes)
+                        alpha=cfg.alpha, iterations=cfg.iterations, seed=seed, resume=resume, boxes=boxes, paste=cfg.paste)
 
 
 def _guidance(cfg: ActiveBenchConfig, reward):
@@ -96,7 +96,7 @@ def _repainted(cfg, ctx, reward, images, labels, boxes=None) -> tuple[np.ndarray
     of each class (no threshold can be fitted: the gallery stays unguided)."""
     try:
         th = heldout_threshold(images, labels, kind=cfg.reward, diffusion=ctx.model, members=cfg.members,
-                               alpha=cfg.alpha, iterations=cfg.iterations, folds=cfg.folds, boxes=boxes,
+                               alpha=cfg.alpha, iterations=cfg.iterations, folds=cfg.folds, boxes=boxes, paste=cfg.paste,
                                scale=cfg.threshold_scale, reward=reward, reference=reference_images(ctx.pool.images, images))
     except CensorError:
         return None, dict(threshold=None)

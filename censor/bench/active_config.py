@@ -12,6 +12,7 @@ from censor.eval.features import feature_spec
 from censor.labels.labeller import can_box
 from censor.labels.ranking import ActiveWeights
 from censor.rewards.architectures import REWARD_KINDS, TIME_DEPENDENT, scores_positions
+from censor.rewards.local import PASTE
 from censor.sampling.thresholds import DEFAULT_FOLDS, THRESHOLD_SCALE, THRESHOLD_SCALES
 
 CENSOR_ROUTES = ("guide", "repaint")
@@ -35,6 +36,7 @@ class ActiveBenchConfig:
     censor: str = "guide"  # how a budget's gallery is censored: guided sampling, or the unguided one repainted
     folds: int = DEFAULT_FOLDS  # repaint: folds of the cross-fitted threshold (thresholds.heldout_threshold)
     threshold_scale: str = THRESHOLD_SCALE  # repaint: the threshold's scale (thresholds.THRESHOLD_SCALES)
+    paste: int = PASTE  # boxes: pasted copies of each boxed mark (rewards.local.pasted_marks)
     boxes: bool = False  # region feedback: the labeller boxes the stamp on each malign image it labels
     weights: dict = field(default_factory=lambda: asdict(ActiveWeights()))
 
@@ -44,6 +46,8 @@ class ActiveBenchConfig:
         if not set(self.strategies) <= set(STRATEGIES):
             raise CensorError(f"strategies are {', '.join(STRATEGIES)}")
         self.features, self.strategies, self.budgets = tuple(self.features), tuple(self.strategies), tuple(sorted(self.budgets))
+        if self.paste < 0:
+            raise CensorError("paste (copies of each boxed mark) must be >= 0")
         if min(self.seeds, self.batch, self.n, self.steps, self.members, self.iterations, *self.budgets) < 1:
             raise CensorError("seeds, batch, n, steps, members, iterations and budgets must be positive")
         if self.boxes and not (scores_positions(self.reward) and all(can_box(f) for f in self.features)):
@@ -72,7 +76,8 @@ class ActiveBenchConfig:
                     # repaint cells run before the threshold was carried to the final reward: the folds' scale
                     **(dict(threshold_scale=self.threshold_scale) if self.censor != "guide"
                        and self.threshold_scale != "folds" else {}),
-                    **(dict(boxes=True) if self.boxes else {}))
+                    **(dict(boxes=True) if self.boxes else {}),
+                    **(dict(paste=self.paste) if self.boxes and self.paste else {}))  # boxed cells from before: none
 
 
 def method_for(feature: str) -> str:

@@ -51,6 +51,7 @@ HELP = dict(
     folds="bench-active --censor repaint: folds of the cross-fitted threshold",
     threshold_scale="the cross-fitted threshold as the fold rewards score, or carried to the final reward (the share "
                     "of the unlabelled pool the folds doubt)",
+    paste="--boxes: pasted copies of each boxed mark onto benign labels, as more malign ones (0: none)",
     boxes="region feedback: the labeller also boxes the stamp on every malign image (watermark, --reward local-patch)",
 )
 BENCH_FIELDS = ("feature", "budget", "method", "reward", "members", "alpha", "iterations", "rounds", "n", "steps",
@@ -137,7 +138,7 @@ def cmd_fewshot(a) -> None:
 
 
 ACTIVE_FIELDS = ("features", "strategies", "seeds", "budgets", "batch", "n", "steps", "weight", "candidates",
-                 "iterations", "reward", "censor", "folds", "threshold_scale", "boxes")
+                 "iterations", "reward", "censor", "folds", "threshold_scale", "boxes", "paste")
 
 
 def cmd_bench_active(a) -> None:

@@ -16,6 +16,10 @@ Region feedback (a box on a malign image, ``censor.core.regions``) supervises th
 directly (``patch_loss``, the one place its formula lives): positions inside a box are malign, every
 position of a benign image and those of a boxed image beyond the receptive field's reach of its box
 are benign. The image-level loss stays as it is; this term is added to it.
+
+A box also makes more examples (``pasted_marks``, copy-paste augmentation, Ghiasi et al. 2021): a local
+mark is independent of what the image shows, so its box pasted at the same place onto a benign image is
+another malign image, with the same box, and beside the unpasted original it says the mark is the cue.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ TIME_DIM = 32
 TEMPERATURE = 0.5  # smooth max: τ·logsumexp(s/τ); τ → 0 is the hard max, large τ the mean
 PATCH_WEIGHT = 1.0  # the region term beside the image-level BCE (both are means of per-label terms)
 REACH = (3 + 2 * sum(DILATIONS)) // 2  # 7 px: a position this near a box sees part of what is in it
+PASTE = 2  # pasted copies of each boxed mark, each onto another benign label (at most one per benign label)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = TIME_DIM, max_period: float = 10000.0) -> torch.Tensor:
@@ -117,3 +122,20 @@ def region_masks(boxes, labels: np.ndarray, image_hw: tuple[int, int], size: tup
     """Each label's box (checked) as a [N, *size] mask of the reward's input (a latent grid is smaller)."""
     m = torch.from_numpy(box_masks(check_boxes(boxes, labels, *image_hw), *image_hw))
     return m if tuple(m.shape[1:]) == tuple(size) else F.interpolate(m[:, None], size=tuple(size), mode="area")[:, 0]
+
+
+def pasted_marks(images: np.ndarray, labels: np.ndarray, boxes: list, rng: np.random.Generator, paste: int = PASTE):
+    """(images, labels, boxes) with ``paste`` copies of every boxed malign image's box pasted onto benign
+    images (distinct ones, as many as there are) appended, each labelled malign with that box."""
+    boxed = [i for i, (b, y) in enumerate(zip(boxes, labels)) if b is not None and y == 0]
+    benign = np.where(np.asarray(labels) == 1)[0]
+    n = min(len(benign), paste * len(boxed))
+    if n == 0:
+        return images, labels, list(boxes)
+    onto, sources = rng.choice(benign, n, replace=False), [boxed[j % len(boxed)] for j in range(n)]
+    new = images[onto].copy()
+    for j, s in enumerate(sources):
+        x0, y0, x1, y1 = boxes[s]
+        new[j, y0:y1, x0:x1] = images[s, y0:y1, x0:x1]
+    return (np.concatenate([images, new]), np.concatenate([labels, np.zeros(n, labels.dtype)]),
+            list(boxes) + [boxes[s] for s in sources])

@@ -28,7 +28,7 @@ from censor.core.settings import ALPHA, HINGE_QUANTILES, ITERATIONS, MEMBERS
 from censor.rewards.architectures import REGISTRY, REWARD_KINDS, TIME_DEPENDENT, build_member, region_input, reward_shape
 from censor.rewards.calibration import calibrated_score
 from censor.rewards.ensemble import RewardEnsemble, model_fingerprint
-from censor.rewards.local import scored_with_region
+from censor.rewards.local import PASTE, pasted_marks, scored_with_region
 from censor.rewards.taps import unet_taps
 
 
@@ -188,24 +188,11 @@ def training_cost(labels: int, members: int, iterations: int, kind: str, score_t
 
 
 def train_reward(
-    images: np.ndarray,
-    labels: np.ndarray,
-    kind: str = "ddpm-encoder",
-    diffusion=None,
-    members: int = MEMBERS,
-    alpha: float = ALPHA,
-    iterations: int = ITERATIONS,
-    batch_size: int = 64,
-    lr: float | None = None,
-    weight_decay: float = 0.05,
-    init: str = "random",
-    seed: int = 0,
-    resume: RewardEnsemble | None = None,
-    progress: Progress | None = None,
-    bootstrap: bool | None = None,
-    score_table: bool = True,
-    bank: FeatureBank | None = None,
-    boxes: list | None = None,
+    images: np.ndarray, labels: np.ndarray, kind: str = "ddpm-encoder", diffusion=None, members: int = MEMBERS,
+    alpha: float = ALPHA, iterations: int = ITERATIONS, batch_size: int = 64, lr: float | None = None,
+    weight_decay: float = 0.05, init: str = "random", seed: int = 0, resume: RewardEnsemble | None = None,
+    progress: Progress | None = None, bootstrap: bool | None = None, score_table: bool = True,
+    bank: FeatureBank | None = None, boxes: list | None = None, paste: int = PASTE,
 ) -> RewardEnsemble:
     """Train a K-member ensemble (K=1: a single model) on uint8 images and 0/1 labels.
 
@@ -214,12 +201,14 @@ def train_reward(
     within a fraction of a second. ``score_table=False`` skips the table (a reward only scored, never
     used to guide, e.g. a held-out check). ``bank``: a ddpm-encoder bank of exactly these images
     (``feature_bank``, or its ``subset``), so a second training on them skips the encoding. ``boxes``: one
-    (x0, y0, x1, y1) or None per label (malign ones only) for a kind that scores positions; None: as without."""
+    (x0, y0, x1, y1) or None per label (malign ones only) for a kind that scores positions; None: as without.
+    ``paste``: copies of each boxed mark pasted onto benign labels as more malign ones (``local.pasted_marks``)."""
     images, labels = check_labels(images, labels)
+    person = dict(labels=int(len(labels)), malign_labels=int((labels == 0).sum()), benign_labels=int((labels == 1).sum()))
     if kind not in REWARD_KINDS:
         raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
-    if not (members >= 1 and iterations >= 1 and batch_size >= 1 and alpha > 0):
-        raise CensorError("members, iterations and batch size must be >= 1 and alpha > 0")
+    if not (members >= 1 and iterations >= 1 and batch_size >= 1 and alpha > 0 and paste >= 0):
+        raise CensorError("members, iterations and batch size must be >= 1, alpha > 0 and paste >= 0")
     if TIME_DEPENDENT[kind] and diffusion is None:
         raise CensorError(f"a time-dependent {kind} reward needs the diffusion model's noise schedule")
     if resume is not None and (resume.kind != kind or len(resume.members) != members):
@@ -230,6 +219,9 @@ def train_reward(
     torch.manual_seed(seed)
     if bank is not None and (kind != "ddpm-encoder" or len(bank.taps[0]) != len(labels)):
         raise CensorError(f"a feature bank of {len(bank.taps[0])} images cannot train a {kind} reward on {len(labels)}")
+    if boxes is not None and paste > 0:  # its own random stream: without boxes a reward trains exactly as before
+        region_input(kind, boxes, labels, images.shape[1:3], images.shape[1:3])  # refuses bad boxes before they are read
+        images, labels, boxes = pasted_marks(images, labels, boxes, np.random.default_rng([seed, 0x5041]), paste)
     x_all = model_inputs(images, kind, diffusion)
     y_all = torch.as_tensor(labels, dtype=torch.float32)
     m_all = None if boxes is None else region_input(kind, boxes, labels, images.shape[1:3], x_all.shape[-2:])
@@ -284,8 +276,8 @@ def train_reward(
         opt_states.append(opt.state_dict())
     info = dict(
         kind=kind, members=members, alpha=alpha, iterations=iterations + (resume.info.get("iterations", 0) if resume else 0),
-        batch_size=batch_size, lr=lr, init=init, seed=seed, labels=int(len(labels)), boxes=sum(map(bool, boxes or [])),
-        malign_labels=int((labels == 0).sum()), benign_labels=int((labels == 1).sum()),
+        batch_size=batch_size, lr=lr, init=init, seed=seed, **person, pasted=int(len(labels) - person["labels"]),
+        boxes=sum(map(bool, boxes or [])) - int(len(labels) - person["labels"]), paste=paste if boxes is not None else 0,
         rounds=(resume.info.get("rounds", 1) + 1) if resume else 1,
         train_seconds=round(time.time() - start + (resume.info.get("train_seconds", 0) if resume else 0), 2),
     )

@@ -33,6 +33,7 @@ from censor.core.progress import Progress, part
 from censor.core.settings import ALPHA, ITERATIONS, MEMBERS
 from censor.gallery.bundles import sha256
 from censor.rewards.ensemble import clean_input
+from censor.rewards.local import PASTE
 from censor.rewards.training import HEAD_ITERATION_STEPS, train_reward, training_cost
 
 DEFAULT_RECALL = 0.99
@@ -106,12 +107,13 @@ def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diff
                       alpha: float = ALPHA, iterations: int = ITERATIONS, folds: int = DEFAULT_FOLDS,
                       recall: float = DEFAULT_RECALL, seed: int = 0,
                       progress: Progress | None = None, boxes: list | None = None,
-                      reward=None, reference: np.ndarray | None = None, scale: str = THRESHOLD_SCALE) -> dict:
+                      reward=None, reference: np.ndarray | None = None, scale: str = THRESHOLD_SCALE,
+                      paste: int = PASTE) -> dict:
     """Cross-fitted threshold: out-of-fold P(benign) of every labelled image, the threshold from the
     malign ones, and the share of held-out benign images it keeps (what the filter will cost).
 
     Every fold trains a reward with the given recipe on the other folds (the oracle is never used),
-    with their ``boxes`` (region feedback, one per label) when given. With ``scale="reference"``, the
+    with their ``boxes`` (region feedback, one per label, and its ``paste``) when given. With ``scale="reference"``, the
     final ``reward`` and unlabelled ``reference`` images, ``threshold`` is carried to the final reward
     (``carried_threshold``; the folds' own line is ``fold_threshold``).
     """
@@ -136,7 +138,7 @@ def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diff
         r = train_reward(images[train], labels[train], kind=kind, diffusion=diffusion, members=members,
                          alpha=alpha, iterations=iterations, seed=seed + 1000 * (j + 1), progress=sub,
                          score_table=False,  # a fold's reward only scores its held-out labels
-                         boxes=None if boxes is None else [boxes[i] for i in train])
+                         boxes=None if boxes is None else [boxes[i] for i in train], paste=paste)
         scores[test] = benign_scores(r, images[test], model=diffusion)
         if carry:
             ref_scores.append(benign_scores(r, reference, model=diffusion))
@@ -200,6 +202,7 @@ def session_threshold(reward_dir, reward, images: np.ndarray, labels: np.ndarray
     th = heldout_threshold(images, labels, kind=reward.kind, diffusion=diffusion, members=len(reward.members),
                            alpha=float(info.get("alpha", 0.1)), iterations=int(info.get("iterations", 300)),
                            seed=int(info.get("seed", 0)), progress=progress, boxes=boxes, reward=reward,
+                           paste=int(info.get("paste", 0)),  # a reward from before pasting had none
                            reference=reference, scale=THRESHOLD_SCALE if len(reference) >= REFERENCE_MIN else "folds")
     th["reward_sha256"] = digest
     path.write_text(json.dumps(th, indent=1))

@@ -85,7 +85,9 @@ def training_summary(info: dict) -> str:
         line += f" Held-out balanced accuracy {100 * acc:.0f}%{shown} (mean of the malign and benign hit rates{on})."
     used, drawn = info.get("boxes") or 0, info.get("boxes_drawn") or 0
     if used:
-        line += f" Region feedback: {used} box{'es' if used > 1 else ''} taught it where the malign part is."
+        line += f" Region feedback: {used} box{'es' if used > 1 else ''} taught it where the malign part is"
+        pasted = info.get("pasted") or 0
+        line += f", and {pasted} more malign examples pasted from them onto benign labels." if pasted else "."
     elif drawn:
         line += (f" {drawn} box{'es' if drawn > 1 else ''} drawn on the labels; only a reward that scores positions "
                  "(local-patch) reads them.")
