@@ -245,9 +245,9 @@ def test_rlhf_tab_runs_a_small_comparison_and_offers_its_adapters(server, browse
                            timeout=600_000)  # (the progress text names the methods as it goes)
     table = page.locator("#compare-result").inner_text()
     assert "d3po+censored" in table and "can show a drop" in table, table  # 20 images: too few malign ones
-    for method in ("baseline", "censored", "d3po"):
-        assert f"| {method} |" in table
-    assert "| distil |" not in table and "| rlhf |" not in table  # the unticked methods did not run
+    rows = {line.split("\t")[0] for line in table.split("\n") if "\t" in line}  # the table's rows, as the page shows them
+    assert {"baseline", "censored", "d3po"} <= rows, rows
+    assert not {"distil", "rlhf"} & rows, rows  # the unticked methods did not run
     assert "Fine-tuned adapters saved" in table
     page.locator("#compare-plot img").wait_for(state="visible", timeout=10_000)
     page.locator("#compare-grid img").wait_for(state="visible", timeout=10_000)

@@ -284,7 +284,8 @@ def test_the_train_tab_trains_the_local_reward_on_the_sessions_boxes(boxed_sessi
     info = studio.train(sid, "single", "local-patch", members=1, iterations=10, alpha=0.5)
     assert (info["boxes"], info["boxes_drawn"]) == (3, 3)
     assert "Region feedback: 3 boxes" in training_summary(info)
-    assert info["pasted"] == 6 and "6 more malign examples pasted" in training_summary(info)  # 2 per box (by default)
+    assert info["pasted"] == 0 and "pasted" not in training_summary(info)  # pasting is off by default
+    assert "6 more malign examples pasted" in training_summary(dict(info, pasted=6))
     unused = training_summary(dict(info, kind="half-unet", boxes=0))
     assert "3 boxes drawn" in unused and "local-patch" in unused
 

@@ -20,6 +20,8 @@ are benign. The image-level loss stays as it is; this term is added to it.
 A box also makes more examples (``pasted_marks``, copy-paste augmentation, Ghiasi et al. 2021): a local
 mark is independent of what the image shows, so its box pasted at the same place onto a benign image is
 another malign image, with the same box, and beside the unpasted original it says the mark is the cue.
+Off by default (``PASTE``): on the embedded model's watermark it did not pay (the reward came to doubt most
+of the model's images); ``train_reward(paste=...)`` and ``bench-active --paste`` turn it on.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ TIME_DIM = 32
 TEMPERATURE = 0.5  # smooth max: τ·logsumexp(s/τ); τ → 0 is the hard max, large τ the mean
 PATCH_WEIGHT = 1.0  # the region term beside the image-level BCE (both are means of per-label terms)
 REACH = (3 + 2 * sum(DILATIONS)) // 2  # 7 px: a position this near a box sees part of what is in it
-PASTE = 2  # pasted copies of each boxed mark, each onto another benign label (at most one per benign label)
+PASTE = 0  # pasted copies of each boxed mark, each onto another benign label (at most one per benign label). Off:
+#           watermark, boxes, informative-first, 50 labels, 3 seeds x 334: 2 -> 1.90% malign, tv 0.032-0.064, the
+#           reward doubting 67-90% of the pool; 0 -> 2.20%, tv 0.030-0.041 (docs/benchmarks.md, "Local marks, eighth part")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = TIME_DIM, max_period: float = 10000.0) -> torch.Tensor:

@@ -70,7 +70,8 @@ def resolve_strict_mode(choice: str, reward) -> str:
 def strict_by_default(kind: str) -> bool:
     """Whether a freshly trained reward of ``kind`` renders strict (auto: repaint) unless a person unticks it: a
     reward that scores positions is for a local mark, which guidance does not steer away (watermark, 100 labels,
-    local-patch: guided 7.9%, on x̂0 4.6%, repainted 0.50% at 1.31x unguided; docs/benchmarks.md), so its
+    local-patch: guided 7.9%, on x̂0 4.6%, repainted 0.70% at tv 0.047, 1.46x unguided with the carried threshold;
+    docs/benchmarks.md, "Local marks, eighth part"), so its
     default render is the repaint."""
     return scores_positions(kind)
 
