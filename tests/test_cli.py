@@ -114,3 +114,57 @@ def test_every_command_prints_its_help():
         for sub in subs:
             help_ = sub.format_help()
             assert "option_strings" not in help_ and "usage:" in help_
+
+
+def test_sample_strict_repaints_or_rejects_what_the_reward_doubts(tmp_path, tiny_model, tiny_model_dir, fixture_images,
+                                                                  capsys):
+    """``censor sample --reward R --strict``: the studio's strict gallery from the command line, with a given
+    threshold or the one the studio cached beside the reward; refused without a threshold, reward or DDIM."""
+    from censor.cli.main import main
+    from censor.rewards.ensemble import load_reward
+    from censor.rewards.training import train_reward
+    from censor.sampling.thresholds import benign_scores
+
+    images, labels = fixture_images["images"][:24], np.array([0, 1] * 12)
+    train_reward(images, labels, kind="local-patch", diffusion=tiny_model, members=1, iterations=3,
+                 score_table=False).save(tmp_path / "r")
+    reward = load_reward(tmp_path / "r", tiny_model)
+    base = ["sample", "--n", "4", "--steps", "2", "--model", str(tiny_model_dir), "--reward", str(tmp_path / "r"),
+            "--weight", "0"]
+    assert main(base + ["--out", str(tmp_path / "plain.png")]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain.png"))
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "none.png"), "--strict", "--strict-p", "0.0"]) == 0
+    assert "strict (repaint, p=0)" in capsys.readouterr().err  # a local reward repaints; p 0 doubts nothing
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "none.png")), plain)
+    from censor.core.data import to_uint8
+    from censor.sampling.loop import sample, seeds_for
+
+    drawn = benign_scores(reward, to_uint8(sample(tiny_model, seeds_for(4, 0), steps=2)))
+    p = float(np.median(drawn))  # about half of the first draws fail: rejection draws on from the next seeds
+    assert main(base + ["--out", str(tmp_path / "rej.png"), "--strict", "--strict-p", str(p), "--strict-mode", "reject"]) == 0
+    out = capsys.readouterr()
+    import re
+
+    dropped = int(re.search(r"dropped (\d+)", out.err).group(1))
+    assert "strict (reject" in out.err and dropped >= int((drawn <= p).sum()) >= 2  # the failing gallery seeds at least
+    assert "wrote 4 censored" in out.out
+    # the threshold the studio cross-fitted and cached beside this reward file is used when no -p is given
+    import json
+
+    from censor.gallery.bundles import sha256
+    from censor.sampling.thresholds import STRICT_FILE
+
+    cache = dict(reward_sha256=sha256(tmp_path / "r" / "reward.safetensors"), threshold=0.0, scale="reference")
+    (tmp_path / "r" / STRICT_FILE).write_text(json.dumps(cache))
+    assert main(base + ["--out", str(tmp_path / "cached.png"), "--strict"]) == 0
+    assert "strict (repaint, p=0)" in capsys.readouterr().err
+    (tmp_path / "r" / STRICT_FILE).unlink()
+    for extra, message in ((["--strict"], "no threshold for --strict"),
+                           (["--strict", "--strict-p", "0.5", "--scheduler", "ddpm"], "DDIM at eta 0"),
+                           (["--strict", "--strict-p", "1.5"], "probability")):
+        assert main(base + ["--out", str(tmp_path / "x.png")] + extra) == 2
+        assert message in capsys.readouterr().err
+    assert main(["sample", "--n", "2", "--steps", "2", "--model", str(tiny_model_dir), "--strict", "--strict-p", "0.5",
+                 "--out", str(tmp_path / "y.png")]) == 2
+    assert "give --reward too" in capsys.readouterr().err

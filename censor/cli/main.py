@@ -26,6 +26,7 @@ from censor.cli.bench import register_bench
 from censor.cli.train import register_training
 from censor.core.data import to_uint8
 from censor.core.errors import CensorError
+from censor.core.settings import STRICT_MODES
 from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
 from censor.eval.metrics import quality_report
 from censor.eval.oracle import load_oracle, load_reference
@@ -35,6 +36,9 @@ from censor.rewards.ensemble import load_reward
 from censor.sampling.guidance import guidance_for
 from censor.sampling.kinds import kind_for
 from censor.sampling.loop import sample, seeds_for
+from censor.sampling.rejection import check_probability
+from censor.sampling.repaint import resolve_strict_mode, strict_sample
+from censor.sampling.thresholds import cached_threshold
 
 
 def cmd_sample(a) -> None:
@@ -56,11 +60,34 @@ def cmd_sample(a) -> None:
             print(f"note: {note}", file=sys.stderr)
         guidance = guidance_for(reward, settings)
     t0 = time.time()
-    images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,
-                             show_bar=True, guidance=guidance))
+    if a.strict:  # the studio's strict mode: what the reward still doubts is rejected or repainted
+        p, mode = _strict(a, reward if a.reward else None)
+        images, _, r = strict_sample(model, reward, a.n, a.seed, p, mode, guidance=guidance, steps=a.steps)
+        print(f"strict ({mode}, p={p:.3g}): {r.summary()}", file=sys.stderr)
+    else:
+        images = to_uint8(sample(model, seeds_for(a.n, a.seed), steps=a.steps, method=a.scheduler, eta=a.eta,
+                                 show_bar=True, guidance=guidance))
     save_grid(images, out, nrow=a.nrow)
     what = (f"censored with {a.reward}" if a.reward else "unguided") + (f", from adapter {a.adapter}" if a.adapter else "")
-    print(f"wrote {a.n} {what} samples ({a.steps} {a.scheduler} steps, {time.time() - t0:.1f}s) to {out}")
+    print(f"wrote {len(images)} {what} samples ({a.steps} {a.scheduler} steps, {time.time() - t0:.1f}s) to {out}")
+
+
+def _strict(a, reward) -> tuple[float, str]:
+    """(threshold, mode) of ``--strict``: ``--strict-p``, else the cross-fitted one the studio cached beside the
+    reward (this very reward file); DDIM at eta 0 only, so that a kept image is reproduced by its seed."""
+    if reward is None:
+        raise CensorError("--strict filters with the reward: give --reward too")
+    if a.scheduler != "ddim" or a.eta != 0:
+        raise CensorError("--strict samples with DDIM at eta 0 (a kept image is reproduced by its seed)")
+    if a.strict_p is not None:
+        p = check_probability(a.strict_p)
+    else:
+        cached = cached_threshold(a.reward)
+        if cached is None:
+            raise CensorError("no threshold for --strict: give --strict-p P, or render one strict gallery of this reward in "
+                              "the studio (it cross-fits the threshold on the session's labels and keeps it beside the reward)")
+        p = cached["threshold"]
+    return p, resolve_strict_mode(a.strict_mode, reward)
 
 
 def cmd_evaluate_model(a) -> None:
@@ -110,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nrow", type=positive_int, default=None)
     s.add_argument("--reward", default=None, help="a saved reward folder: sample censored with it")
     s.add_argument("--adapter", default=None, help="a fine-tuned adapter folder (python -m rlhf finetune) to sample from")
+    s.add_argument("--strict", action="store_true", help="with --reward: also reject or repaint what it still doubts "
+                   "(the studio's strict mode)")
+    s.add_argument("--strict-p", type=float, default=None, help="--strict's P(benign) threshold (default: the one the "
+                   "studio cross-fitted and cached beside the reward)")
+    s.add_argument("--strict-mode", default="auto", choices=STRICT_MODES,
+                   help="auto: repaint with a reward that says where (local-patch), reject otherwise")
     add_guidance_args(s)
     s.set_defaults(fn=cmd_sample)
 

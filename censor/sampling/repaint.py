@@ -32,11 +32,13 @@ import torch.nn.functional as F
 
 from censor.core.data import to_model_range, to_uint8
 from censor.core.errors import CensorError
-from censor.core.progress import Progress, reporter
+from censor.core.progress import Progress, part, reporter
 from censor.core.settings import STRICT_MODES
 from censor.diffusion.steps import make_scheduler, renoise, step_alphas, step_stride
 from censor.rewards.architectures import scores_positions
 from censor.rewards.ensemble import clean_input
+from censor.sampling.loop import sample, seeds_for
+from censor.sampling.rejection import reject_sample
 from censor.sampling.thresholds import benign_scores
 
 REPAINT_START = 0.6  # re-noise to t = 0.6 T: the local reward is at chance there (few-shot AUC), so the mark is gone
@@ -251,3 +253,23 @@ def repaint_flagged(model, reward, images: np.ndarray, seeds: Sequence[int], thr
                          tries=[int(v) for v in tries], kept_original=int((scores[todo] == first).sum()),
                          mask_share=share / max(len(todo), 1),
                          seconds=time.perf_counter() - t0, which=[int(i) for i in todo])
+
+
+def strict_sample(model, reward, count: int, seed: int, threshold: float, mode: str, *, guidance=None, steps: int = 50,
+                  progress: Progress | None = None):
+    """A strict gallery of ``count`` images from ``seed``: (images, their seeds, the Rejection- or RepaintResult).
+    ``mode`` "reject" draws on from the following seeds until ``count`` pass (or the cap: fewer); "repaint" keeps
+    every seed and redraws where the reward points on what it doubts. What the studio and ``censor sample
+    --strict`` both run (DDIM, eta 0: a kept image is reproduced by its seed)."""
+    if mode == "reject":
+        r = reject_sample(model, reward, count, seed, threshold, guidance=guidance, steps=steps, progress=progress)
+        if r.kept == 0:
+            raise CensorError(f"strict mode kept no image: {r.summary()}; lower the threshold")
+        return r.images, r.seeds, r
+    if mode != "repaint":
+        raise CensorError(f"a strict gallery rejects or repaints; resolve {mode!r} first (resolve_strict_mode)")
+    seeds = seeds_for(count, seed)
+    images = to_uint8(sample(model, seeds, steps=steps, guidance=guidance, progress=part(progress, 0, 0.75)))
+    r = repaint_flagged(model, reward, images, seeds, threshold, progress=part(progress, 0.75, 0.25, "repaint"),
+                        **REPAINT_DEFAULTS)
+    return r.images, seeds, r

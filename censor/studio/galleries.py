@@ -24,9 +24,9 @@ from censor.gallery.bundles import sha256
 from censor.rewards.ensemble import model_fingerprint
 from censor.sampling.kinds import kind_for
 from censor.sampling.loop import GUIDED_STEP_COST, sample, seeds_for
-from censor.sampling.rejection import check_probability, reject_sample
+from censor.sampling.rejection import check_probability
+from censor.sampling.repaint import REPAINT_DEFAULTS, resolve_strict_mode, strict_sample
 from censor.sampling.thresholds import benign_scores, cached_threshold, session_threshold, threshold_cost
-from censor.sampling.repaint import REPAINT_DEFAULTS, repaint_flagged, resolve_strict_mode
 from censor.sampling.strength import LADDER, PROBE_N, PROBE_STEPS, auto_strength, reward_benign
 from censor.studio.common import (
     BASELINE_CACHE_SIZE,
@@ -133,19 +133,12 @@ class Galleries:
         strict_info, cens_seeds = None, seeds
         if strict:
             p, source = (threshold["threshold"], "held-out") if strict_p is None else (strict_p, "user")
-        if mode == "reject":  # the censored side keeps only images the reward passes: its seeds are the kept ones
-            r = reject_sample(censoring, reward, count, seed, p, guidance=g, steps=steps, progress=rest)
-            if r.kept == 0:
-                raise CensorError(f"strict mode kept no image: {r.summary()}; lower the threshold")
-            cens, cens_seeds = r.images, r.seeds
+        if mode is not None:  # reject: the censored side's seeds are the kept ones; repaint: every seed stays
+            cens, cens_seeds, r = strict_sample(censoring, reward, count, seed, p, mode, guidance=g, steps=steps,
+                                                progress=rest)
             strict_info = dict(r.as_dict(), source=source, summary=r.summary(), mode=mode)
-            settings.update(count=len(cens_seeds), strict=dict(threshold=p, source=source, requested=count, mode=mode))
-        elif mode == "repaint":  # every seed stays; what the reward doubts is redrawn where it points
-            cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=part(rest, 0, 0.75)))
-            r = repaint_flagged(censoring, reward, cens, seeds, p, progress=part(rest, 0.75, 0.25, "repaint"), **REPAINT_DEFAULTS)
-            cens = r.images
-            strict_info = dict(r.as_dict(), source=source, summary=r.summary(), mode=mode)
-            settings.update(strict=dict(threshold=p, source=source, requested=count, mode=mode, repaint=dict(REPAINT_DEFAULTS)))
+            settings.update(count=len(cens_seeds), strict=dict(threshold=p, source=source, requested=count, mode=mode,
+                                                               **({"repaint": dict(REPAINT_DEFAULTS)} if mode == "repaint" else {})))
         else:
             cens = to_uint8(sample(censoring, seeds, steps=steps, guidance=g, progress=rest))
         rsha = sha256(res.reward_dir(sid) / "reward.safetensors") if reward else None
