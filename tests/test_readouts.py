@@ -118,6 +118,9 @@ def test_gallery_readout_keeps_every_line_in_order_and_user_text_inert():
                                "by the reward 0.31 (baseline itself 0.10; chance alone reaches 0.20 with 32 images).")
     assert parts[4] == "⚠ " + DRIFT_MESSAGE[0].upper() + DRIFT_MESSAGE[1:] + "."
     assert parts[5] == "Strict: drew 40, dropped 8 (threshold p=0.2), held-out threshold."
+    carried = gallery_readout(dict(result, strict=dict(result["strict"], pool_share=0.354)), "base model", tuned=False)
+    assert ("Strict: drew 40, dropped 8 (threshold p=0.2), held-out threshold (it doubts 35% of the labelling pool, "
+            "as the held-out folds did).") in carried.split("\n\n")
     assert parts[6] == "Reward's estimate of malign images: baseline 25% (8 of 32) → censored 6% (2 of 32)."
     assert parts[7].startswith("Oracle (bags): baseline 25%") and parts[8].startswith("tv: distance")
     assert parts[-1] == "⚠ 3 image-steps fell back to unguided (the weight is too large)."

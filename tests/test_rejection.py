@@ -162,11 +162,22 @@ def test_studio_strict_mode_fills_the_gallery_with_passing_images(studio):
                                                                          "scale": thresholds.THRESHOLD_SCALE}))
     auto = studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=6, strict=True)
     assert auto["strict"]["threshold"] == p and auto["strict"]["source"] == "held-out"
+    assert auto["strict"]["pool_share"] is None  # a cached line without a share (written by hand above)
     assert auto["seeds"] == r["seeds"] and np.array_equal(auto["censored"], r["censored"])
     with pytest.raises(CensorError, match="probability"):
         studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=3, strict=True, strict_p=2.0)
     with pytest.raises(CensorError, match="kept no image"):
         studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=1, strict=True, strict_p=0.999999)
+    # without a cache: cross-fitted on the session's labels and carried to its reward on the pool less the labelled
+    (studio.reward_dir(sid) / thresholds.STRICT_FILE).unlink()
+    fitted = studio.censored_gallery(sid, "time", 1.0, 0, 0, steps=5, seed=3, count=6, strict=True, strict_mode="repaint")
+    cached = json.loads((studio.reward_dir(sid) / thresholds.STRICT_FILE).read_text())
+    images, labels = studio.store.training_data(sid)
+    ref = reference_images(studio.pool.images, images)
+    assert cached["scale"] == "reference" and cached["reference_n"] == len(ref) == len(studio.pool.images) - len(labels)
+    assert fitted["strict"]["pool_share"] == pytest.approx(cached["reference_share"]) and 0 < cached["reference_share"] <= 1
+    assert cached["threshold"] == pytest.approx(carried_threshold(reward, cached["reference_share"], ref))
+    assert fitted["settings"]["strict"]["threshold"] == cached["threshold"]  # the line the gallery was drawn with
 
 
 def test_session_threshold_is_cross_fitted_once_per_reward(tmp_path, monkeypatch):

@@ -136,7 +136,8 @@ class Galleries:
         if mode is not None:  # reject: the censored side's seeds are the kept ones; repaint: every seed stays
             cens, cens_seeds, r = strict_sample(censoring, reward, count, seed, p, mode, guidance=g, steps=steps,
                                                 progress=rest)
-            strict_info = dict(r.as_dict(), source=source, summary=r.summary(), mode=mode)
+            strict_info = dict(r.as_dict(), source=source, summary=r.summary(), mode=mode,
+                               pool_share=threshold.get("reference_share") if source == "held-out" else None)
             settings.update(count=len(cens_seeds), strict=dict(threshold=p, source=source, requested=count, mode=mode,
                                                                **({"repaint": dict(REPAINT_DEFAULTS)} if mode == "repaint" else {})))
         else:

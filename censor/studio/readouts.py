@@ -165,7 +165,10 @@ def gallery_readout(result: dict, source: str, tuned: bool, feature: str | None 
         lines.append(f"Automatic strength: ω = {auto['weight']:g} ({auto['reason']}).")
     lines.extend(drift_lines(result.get("drift")))
     if result.get("strict"):
-        lines.append(f"Strict: {result['strict']['summary']}, {result['strict']['source']} threshold.")
+        s = result["strict"]
+        share = s.get("pool_share")  # a cross-fitted line carried to this reward: the share of the pool it doubts
+        how = f" (it doubts {100 * share:.0f}% of the labelling pool, as the held-out folds did)" if share is not None else ""
+        lines.append(f"Strict: {s['summary']}, {s['source']} threshold{how}.")
     lines.extend(_reward_line(result))
     oracle = result.get("oracle")
     if oracle and "feature" not in oracle and feature:
