@@ -20,6 +20,8 @@ The ranking mixes three terms, each scaled to [0, 1], and picks greedily, one im
   the uncertain images won, the ranking showed *fewer* stamps than random order and bags labelled
   informative-first censored worse than random ones (4.9% against 1.8% at 40 labels); at weight 3
   bags 1.6% with 12 malign labels of 40 (random: 5), the watermark 11-15 stamps of 50 (weight 1: 3).
+  Not shown to help the malign-dominant not-footwear (20 labels, 3 seeds: 10.4% against 5.1% at weight 1,
+  all of the gap from one seed; docs/benchmarks.md, "The malign-dominant feature with the new weight").
 
 Before any reward exists (no labels, or one class only) only coverage counts: the first page is a
 representative spread of the pool. The features ``z`` are the diffusion model's own frozen encoder
