@@ -204,7 +204,8 @@ def train_reward(
     (x0, y0, x1, y1) or None per label (malign ones only) for a kind that scores positions; None: as without.
     ``paste``: copies of each boxed mark pasted onto benign labels as more malign ones (``local.pasted_marks``)."""
     images, labels = check_labels(images, labels)
-    person = dict(labels=int(len(labels)), malign_labels=int((labels == 0).sum()), benign_labels=int((labels == 1).sum()))
+    person = dict(labels=int(len(labels)), malign_labels=int((labels == 0).sum()), benign_labels=int((labels == 1).sum()),
+                  boxes=sum(map(bool, boxes or [])))  # the person's, before any pasting
     if kind not in REWARD_KINDS:
         raise CensorError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_KINDS)}")
     if not (members >= 1 and iterations >= 1 and batch_size >= 1 and alpha > 0 and paste >= 0):
@@ -277,7 +278,7 @@ def train_reward(
     info = dict(
         kind=kind, members=members, alpha=alpha, iterations=iterations + (resume.info.get("iterations", 0) if resume else 0),
         batch_size=batch_size, lr=lr, init=init, seed=seed, **person, pasted=int(len(labels) - person["labels"]),
-        boxes=sum(map(bool, boxes or [])) - int(len(labels) - person["labels"]), paste=paste if boxes is not None else 0,
+        paste=paste if boxes is not None else 0,
         rounds=(resume.info.get("rounds", 1) + 1) if resume else 1,
         train_seconds=round(time.time() - start + (resume.info.get("train_seconds", 0) if resume else 0), 2),
     )

@@ -89,10 +89,11 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.n
 def reference_images(pool: np.ndarray, labelled: np.ndarray, n: int = REFERENCE_N) -> np.ndarray:
     """Up to ``n`` pool images that are not among the labelled ones (compared byte for byte), in pool
     order: unlabelled draws of the model, which the final reward has not been trained on."""
-    pool = np.asarray(pool)
-    seen = {hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest() for x in np.asarray(labelled)}
-    keep = [i for i, x in enumerate(pool) if hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest() not in seen]
-    return pool[keep[:n]]
+    def key(x):
+        return hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest()
+
+    pool, seen = np.asarray(pool), {key(x) for x in np.asarray(labelled)}
+    return pool[[i for i, x in enumerate(pool) if key(x) not in seen][:n]]
 
 
 def carried_threshold(reward, share: float, reference: np.ndarray, model=None) -> float:
