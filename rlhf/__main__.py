@@ -13,7 +13,7 @@ from censor.diffusion.models import EMBEDDED_MODEL_DIR, load_diffusion
 from censor.eval.oracle import load_oracle, load_reference
 from censor.labels.pool import load_pool
 from rlhf.compare import METHODS, CompareConfig, markdown_table, run_compare
-from rlhf.configs import DDPO_BASELINES, DISTIL_TARGETS, DDPOConfig, DistilConfig
+from rlhf.configs import ADV_SCALES, DDPO_BASELINES, DISTIL_TARGETS, DDPOConfig, DistilConfig
 from rlhf.finetune import MIXED_PRECISION
 
 
@@ -22,7 +22,8 @@ def _config(a, **extra) -> CompareConfig:
     return CompareConfig(feature=a.feature, budget=a.budget, seeds=a.seeds, n=a.n, steps=a.steps,
                          train_steps=a.train_steps, guidance_weight=a.weight, lr=a.lr, d3po_lr=a.d3po_lr,
                          kl_beta=a.kl_beta, full=a.full, ddpo_images=a.ddpo_images, inner_epochs=a.inner_epochs,
-                         lora_target=a.lora_target, ddpo_baseline=a.ddpo_baseline, **extra)
+                         lora_target=a.lora_target, ddpo_baseline=a.ddpo_baseline,
+                         ddpo_adv_scale=a.ddpo_adv_scale, **extra)
 
 
 def one_process(command: str) -> None:
@@ -63,7 +64,7 @@ def cmd_finetune(a) -> None:
 
     cfg = DDPOConfig(steps=a.train_steps, epochs=a.epochs, images=a.images, batch_size=a.batch, lr=a.lr,
                      full=a.full, lora_rank=a.lora_rank, lora_target=a.lora_target, kl_beta=a.kl_beta, seed=a.seed,
-                     baseline=a.baseline)
+                     baseline=a.baseline, adv_scale=a.adv_scale)
     run_finetune(lambda device: model_from_args(_on(a, device)), a.reward, cfg, a.out, device=a.device,
                  mixed_precision=a.mixed_precision)
 
@@ -100,6 +101,9 @@ def _shared(c: argparse.ArgumentParser, seeds: int, out: str) -> None:
                    help="per-step KL penalty of RLHF to the frozen model")
     c.add_argument("--ddpo-baseline", choices=DDPO_BASELINES, default=CompareConfig.ddpo_baseline,
                    help="RLHF's advantages: the batch-mean baseline, or the reward's value of each step's x_t")
+    c.add_argument("--ddpo-adv-scale", choices=ADV_SCALES, default=CompareConfig.ddpo_adv_scale,
+                   help="RLHF's advantages divided by the batch's std (DDPO), or left in log r's units ('none': with "
+                        "--kl-beta 1 the optimum is p_data·r)")
     c.add_argument("--model", default=str(EMBEDDED_MODEL_DIR))
     c.add_argument("--out", default=out)
     c.add_argument("--cache", default="runs/bench_cache")
@@ -153,6 +157,8 @@ def add_finetune_parser(sub) -> None:
     f.add_argument("--kl-beta", type=float, default=d.kl_beta, help="per-step KL penalty to the frozen model")
     f.add_argument("--baseline", choices=DDPO_BASELINES, default=d.baseline,
                    help="advantages: the batch-mean baseline, or the reward's value of each step's x_t")
+    f.add_argument("--adv-scale", choices=ADV_SCALES, default=d.adv_scale,
+                   help="advantages divided by the batch's std (DDPO), or left in log r's units")
     f.add_argument("--seed", type=int, default=d.seed)
     f.add_argument("--mixed-precision", default="no", choices=MIXED_PRECISION)
     f.set_defaults(fn=cmd_finetune)

@@ -59,6 +59,7 @@ class D3POConfig(CommonConfig):
 
 
 DDPO_BASELINES = ("mean", "value")
+ADV_SCALES = ("std", "none")
 
 
 @dataclass
@@ -71,11 +72,16 @@ class DDPOConfig(CommonConfig):
     # "mean": every step of a trajectory gets its standardised reward (DDPO); "value": step j gets R − V(x_t), V the
     # time-dependent reward's log P(benign | x_t) (rlhf.train.value_from), so credit goes where the outcome was decided
     baseline: str = "mean"
+    # "std": advantages divided by the batch's std (DDPO); "none": left in the reward's units, so that with the
+    # reward log r and kl_beta 1 the optimum is p_data·r (rlhf.losses.standardise_advantages)
+    adv_scale: str = "std"
 
     def check(self) -> None:
         super().check()
         if self.images < 2 or self.batch_size < 1:
             raise CensorError("DDPO needs images >= 2 and batch_size >= 1")
+        if self.adv_scale not in ADV_SCALES:
+            raise CensorError(f"DDPO's advantage scale is one of {', '.join(ADV_SCALES)}, got {self.adv_scale!r}")
         if self.baseline not in DDPO_BASELINES:
             raise CensorError(f"DDPO's baseline is one of {', '.join(DDPO_BASELINES)}, got {self.baseline!r}")
 
@@ -163,6 +169,7 @@ class CompareConfig:
     lora_target: str = "attention"  # or "attention+convs" (the small model has few attention layers)
     kl_beta: float = 1.0  # RLHF's exact per-step KL to the frozen model (rlhf.losses.gaussian_kl)
     ddpo_baseline: str = "mean"  # RLHF's advantages: the batch's standardised reward, or R − V(x_t) per step
+    ddpo_adv_scale: str = "std"  # RLHF's advantages divided by the batch's std, or "none" (DDPOConfig.adv_scale)
     full: bool = True  # RLHF and D3PO train every weight (the embedded UNet has 1.1M) instead of LoRA adapters
     methods: tuple[str, ...] = METHODS
     distil: DistilConfig = field(default_factory=DistilConfig)  # its seed is the labelling seed's
@@ -186,7 +193,7 @@ class CompareConfig:
         return DDPOConfig(steps=self.train_steps, epochs=epochs or self.epochs, images=self.ddpo_images,
                           batch_size=max(1, self.ddpo_images // 2), lr=self.lr, kl_beta=self.kl_beta, seed=seed,
                           inner_epochs=self.inner_epochs, lora_target=self.lora_target, full=self.full,
-                          baseline=self.ddpo_baseline)
+                          baseline=self.ddpo_baseline, adv_scale=self.ddpo_adv_scale)
 
     def d3po(self, seed: int) -> D3POConfig:
         """The D3PO arm's settings: one labelling round of ``budget // d3po_group_size`` groups."""

@@ -55,12 +55,22 @@ def d3po_loss(
     return loss.mean() if reduction == "mean" else loss
 
 
-def standardise_advantages(rewards: torch.Tensor, adv_clip: float = 5.0) -> torch.Tensor:
-    """(r - mean) / std over the batch, clipped to ±adv_clip; all-equal rewards give zeros."""
+def standardise_advantages(rewards: torch.Tensor, adv_clip: float = 5.0, scale: str = "std") -> torch.Tensor:
+    """(r - mean) / std over the batch (``scale="std"``, DDPO's) or r - mean (``"none"``), clipped to ±adv_clip;
+    all-equal rewards give zeros.
+
+    Why "none" exists: with the reward log r(x) and the per-step KL at β, the KL-regularised objective
+    E[R] − β·KL(p_θ ‖ p_ref) has its optimum at p_ref·r^(1/β), so β = 1 is censored sampling's own target
+    p_data·r. Dividing by the batch's std makes the exponent 1/(β·std): as the malign rollouts disappear the std
+    shrinks, the exponent grows and the small differences the reward sees between benign images are amplified
+    (the class mix drifts). Unscaled, the push fades with the malign images and the KL keeps the rest."""
     r = rewards.float()
     if r.numel() < 2:
         return torch.zeros_like(r)
-    return ((r - r.mean()) / (r.std() + 1e-8)).clamp(-adv_clip, adv_clip)
+    centred = r - r.mean()
+    if scale == "std":
+        centred = centred / (r.std() + 1e-8)
+    return centred.clamp(-adv_clip, adv_clip)
 
 
 def gaussian_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

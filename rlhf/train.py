@@ -194,13 +194,14 @@ def train_ddpo(
 def step_advantages(all_rewards: torch.Tensor, mine: slice, traj, cfg: DDPOConfig, value_fn=None,
                     latent: bool = False) -> torch.Tensor:
     """[N, S] advantages of this process's trajectories (``mine`` of every process's rewards) at every step:
-    the standardised reward, the same at every step; or with the value baseline (R − V(x_t)) / std(R), clipped."""
+    the standardised reward, the same at every step; or with the value baseline (R − V(x_t)) / std(R), clipped
+    (without the division under ``adv_scale = "none"``)."""
     if cfg.baseline == "mean":
-        return standardise_advantages(all_rewards, cfg.adv_clip)[mine, None].expand(-1, traj.steps)
+        return standardise_advantages(all_rewards, cfg.adv_clip, cfg.adv_scale)[mine, None].expand(-1, traj.steps)
     _check_value(cfg, value_fn, latent)
     values = torch.stack([value_fn(traj.xs[:, j], traj.timesteps[j]) for j in range(traj.steps)], 1)
     r = all_rewards.float()
-    scale = r.std() + 1e-8 if len(r) > 1 else torch.tensor(1.0)
+    scale = r.std() + 1e-8 if len(r) > 1 and cfg.adv_scale == "std" else torch.tensor(1.0)
     return ((r[mine, None] - values) / scale).clamp(-cfg.adv_clip, cfg.adv_clip)
 
 

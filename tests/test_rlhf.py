@@ -160,6 +160,18 @@ def test_advantages_are_standardised_and_clipped():
     assert torch.equal(standardise_advantages(torch.ones(4)), torch.zeros(4))
 
 
+def test_unscaled_advantages_keep_the_rewards_units():
+    """Under ``scale="none"`` a batch of nearly equal rewards (the malign rollouts gone) gives nearly zero
+    advantages, where the std-scaled ones blow the same small differences up to unit size."""
+    r = torch.tensor([-0.10, -0.12, -0.08, -0.10])
+    a = standardise_advantages(r, scale="none")
+    assert torch.allclose(a, r - r.mean()) and a.abs().max().item() < 0.03
+    assert standardise_advantages(r).abs().max().item() > 1.0
+    assert standardise_advantages(torch.tensor([0.0, -9.0]), adv_clip=5, scale="none").tolist() == [4.5, -4.5]
+    with pytest.raises(CensorError, match="advantage scale"):
+        DDPOConfig(adv_scale="unit").check()
+
+
 def test_preference_pairs_within_groups_only():
     pairs = preference_pairs([1, 0, 0, 1, 1, -1, 0], [0, 0, 0, 1, 1, 1, 2]).tolist()
     assert sorted(pairs) == [[0, 1], [0, 2]]  # group 1: a tie and an "unsure"; group 2: one image
