@@ -41,6 +41,24 @@ def test_augment_keeps_background_black_and_shape(fixture_images):
     assert not torch.allclose(x, y)
 
 
+def test_vflip_moves_a_top_corner_stamp_to_the_bottom_and_leaves_other_kinds_views_alone(fixture_images):
+    """Local marks are flipped top to bottom too (a stamp labelled in a top corner is shown in a bottom one);
+    the other kinds draw exactly the views they did, and only local-patch asks for the flip."""
+    from censor.core.watermark import stamp
+    from censor.rewards.architectures import REGISTRY
+
+    img = stamp(np.zeros((28, 28), np.uint8), 0, (0, 0), 1.0)  # a ring in the top-left corner, nothing else
+    x = to_model_range(np.repeat(img[None], 64, 0))
+    plain = augment(x, torch.Generator().manual_seed(3), max_degrees=0.0, max_shift=0.0)
+    flipped = augment(x, torch.Generator().manual_seed(3), max_degrees=0.0, max_shift=0.0, vflip=True)
+    bottom = lambda y: (y[:, 0, 14:] > 0).flatten(1).any(1)  # noqa: E731
+    assert not bottom(plain).any() and 10 < int(bottom(flipped).sum()) < 54
+    same = ~bottom(flipped)
+    assert torch.allclose(flipped[same], plain[same], atol=1e-5)  # an unflipped view is the view without vflip
+    assert torch.allclose(flipped[~same], plain[~same].flip(-2), atol=1e-5)  # the glyph is symmetric top to bottom
+    assert [k for k, v in REGISTRY.items() if v.vflip] == ["local-patch"]
+
+
 def test_reward_learns_bags_from_fixture_labels(fixture_images, tiny_model):
     """A half-UNet from scratch separates bags from the rest on held-out real images."""
     images, labels = fixture_images["images"], (fixture_images["labels"] != 8).astype(int)

@@ -68,24 +68,29 @@ def bootstrap_indices(labels: np.ndarray, members: int, rng: np.random.Generator
     return [np.concatenate([malign, rng.choice(benign, size=len(benign), replace=True)]) for _ in range(members)]
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 10.0, max_shift: float = 2.0) -> torch.Tensor:
-    """Per-sample random horizontal flip, rotation (+-10 deg) and shift (+-2 px) via one affine warp."""
+def augment(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 10.0, max_shift: float = 2.0,
+            vflip: bool = False) -> torch.Tensor:
+    """Per-sample random horizontal flip, rotation (+-10 deg) and shift (+-2 px) via one affine warp; with
+    ``vflip`` a random vertical flip too (a reward kind for local marks: ``RewardKind.vflip``)."""
     n, _, h, w = x.shape
     angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_degrees)
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 * max_shift / torch.tensor([w, h]))
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    # drawn after the others only when asked: every other kind's views stay the ones it was measured with
+    up = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if vflip else torch.ones(n)
+    theta = torch.stack([torch.stack([cos * flip, -sin * up, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos * up, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     # background is -1 (black): pad with it by shifting to 0-padding space and back
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
-def noised_views(x0: torch.Tensor, sched, gen: torch.Generator, masks: torch.Tensor | None = None):
+def noised_views(x0: torch.Tensor, sched, gen: torch.Generator, masks: torch.Tensor | None = None,
+                 vflip: bool = False):
     """Augmented copies, and for time-dependent rewards x_t = q_sample(x0, t) with t ~ U{0..T-1}. With
     ``masks`` [N, H, W] (boxes) also the masks, warped alike (a channel shifted to pad with 0): (x, t, masks)."""
-    x = augment(x0 if masks is None else torch.cat([x0, masks[:, None] - 1], 1), gen)
+    x = augment(x0 if masks is None else torch.cat([x0, masks[:, None] - 1], 1), gen, vflip=vflip)
     x, masks = (x, None) if masks is None else (x[:, :-1], x[:, -1] + 1)
     t = None
     if sched is not None:
@@ -258,7 +263,8 @@ def train_reward(
             if bank is not None:
                 logits, region = model.head(bank.draw(b, gen)), 0.0
             else:  # with boxes: the warped masks too, and the region term beside the image-level loss
-                x, t, *m = noised_views(x_all[b], sched if it >= warmup else None, gen, None if m_all is None else m_all[b])
+                x, t, *m = noised_views(x_all[b], sched if it >= warmup else None, gen, None if m_all is None else m_all[b],
+                                        vflip=REGISTRY[kind].vflip)
                 t = torch.zeros(len(b), dtype=torch.long) if it < warmup else t
                 logits, region = (model(x, t), 0.0) if m_all is None else scored_with_region(model, x, t, m[0], y_all[b])
             loss = loss_fn(logits, y_all[b]) + region
