@@ -252,6 +252,27 @@ def test_carried_threshold_doubts_the_share_the_folds_doubt(monkeypatch):
         heldout_threshold(images, labels, kind="resnet18", diffusion=None, scale="pixels")
 
 
+def test_carried_share_reads_every_fold_on_its_own_scale(monkeypatch):
+    """Folds that rank alike but score on different scales doubt the share that one common scale gives: each
+    held-out score is read as the share of the reference its own fold doubts before the folds are pooled.
+    One raw line pooled over them would be set by the softest fold and doubt far more under the sharp ones."""
+    images, labels = _ramp(40), np.array([0] * 8 + [1] * 32)
+    reference, final = _ramp(200, 0, 250), BrightnessReward(5.0)
+
+    def share_with(scales):
+        it = iter(scales)
+        monkeypatch.setattr(thresholds, "train_reward", lambda *a, **kw: BrightnessReward(next(it)))
+        return heldout_threshold(images, labels, kind="resnet18", diffusion=None, folds=4, reward=final,
+                                 reference=reference)
+
+    same, mixed = share_with([1.0] * 4), share_with([0.3, 1.0, 3.0, 10.0])
+    darkest_malign = (_ramp(200, 0, 250)[:, 0, 0] <= images[:8, 0, 0].max()).mean()  # what brightness alone says
+    assert same["reference_share"] == pytest.approx(darkest_malign) == pytest.approx(mixed["reference_share"])
+    assert mixed["threshold"] == pytest.approx(same["threshold"])
+    assert mixed["pooled_line_share"] > 1.5 * mixed["reference_share"]  # the one raw line: set by the 0.3 fold
+    assert len(mixed["malign_quantiles"]) == 8 and max(mixed["malign_quantiles"]) == mixed["reference_share"]
+
+
 def test_miniature_rejection_bench_reports_every_mode(tmp_path, fixture_images, tiny_model):
     from censor.bench.censoring import BenchConfig
     from censor.bench.reject import MODES, markdown_table, run_reject_bench

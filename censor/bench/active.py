@@ -104,7 +104,8 @@ def _repainted(cfg, ctx, reward, images, labels, boxes=None) -> tuple[np.ndarray
     rp = repaint_flagged(ctx.model, reward, ctx.baseline, ctx.gallery_seeds, th["threshold"])
     return rp.images, dict(threshold=round(th["threshold"], 4), threshold_s=th["seconds"], repaint_s=round(time.time() - t0, 1),
                            fold_threshold=round(th.get("fold_threshold", th["threshold"]), 4),
-                           reference_share=th.get("reference_share"), doubted=rp.doubted, passed=rp.passed, which=rp.which)
+                           reference_share=th.get("reference_share"), pooled_line_share=th.get("pooled_line_share"),
+                           malign_quantiles=th.get("malign_quantiles"), doubted=rp.doubted, passed=rp.passed, which=rp.which)
 
 
 def _evaluate(cfg, ctx, feature, reward, images, labels, boxes=None) -> dict:

@@ -131,6 +131,7 @@ def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diff
     folds = int(min(folds, n_malign, n_benign))
     parts = stratified_folds(labels, folds, seed)
     scores = np.full(len(labels), np.nan)
+    quantiles = np.full(len(labels), np.nan)  # carried: the share of the reference its fold reward scores ≤ it
     ref_scores = []
     t0 = time.time()
     for j, test in enumerate(parts):
@@ -142,15 +143,21 @@ def heldout_threshold(images: np.ndarray, labels: np.ndarray, *, kind: str, diff
                          boxes=None if boxes is None else [boxes[i] for i in train], paste=paste)
         scores[test] = benign_scores(r, images[test], model=diffusion)
         if carry:
-            ref_scores.append(benign_scores(r, reference, model=diffusion))
+            ref_scores.append(np.sort(benign_scores(r, reference, model=diffusion)))
+            quantiles[test] = np.searchsorted(ref_scores[-1], scores[test], side="right") / len(reference)
     malign, benign = scores[labels == 0], scores[labels == 1]
     tau = threshold_from_scores(malign, recall)
     out = dict(threshold=tau, scale=scale, recall_target=recall, folds=folds, malign_labels=n_malign,
                benign_labels=n_benign, heldout_malign_recall=float((malign <= tau).mean()),
                heldout_benign_pass=float((benign > tau).mean()), malign_scores=[round(float(s), 6) for s in malign])
     if carry:
-        share = float(np.mean([(s <= tau).mean() for s in ref_scores]))
+        # each held-out score read on its own fold reward's scale (the share of the reference it would doubt)
+        # before the folds are pooled: one raw line over rewards of different scales lets the fold whose scores
+        # run highest set the line for all (``pooled_line_share``: what that line would have doubted)
+        share = threshold_from_scores(quantiles[labels == 0], recall)
         out.update(fold_threshold=tau, reference_share=share, reference_n=int(len(reference)),
+                   pooled_line_share=float(np.mean([(s <= tau).mean() for s in ref_scores])),
+                   malign_quantiles=[round(float(q), 4) for q in quantiles[labels == 0]],
                    threshold=carried_threshold(reward, share, reference, diffusion))
     out["seconds"] = round(time.time() - t0, 1)
     return out
