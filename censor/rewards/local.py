@@ -8,6 +8,9 @@ embedding, so the same filter can ask for a fainter mark at large t), a per-posi
 score, and a smooth max over positions (temperature τ: a logsumexp, so a mark anywhere makes the
 image malign and guidance's gradient reaches the pixels around the mark, not one arg-max pixel).
 
+Its training views are flipped top to bottom as well as left to right (``RewardKind.vflip``): a mark means the
+same in any corner, and a reward shown stamps in the top corners only missed half of those in the bottom ones.
+
 It learns the mark on clean views first (``RewardKind.clean_warmup``): trained on noised views
 from the start, most of which hide a 7x7 mark entirely, it settles on a constant (AUC 0.5-0.6 on
 the stamp in every variant tried); after clean views it keeps what it learnt through the noised ones.
