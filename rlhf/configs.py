@@ -168,8 +168,8 @@ class CompareConfig:
     inner_epochs: int = 1  # passes over each batch of labelled / rewarded rollouts (no extra labels)
     lora_target: str = "attention"  # or "attention+convs" (the small model has few attention layers)
     kl_beta: float = 1.0  # RLHF's exact per-step KL to the frozen model (rlhf.losses.gaussian_kl)
-    ddpo_baseline: str = "mean"  # RLHF's advantages: the batch's standardised reward, or R − V(x_t) per step
-    ddpo_adv_scale: str = "std"  # RLHF's advantages divided by the batch's std, or "none" (DDPOConfig.adv_scale)
+    ddpo_baseline: str = DDPOConfig.baseline  # RLHF's advantages: the batch's standardised reward, or R − V(x_t) per step
+    ddpo_adv_scale: str = DDPOConfig.adv_scale  # RLHF's advantages divided by the batch's std, or "none"
     full: bool = True  # RLHF and D3PO train every weight (the embedded UNet has 1.1M) instead of LoRA adapters
     methods: tuple[str, ...] = METHODS
     distil: DistilConfig = field(default_factory=DistilConfig)  # its seed is the labelling seed's
