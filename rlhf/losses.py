@@ -67,10 +67,14 @@ def standardise_advantages(rewards: torch.Tensor, adv_clip: float = 5.0, scale: 
     r = rewards.float()
     if r.numel() < 2:
         return torch.zeros_like(r)
-    centred = r - r.mean()
-    if scale == "std":
-        centred = centred / (r.std() + 1e-8)
-    return centred.clamp(-adv_clip, adv_clip)
+    return ((r - r.mean()) / advantage_scale(r, scale)).clamp(-adv_clip, adv_clip)
+
+
+def advantage_scale(rewards: torch.Tensor, scale: str = "std") -> torch.Tensor:
+    """What the advantages of a batch of ``rewards`` are divided by: their std (``"std"``, DDPO's; 1 for a single
+    reward) or 1 (``"none"``). One home for the mean and the value baselines alike."""
+    r = rewards.float()
+    return r.std() + 1e-8 if scale == "std" and r.numel() > 1 else torch.tensor(1.0)
 
 
 def gaussian_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

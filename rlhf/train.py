@@ -23,7 +23,7 @@ from censor.core.errors import CensorError
 from censor.core.progress import Progress
 from censor.diffusion.models import DiffusionModel
 from rlhf.configs import D3POConfig, DDPOConfig
-from rlhf.losses import d3po_loss, ddpo_loss, gaussian_kl, standardise_advantages
+from rlhf.losses import advantage_scale, d3po_loss, ddpo_loss, gaussian_kl, standardise_advantages
 from rlhf.rollout import gaussian_log_prob, step_log_prob, step_policy
 from rlhf.run import Run, inner_batches
 
@@ -201,8 +201,7 @@ def step_advantages(all_rewards: torch.Tensor, mine: slice, traj, cfg: DDPOConfi
     _check_value(cfg, value_fn, latent)
     values = torch.stack([value_fn(traj.xs[:, j], traj.timesteps[j]) for j in range(traj.steps)], 1)
     r = all_rewards.float()
-    scale = r.std() + 1e-8 if len(r) > 1 and cfg.adv_scale == "std" else torch.tensor(1.0)
-    return ((r[mine, None] - values) / scale).clamp(-cfg.adv_clip, cfg.adv_clip)
+    return ((r[mine, None] - values) / advantage_scale(r, cfg.adv_scale)).clamp(-cfg.adv_clip, cfg.adv_clip)
 
 
 def _check_value(cfg: DDPOConfig, value_fn, latent: bool) -> None:
